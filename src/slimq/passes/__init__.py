@@ -1,0 +1,5 @@
+"""Graph passes: each is a small function on an onnx-ir model that says whether it changed it."""
+
+from .preprocess import fold_batchnorm, infer_shapes, ort_constant_fold, preprocess
+
+__all__ = ["fold_batchnorm", "infer_shapes", "ort_constant_fold", "preprocess"]

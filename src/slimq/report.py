@@ -1,0 +1,145 @@
+"""The fidelity report written next to every quantized model.
+
+It says how much of the compute really runs in int8 in onnxruntime's optimized
+graph, which ops stayed float and why, and how closely the INT8 model agrees
+with FP32 on samples held back from calibration. Collapsed agreement is
+flagged loudly: a quantizer that silently breaks a model is the worst outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .deploy import Predictor, optimized_graph
+from .macs import count_macs
+
+log = logging.getLogger("slimq")
+
+
+@dataclass
+class OutputAgreement:
+    """Streaming FP32-vs-INT8 agreement of one model output."""
+
+    name: str
+    dot: float = 0.0
+    ref_sq: float = 0.0
+    test_sq: float = 0.0
+    noise_sq: float = 0.0
+    argmax_same: int = 0
+    argmax_total: int = 0
+
+    def update(self, ref: np.ndarray, test: np.ndarray) -> None:
+        r, t = ref.astype(np.float64).ravel(), test.astype(np.float64).ravel()
+        self.dot += float(r @ t)
+        self.ref_sq += float(r @ r)
+        self.test_sq += float(t @ t)
+        self.noise_sq += float(((r - t) ** 2).sum())
+        if ref.ndim in (2, 3) and ref.shape[-1] > 1:
+            self.argmax_same += int((ref.argmax(-1) == test.argmax(-1)).sum())
+            self.argmax_total += int(np.prod(ref.shape[:-1]))
+
+    @property
+    def cosine(self) -> float:
+        if self.ref_sq == 0 and self.test_sq == 0:
+            return 1.0
+        return self.dot / math.sqrt(self.ref_sq * self.test_sq) if self.ref_sq and self.test_sq else 0.0
+
+    @property
+    def sqnr_db(self) -> float:
+        return float("inf") if self.noise_sq == 0 else 10 * math.log10(max(self.ref_sq, 1e-30) / self.noise_sq)
+
+    @property
+    def top1_agreement(self) -> float | None:
+        return self.argmax_same / self.argmax_total if self.argmax_total else None
+
+    def to_dict(self) -> dict:
+        return {"output": self.name, "cosine": round(self.cosine, 6), "sqnr_db": round(self.sqnr_db, 2),
+                "top1_agreement": None if self.top1_agreement is None else round(self.top1_agreement, 4)}
+
+
+def measure_agreement(fp32: onnx.ModelProto | str, int8: onnx.ModelProto | str,
+                      feeds: Iterable[dict[str, np.ndarray]]) -> list[OutputAgreement]:
+    """Run both models on the same feeds; compare every output."""
+    ref, test = Predictor(fp32, threads="all"), Predictor(int8, threads="all")
+    agree = [OutputAgreement(n) for n in ref.output_names]
+    for f in feeds:
+        for a, r, t in zip(agree, ref.run(f), test.run(f)):
+            a.update(np.asarray(r), np.asarray(t))
+    return agree
+
+
+@dataclass
+class Report:
+    method: str
+    target: str
+    int8_mac_share: float
+    macs: dict
+    quantized_ops: dict[str, int]
+    float_ops: list[dict]
+    agreement: list[dict]
+    agreement_samples: int
+    agreement_in_sample: bool
+    size_bytes: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.warnings
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def write(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.to_dict(), f, indent=2, default=str)
+        os.replace(tmp, path)
+        return path
+
+    def format(self) -> str:
+        lines = [f"slimq {self.method} report ({self.target})",
+                 f"  int8 share of MACs in onnxruntime's optimized graph: {self.int8_mac_share * 100:.1f} %"]
+        if self.size_bytes:
+            lines.append("  size: " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in self.size_bytes.items()))
+        where = "calibration samples (no held-back data)" if self.agreement_in_sample else "held-back samples"
+        lines.append(f"  FP32 vs INT8 on {self.agreement_samples} {where}:")
+        for a in self.agreement:
+            top1 = "" if a["top1_agreement"] is None else f", top-1 agreement {a['top1_agreement'] * 100:.1f} %"
+            lines.append(f"    {a['output']}: cosine {a['cosine']:.4f}, SQNR {a['sqnr_db']:.1f} dB{top1}")
+        by_reason = Counter((f["op_type"], f["reason"]) for f in self.float_ops)
+        if by_reason:
+            lines.append("  ops left in float:")
+            lines += [f"    {n} x {op}: {reason}" for (op, reason), n in sorted(by_reason.items())]
+        lines += [f"  WARNING: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def fidelity_warnings(agreement: list[OutputAgreement], min_cosine: float) -> list[str]:
+    out = []
+    for a in agreement:
+        if a.cosine < min_cosine:
+            out.append(f'output "{a.name}": cosine {a.cosine:.4f} < {min_cosine} — INT8 disagrees with FP32. '
+                       "Try another --algo (hist, KL, mse), more calibration data, or leave the guilty layers "
+                       "in float with --skip.")
+        top1 = a.top1_agreement
+        if top1 is not None and top1 < 0.9:
+            out.append(f'output "{a.name}": only {top1 * 100:.1f} % top-1 agreement with FP32.')
+    return out
+
+
+def mac_summary(int8_model: onnx.ModelProto, feeds: dict[str, np.ndarray]):
+    """MAC count of the graph onnxruntime builds from the QDQ model."""
+    return count_macs(optimized_graph(int8_model, "extended"), feeds)
