@@ -55,7 +55,9 @@ def evaluate(session_run: SessionRun, evaluator: Evaluator) -> dict[str, float]:
     return evaluator.score(collect_outputs(session_run, evaluator))
 
 
-def degradation(evaluator: Evaluator, reference: dict[str, float], other: dict[str, float]) -> float:
+def degradation(
+    evaluator: Evaluator, reference: dict[str, float], other: dict[str, float]
+) -> float:
     """How much worse ``other`` is than ``reference`` on the primary metric (> 0 is worse)."""
     key = evaluator.primary_metric
     for metrics in (reference, other):

@@ -41,8 +41,10 @@ class DetPreprocess:
         grow = self.limit_type == "min" and side < self.limit_side_len
         shrink = self.limit_type == "max" and side > self.limit_side_len
         ratio = self.limit_side_len / side if grow or shrink else 1.0
-        return (max(32, int(round(int(h * ratio) / 32) * 32)),
-                max(32, int(round(int(w * ratio) / 32) * 32)))
+        return (
+            max(32, int(round(int(h * ratio) / 32) * 32)),
+            max(32, int(round(int(w * ratio) / 32) * 32)),
+        )
 
     def __call__(self, img: np.ndarray) -> np.ndarray:
         """RGB uint8 (H, W, 3) -> float32 (3, H', W') model input."""
@@ -90,12 +92,19 @@ class DBPostProcess:
     def _scale(box, map_hw, dest_hw) -> list[int]:
         sx, sy = dest_hw[1] / map_hw[1], dest_hw[0] / map_hw[0]
         x0, y0, x1, y1 = box
-        return [int(np.clip(round(x0 * sx), 0, dest_hw[1])), int(np.clip(round(y0 * sy), 0, dest_hw[0])),
-                int(np.clip(round(x1 * sx), 0, dest_hw[1])), int(np.clip(round(y1 * sy), 0, dest_hw[0]))]
+        return [
+            int(np.clip(round(x0 * sx), 0, dest_hw[1])),
+            int(np.clip(round(y0 * sy), 0, dest_hw[0])),
+            int(np.clip(round(x1 * sx), 0, dest_hw[1])),
+            int(np.clip(round(y1 * sy), 0, dest_hw[0])),
+        ]
 
 
 def dilate_2x2(mask: np.ndarray) -> np.ndarray:
-    """``cv2.dilate`` with a 2x2 kernel (default anchor): out[y, x] = max of src[y-1:y+1, x-1:x+1]."""
+    """``cv2.dilate`` with a 2x2 kernel, default anchor: out[y, x] = any(src[y-1:y+1, x-1:x+1]).
+
+    Regions grow by one pixel to the right and downwards.
+    """
     out = mask.copy()
     out[1:, :] |= mask[:-1, :]
     out[:, 1:] |= out[:, :-1].copy()
@@ -152,8 +161,12 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU matrix (len(a), len(b)) of boxes given as x0, y0, x1, y1 (x1, y1 exclusive)."""
     a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
     b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    iw = np.clip(
+        np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None
+    )
+    ih = np.clip(
+        np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None
+    )
     inter = iw * ih
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
@@ -161,10 +174,13 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
-def match_boxes(pred: np.ndarray, gt: np.ndarray, iou_thresh: float = 0.5) -> list[tuple[int, int, float]]:
+def match_boxes(
+    pred: np.ndarray, gt: np.ndarray, iou_thresh: float = 0.5
+) -> list[tuple[int, int, float]]:
     """Greedy one-to-one matching by descending IoU; returns (pred index, gt index, IoU)."""
     iou = box_iou(pred, gt)
-    pairs = sorted(((iou[i, j], i, j) for i, j in zip(*np.nonzero(iou >= iou_thresh))), reverse=True)
+    rows, cols = np.nonzero(iou >= iou_thresh)
+    pairs = sorted(((iou[i, j], i, j) for i, j in zip(rows, cols, strict=True)), reverse=True)
     used_p, used_g, matches = set(), set(), []
     for v, i, j in pairs:
         if i not in used_p and j not in used_g:
@@ -188,13 +204,14 @@ def prob_maps(outputs: list[list[np.ndarray]]) -> list[np.ndarray]:
     return [m.reshape(m.shape[-2:]) for out in outputs for m in np.asarray(out[0])]
 
 
-def mean_prob_map_iou(outputs_a: list[list[np.ndarray]], outputs_b: list[list[np.ndarray]],
-                      thresh: float = 0.3) -> float:
+def mean_prob_map_iou(
+    outputs_a: list[list[np.ndarray]], outputs_b: list[list[np.ndarray]], thresh: float = 0.3
+) -> float:
     """Mean ``prob_map_iou`` over images of two det runs on the same inputs (e.g. FP32 vs INT8)."""
     maps_a, maps_b = prob_maps(outputs_a), prob_maps(outputs_b)
     if len(maps_a) != len(maps_b) or not maps_a:
         raise CalibrationDataError(f"Cannot compare {len(maps_a)} maps with {len(maps_b)} maps.")
-    return float(np.mean([prob_map_iou(a, b, thresh) for a, b in zip(maps_a, maps_b)]))
+    return float(np.mean([prob_map_iou(a, b, thresh) for a, b in zip(maps_a, maps_b, strict=True)]))
 
 
 class DetEvaluator:
@@ -208,10 +225,18 @@ class DetEvaluator:
     primary_metric = "f1"
     higher_is_better = True
 
-    def __init__(self, model_path: str | Path | None = None, n_pages: int = 16, seed: int = 0,
-                 batch_size: int = 1, page_size: tuple[int, int] = (960, 736),
-                 preprocess: DetPreprocess = DetPreprocess(), post: DBPostProcess = DBPostProcess(),
-                 iou_thresh: float = 0.5, dictionary: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        n_pages: int = 16,
+        seed: int = 0,
+        batch_size: int = 1,
+        page_size: tuple[int, int] = (960, 736),
+        preprocess: DetPreprocess = DetPreprocess(),
+        post: DBPostProcess = DBPostProcess(),
+        iou_thresh: float = 0.5,
+        dictionary: Sequence[str] | None = None,
+    ) -> None:
         self.input_name = load_model_proto(model_path).graph.input[0].name if model_path else "x"
         self.seed, self.batch_size, self.page_size = seed, batch_size, page_size
         self.preprocess, self.post, self.iou_thresh = preprocess, post, iou_thresh
@@ -243,12 +268,22 @@ class DetEvaluator:
         p = 100.0 * len(ious) / n_pred if n_pred else 0.0
         r = 100.0 * len(ious) / n_gt if n_gt else 0.0
         f1 = 2 * p * r / (p + r) if p + r else 0.0
-        return {"precision": p, "recall": r, "f1": f1, "mean_iou": float(np.mean(ious)) if ious else 0.0}
+        return {
+            "precision": p,
+            "recall": r,
+            "f1": f1,
+            "mean_iou": float(np.mean(ious)) if ious else 0.0,
+        }
 
     def calibration_batches(self, n_batches: int, batch_size: int | None = None) -> list[Feeds]:
         """``n_batches`` feeds of rendered pages drawn with a seed disjoint from evaluation."""
         bs = batch_size or self.batch_size
-        pages = render_pages(n_batches * bs, self.seed + CALIBRATION_SEED_OFFSET, self.charset,
-                             self.faces, *self.page_size)
+        pages = render_pages(
+            n_batches * bs,
+            self.seed + CALIBRATION_SEED_OFFSET,
+            self.charset,
+            self.faces,
+            *self.page_size,
+        )
         images = np.stack([self.preprocess(img) for img, _ in pages])
         return [{self.input_name: images[s]} for s in batch_slices(len(pages), bs)]

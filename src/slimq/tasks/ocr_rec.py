@@ -40,7 +40,9 @@ def rapidocr_model_path(kind: str) -> Path:
     spec = importlib.util.find_spec("rapidocr_onnxruntime")
     hint = "Install it with `pip install --no-deps rapidocr-onnxruntime==1.4.4`."
     if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(f"The PP-OCR models come from rapidocr-onnxruntime, which is not installed. {hint}")
+        raise ModelLoadError(
+            f"The PP-OCR models come from rapidocr-onnxruntime, which is not installed. {hint}"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / "models" / RAPIDOCR_MODELS[kind]
     if not path.is_file():
         raise ModelLoadError(f"{path} is missing from the rapidocr-onnxruntime install. {hint}")
@@ -58,7 +60,9 @@ def load_model_proto(model_path: str | Path) -> onnx.ModelProto:
         raise ModelLoadError(f"{path} is not a readable ONNX model: {exc}") from exc
 
 
-def read_rec_dictionary(model: str | Path | onnx.ModelProto, use_space_char: bool = True) -> list[str]:
+def read_rec_dictionary(
+    model: str | Path | onnx.ModelProto, use_space_char: bool = True
+) -> list[str]:
     """The CTC label list of a PP-OCR rec model: ["blank", *metadata "character", " "]."""
     proto = model if isinstance(model, onnx.ModelProto) else load_model_proto(model)
     meta = {p.key: p.value for p in proto.metadata_props}
@@ -85,7 +89,7 @@ def ctc_greedy_decode(probs: np.ndarray, dictionary: Sequence[str]) -> list[tupl
     idx = probs.argmax(axis=2)
     best = probs.max(axis=2)
     results = []
-    for row, row_p in zip(idx, best):
+    for row, row_p in zip(idx, best, strict=True):
         keep = np.ones(row.shape, dtype=bool)
         keep[1:] = row[1:] != row[:-1]
         keep &= row != 0
@@ -105,18 +109,23 @@ def edit_distance(a: str, b: str) -> int:
     return prev[-1]
 
 
-def character_error_rate(predictions: Sequence[str], references: Sequence[str], ignore_space: bool = True) -> float:
+def character_error_rate(
+    predictions: Sequence[str], references: Sequence[str], ignore_space: bool = True
+) -> float:
     """CER in percent: total edit distance / total reference characters.
 
     Spaces are ignored by default, like PaddleOCR's RecMetric.
     """
     if len(predictions) != len(references):
-        raise CalibrationDataError(f"{len(predictions)} predictions for {len(references)} references.")
+        raise CalibrationDataError(
+            f"{len(predictions)} predictions for {len(references)} references."
+        )
     strip = (lambda s: s.replace(" ", "")) if ignore_space else (lambda s: s)
     total = sum(len(strip(r)) for r in references)
     if total == 0:
         raise CalibrationDataError("CER is undefined: the references contain no characters.")
-    errors = sum(edit_distance(strip(p), strip(r)) for p, r in zip(predictions, references))
+    pairs = zip(predictions, references, strict=True)
+    errors = sum(edit_distance(strip(p), strip(r)) for p, r in pairs)
     return 100.0 * errors / total
 
 
@@ -170,8 +179,13 @@ class RecEvaluator:
     primary_metric = "cer"
     higher_is_better = False
 
-    def __init__(self, model_path: str | Path | None = None, n_lines: int = 200, seed: int = 0,
-                 batch_size: int = 8) -> None:
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        n_lines: int = 200,
+        seed: int = 0,
+        batch_size: int = 8,
+    ) -> None:
         proto = load_model_proto(model_path or rapidocr_model_path("rec"))
         self.dictionary = read_rec_dictionary(proto)
         self.input_name = proto.graph.input[0].name
@@ -198,14 +212,21 @@ class RecEvaluator:
         """Return {"cer": %, "line_acc": %}."""
         preds = self.decode(outputs)
         if len(preds) != len(self.texts):
-            raise CalibrationDataError(f"Got {len(preds)} decoded lines for {len(self.texts)} images.")
-        exact = sum(p.replace(" ", "") == t.replace(" ", "") for p, t in zip(preds, self.texts))
-        return {"cer": character_error_rate(preds, self.texts),
-                "line_acc": 100.0 * exact / len(self.texts)}
+            raise CalibrationDataError(
+                f"Got {len(preds)} decoded lines for {len(self.texts)} images."
+            )
+        pairs = zip(preds, self.texts, strict=True)
+        exact = sum(p.replace(" ", "") == t.replace(" ", "") for p, t in pairs)
+        return {
+            "cer": character_error_rate(preds, self.texts),
+            "line_acc": 100.0 * exact / len(self.texts),
+        }
 
     def calibration_batches(self, n_batches: int, batch_size: int | None = None) -> list[Feeds]:
         """``n_batches`` feeds of rendered lines drawn with a seed disjoint from evaluation."""
         bs = batch_size or self.batch_size
-        lines = render_lines(n_batches * bs, self.seed + CALIBRATION_SEED_OFFSET, self.charset, self.faces)
+        lines = render_lines(
+            n_batches * bs, self.seed + CALIBRATION_SEED_OFFSET, self.charset, self.faces
+        )
         images = np.stack([rec_preprocess(img) for img, _ in lines])
         return [{self.input_name: images[s]} for s in batch_slices(len(lines), bs)]

@@ -102,8 +102,10 @@ def find_cjk_fonts() -> tuple[FontFace, ...]:
     if env:
         face = _pick_face(env) if Path(env).is_file() else None
         if face is None:
-            raise ConfigError(f"{FONT_ENV}={env!r} is not a readable font file. Point it at a "
-                              "CJK .ttf/.ttc/.otf file or unset it.")
+            raise ConfigError(
+                f"{FONT_ENV}={env!r} is not a readable font file. Point it at a "
+                "CJK .ttf/.ttc/.otf file or unset it."
+            )
         return (face,)
     paths = [p for p in FONT_CANDIDATES if Path(p).is_file()] or _fc_list_paths()
     faces = [f for f in (_pick_face(p) for p in paths) if f is not None]
@@ -152,8 +154,9 @@ def build_charset(dictionary: Sequence[str] | None, faces: Sequence[FontFace]) -
         return chars
 
     letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-    charset = Charset(keep(gb2312_level1()), keep(letters), keep("0123456789"),
-                      keep(ASCII_PUNCT + CJK_PUNCT))
+    charset = Charset(
+        keep(gb2312_level1()), keep(letters), keep("0123456789"), keep(ASCII_PUNCT + CJK_PUNCT)
+    )
     if len(charset.han) < 100 or len(charset.digits) < 10:
         raise ConfigError(
             f"Only {len(charset.han)} Chinese characters are both in the dictionary and in "
@@ -218,8 +221,12 @@ def render_line(
     img = Image.new("RGB", (x1 - x0 + 2 * mx, bottom - top + 2 * my), bg)
     ImageDraw.Draw(img).text((mx - x0, my - top), text, font=font, fill=fg)
     if rotate and rng.random() < 0.5:
-        img = img.rotate(float(rng.uniform(-1.5, 1.5)), resample=Image.Resampling.BICUBIC,
-                         expand=True, fillcolor=bg)
+        img = img.rotate(
+            float(rng.uniform(-1.5, 1.5)),
+            resample=Image.Resampling.BICUBIC,
+            expand=True,
+            fillcolor=bg,
+        )
     arr = np.asarray(img, dtype=np.float32)
     sigma = rng.uniform(0.0, 6.0)
     arr = arr + rng.normal(0.0, sigma, size=arr.shape).astype(np.float32)
@@ -253,17 +260,28 @@ def render_lines(
     return lines
 
 
-def _ink_mask(text: str, font: ImageFont.FreeTypeFont) -> tuple[Image.Image, tuple[int, int], tuple[int, int, int, int]]:
+def _ink_mask(
+    text: str, font: ImageFont.FreeTypeFont
+) -> tuple[Image.Image, tuple[int, int], tuple[int, int, int, int]]:
     """Coverage mask of ``text``, the mask's offset from the text origin, and its ink box."""
     x0, y0, x1, y1 = font.getbbox(text)
     mask = Image.new("L", (x1 - x0 + 4, y1 - y0 + 4), 0)
     ImageDraw.Draw(mask).text((2 - x0, 2 - y0), text, font=font, fill=255)
     ys, xs = np.nonzero(np.asarray(mask))
-    return mask, (x0 - 2, y0 - 2), (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    return (
+        mask,
+        (x0 - 2, y0 - 2),
+        (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1),
+    )
 
 
-def _draw_text(page: Image.Image, rng: np.random.Generator, text: str,
-               font: ImageFont.FreeTypeFont, xy: tuple[int, int]) -> tuple[int, int, int, int]:
+def _draw_text(
+    page: Image.Image,
+    rng: np.random.Generator,
+    text: str,
+    font: ImageFont.FreeTypeFont,
+    xy: tuple[int, int],
+) -> tuple[int, int, int, int]:
     """Draw ``text`` with its origin (left, ascender) at ``xy``; return its ink box on the page."""
     mask, (ox, oy), (ix0, iy0, ix1, iy1) = _ink_mask(text, font)
     px, py = xy[0] + ox, xy[1] + oy
@@ -272,8 +290,13 @@ def _draw_text(page: Image.Image, rng: np.random.Generator, text: str,
     return px + ix0, py + iy0, px + ix1, py + iy1
 
 
-def _page_row(page: Image.Image, rng: np.random.Generator, charset: Charset,
-              font: ImageFont.FreeTypeFont, y: int) -> list[tuple[int, int, int, int]]:
+def _page_row(
+    page: Image.Image,
+    rng: np.random.Generator,
+    charset: Charset,
+    font: ImageFont.FreeTypeFont,
+    y: int,
+) -> list[tuple[int, int, int, int]]:
     """Draw one row of one or two text segments at height ``y``; return their ink boxes."""
     width, size = page.size[0], int(font.size)
     x = int(rng.integers(16, width // 4))
@@ -324,8 +347,12 @@ def render_page(
 
 
 def render_pages(
-    n: int, seed: int, charset: Charset, faces: Sequence[FontFace] | None = None,
-    width: int = 960, height: int = 736,
+    n: int,
+    seed: int,
+    charset: Charset,
+    faces: Sequence[FontFace] | None = None,
+    width: int = 960,
+    height: int = 736,
 ) -> list[tuple[Array, Array]]:
     """Render ``n`` pages with their ground-truth line boxes; deterministic in ``seed``."""
     faces = tuple(faces) if faces is not None else find_cjk_fonts()
