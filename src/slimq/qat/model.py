@@ -1,0 +1,231 @@
+"""The QAT model wrapper and the training-time API: prepare, calibrate, freeze, checkpoints."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import fx, nn
+from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+from slimq.errors import CalibrationDataError, ConfigError, ModelLoadError, NothingToQuantizeError, OutputPathError
+from slimq.qat.config import QATConfig
+from slimq.qat.graph import PrepareReport, swap_modules, trace
+from slimq.qat.modules import QATConv
+from slimq.qat.placement import insert_quantizers
+from slimq.qat.quantizers import ActQuantizer
+
+CHECKPOINT_FORMAT = "slimq-qat-checkpoint-v1"
+
+
+class QATWarning(UserWarning):
+    """Something was left in float or could not be calibrated."""
+
+
+class QATModel(nn.Module):
+    """A fake-quantized copy of a float model; train it like the original.
+
+    Every training-mode forward advances ``step`` (a buffer, so it is checkpointed) and applies
+    the config's ``freeze_observer_step``/``freeze_bn_step`` schedule.
+    """
+
+    def __init__(self, net: fx.GraphModule, config: QATConfig, report: PrepareReport,
+                 example_inputs: tuple[torch.Tensor, ...]) -> None:
+        super().__init__()
+        self.net = net
+        self.config = config
+        self.report = report
+        self.example_inputs = example_inputs
+        self.register_buffer("step", torch.zeros((), dtype=torch.int64))
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self.training:
+            with torch.no_grad():
+                self.step.add_(1)
+            self._apply_schedule(int(self.step))
+        return self.net(*args, **kwargs)
+
+    def _apply_schedule(self, step: int) -> None:
+        cfg = self.config
+        if cfg.freeze_observer_step is not None and step > cfg.freeze_observer_step:
+            self.freeze_observers()
+        if cfg.freeze_bn_step is not None and step > cfg.freeze_bn_step:
+            self.freeze_bn()
+
+    def quantizers(self) -> Iterator[tuple[str, ActQuantizer]]:
+        """(name, module) of every activation quantizer."""
+        for name, m in self.net.named_modules():
+            if isinstance(m, ActQuantizer):
+                yield name, m
+
+    def freeze_observers(self) -> None:
+        """Stop updating the moving-average activation ranges (STE variant)."""
+        for _, q in self.quantizers():
+            q.observer_enabled.fill_(False)
+
+    def freeze_bn(self) -> None:
+        """Use (and stop updating) BatchNorm running statistics in every folded Conv+BN."""
+        for m in self.net.modules():
+            if isinstance(m, QATConv) and m.bn is not None:
+                m.bn_frozen.fill_(True)
+
+
+def unwrap(model: nn.Module) -> QATModel:
+    """Return the QATModel inside a (Distributed)DataParallel wrapper, or the model itself."""
+    inner = model.module if isinstance(model, (DataParallel, DistributedDataParallel)) else model
+    if not isinstance(inner, QATModel):
+        raise ConfigError(
+            f"Expected a model returned by slimq.qat.prepare, got {type(inner).__name__}."
+        )
+    return inner
+
+
+def as_inputs(inputs: Any, what: str) -> tuple[torch.Tensor, ...]:
+    """Normalise a tensor or a tuple/list of tensors to a tuple of tensors."""
+    items = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+    if not items or not all(isinstance(t, torch.Tensor) for t in items):
+        raise ConfigError(f"{what} must be a tensor or a tuple of tensors, got {type(inputs).__name__}.")
+    return items
+
+
+class _Locator(fx.Interpreter):
+    """Runs a GraphModule and remembers the node being executed."""
+
+    current: fx.Node | None = None
+
+    def run_node(self, n: fx.Node) -> Any:
+        self.current = n
+        return super().run_node(n)
+
+
+def _smoke_run(net: fx.GraphModule, example: tuple[torch.Tensor, ...]) -> None:
+    locator = _Locator(net)
+    training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            locator.run(*example)
+    except Exception as exc:
+        node = locator.current
+        where = node.format_node() if node is not None else "<start>"
+        raise ModelLoadError(
+            f"The QAT-prepared model fails on the example inputs at node: {where} "
+            f"({type(exc).__name__}: {exc}). Check the example inputs' shapes, or add the "
+            f"module to QATConfig.skip."
+        ) from exc
+    finally:
+        net.train(training)
+
+
+def prepare(model: nn.Module, example_inputs: Any, config: QATConfig | None = None) -> QATModel:
+    """Return a fake-quantized copy of ``model`` (the original is left untouched).
+
+    Modules and ops that have no int8 form are kept in float, listed in ``qmodel.report``
+    and announced with a :class:`QATWarning`.
+    """
+    cfg = config if config is not None else QATConfig()
+    if isinstance(model, (QATModel, DataParallel, DistributedDataParallel)):
+        raise ConfigError("prepare() takes the plain float model; call it before wrapping in DDP.")
+    example = tuple(t.detach().clone() for t in as_inputs(example_inputs, "example_inputs"))
+    gm = trace(copy.deepcopy(model), cfg.skip)
+    _, skipped = swap_modules(gm, cfg)
+    names, quantized, float_ops = insert_quantizers(gm, cfg)
+    if not quantized:
+        raise NothingToQuantizeError(
+            f"{type(model).__name__} has no Conv1d/Conv2d/Linear/Add/AvgPool to quantize"
+            f"{' outside the skipped modules' if cfg.skip else ''}."
+        )
+    report = PrepareReport(tuple(quantized), tuple(float_ops), tuple(skipped), tuple(names))
+    if float_ops:
+        ops = ", ".join(f"{op.name} ({op.op})" for op in float_ops)
+        warnings.warn(f"QAT leaves these ops in float: {ops}.", QATWarning, stacklevel=2)
+    qmodel = QATModel(gm, cfg, report, example)
+    qmodel.train(model.training)
+    _smoke_run(gm, example)
+    return qmodel
+
+
+def _batch_inputs(batch: Any) -> tuple[torch.Tensor, ...]:
+    inputs = as_inputs(batch, "A calibration batch")
+    for t in inputs:
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CalibrationDataError("A calibration batch contains NaN or Inf values.")
+    return inputs
+
+
+def calibrate(qmodel: nn.Module, batches: Iterable[Any], max_batches: int | None = None) -> int:
+    """Set every activation range from data before training (PaddleSlim's quant_post first).
+
+    Runs the model in eval mode with activations in float; each quantizer's range becomes
+    the mean over batches of the per-batch ``max|x|`` (max over ranks when distributed, so
+    every rank must call this with the same number of batches). Returns the batch count.
+    """
+    qm = unwrap(qmodel)
+    quantizers = [q for _, q in qm.quantizers()]
+    training = qm.training
+    qm.eval()
+    count = 0
+    try:
+        for q in quantizers:
+            q.calibrating, q._calib = True, []
+        with torch.no_grad():
+            for batch in batches:
+                if max_batches is not None and count >= max_batches:
+                    break
+                qm(*_batch_inputs(batch))
+                count += 1
+        if count == 0:
+            raise CalibrationDataError("calibrate() got no batches; pass at least one input batch.")
+        missed = [name for name, q in qm.quantizers() if not q.finish_calibration()]
+    finally:
+        for q in quantizers:
+            q.calibrating, q._calib = False, []
+        qm.train(training)
+    if missed:
+        warnings.warn(f"Calibration never reached: {', '.join(missed)}.", QATWarning, stacklevel=2)
+    return count
+
+
+def save_checkpoint(qmodel: nn.Module, path: str | Path) -> Path:
+    """Atomically save config + state_dict (loadable with ``torch.load(weights_only=True)``)."""
+    qm = unwrap(qmodel)
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise OutputPathError(f"Folder {path.parent} does not exist; create it first.")
+    payload = {"format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(qm.config),
+               "state_dict": qm.state_dict()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(qmodel: nn.Module, path: str | Path) -> QATModel:
+    """Load a checkpoint written by :func:`save_checkpoint` into a model prepared the same way."""
+    qm = unwrap(qmodel)
+    try:
+        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelLoadError(f"Cannot load QAT checkpoint {path}: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ModelLoadError(f"{path} is not a slimq QAT checkpoint ({CHECKPOINT_FORMAT}).")
+    saved = QATConfig.from_dict(payload["config"])
+    if saved != qm.config:
+        raise ConfigError(f"{path} was trained with {saved}, but the model was prepared with {qm.config}.")
+    try:
+        qm.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise ModelLoadError(f"{path} does not match the prepared model: {exc}") from exc
+    return qm

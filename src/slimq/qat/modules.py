@@ -1,0 +1,165 @@
+"""QAT replacements for Conv/Conv+BN/Linear and their export-time (Q/DQ) counterparts.
+
+Conv+BatchNorm follows the folding-aware scheme of Jacob et al. (2018, sec. 3.2) as in
+PyTorch's ``ConvBn2d``: the weight fake-quantizer always sees the BN-folded weight
+``w * gamma / sqrt(running_var + eps)``, so training quantizes exactly the weights that
+get deployed. While BN statistics are live (training, not frozen), the convolution output
+is divided back by the folding factor and passed through the real BatchNorm (batch
+statistics, running-stat updates). Once frozen (``freeze_bn``) or in eval mode the module
+computes ``conv(x, fq(w_folded)) + b_folded``, which is exactly the exported graph.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slimq.qat.quantizers import ActQuantizer, WeightQuantizer, sync_mean_
+
+ConvType = nn.Conv1d | nn.Conv2d
+BNType = nn.BatchNorm1d | nn.BatchNorm2d
+
+
+def _channel_shape(dim: int, axis: int) -> tuple[int, ...]:
+    shape = [1] * dim
+    shape[axis] = -1
+    return tuple(shape)
+
+
+class QATConv(nn.Module):
+    """Conv1d/Conv2d with per-channel weight fake quantization and optional folded BatchNorm."""
+
+    def __init__(self, conv: ConvType, bn: BNType | None, weight_quant: WeightQuantizer) -> None:
+        super().__init__()
+        self.conv = conv
+        self.bn = bn
+        self.weight_quant = weight_quant
+        self.register_buffer("bn_frozen", torch.tensor(False))
+        weight_quant.init_scale(self.folded()[0])
+
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Weight and bias with the BatchNorm (running statistics) folded in."""
+        w, b = self.conv.weight, self.conv.bias
+        if self.bn is None:
+            return w, b
+        factor = self._bn_factor()
+        w = w * factor.reshape(_channel_shape(w.dim(), 0))
+        mean = self.bn.running_mean
+        b0 = b if b is not None else torch.zeros_like(mean)
+        shift = self.bn.bias if self.bn.bias is not None else torch.zeros_like(mean)
+        return w, (b0 - mean) * factor + shift
+
+    def _bn_factor(self) -> torch.Tensor:
+        assert self.bn is not None
+        inv_std = torch.rsqrt(self.bn.running_var + self.bn.eps)
+        return inv_std if self.bn.weight is None else self.bn.weight * inv_std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bn is not None and self.training and not bool(self.bn_frozen):
+            return self._forward_live_bn(x)
+        w, b = self.folded()
+        return self.conv._conv_forward(x, self.weight_quant(w), b)
+
+    def _forward_live_bn(self, x: torch.Tensor) -> torch.Tensor:
+        assert self.bn is not None
+        factor = self._bn_factor()
+        w = self.conv.weight * factor.reshape(_channel_shape(self.conv.weight.dim(), 0))
+        y = self.conv._conv_forward(x, self.weight_quant(w), None)
+        shape = _channel_shape(y.dim(), 1)
+        y = y / factor.reshape(shape)
+        if self.conv.bias is not None:
+            y = y + self.conv.bias.reshape(shape)
+        y = self.bn(y)
+        with torch.no_grad():  # keep running statistics identical on every rank
+            sync_mean_(self.bn.running_mean)
+            sync_mean_(self.bn.running_var)
+        return y
+
+    def export_module(self) -> "QDQConv":
+        """Inference copy: folded weights, pre-quantized, exported as Q/DQ."""
+        with torch.no_grad():
+            w, b = self.folded()
+            scale = self.weight_quant.current_scale(w)
+            w_q = self.weight_quant(w)
+        conv = copy.deepcopy(self.conv)
+        conv.bias = None if b is None else nn.Parameter(b.detach().clone())
+        return QDQConv(conv, w_q.detach().clone(), scale)
+
+
+class QATLinear(nn.Module):
+    """Linear with per-output-channel weight fake quantization."""
+
+    def __init__(self, linear: nn.Linear, weight_quant: WeightQuantizer) -> None:
+        super().__init__()
+        self.linear = linear
+        self.weight_quant = weight_quant
+        weight_quant.init_scale(linear.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight_quant(self.linear.weight), self.linear.bias)
+
+    def export_module(self) -> "QDQLinear":
+        """Inference copy with pre-quantized weights, exported as Q/DQ."""
+        with torch.no_grad():
+            w = self.linear.weight
+            scale = self.weight_quant.current_scale(w)
+            w_q = self.weight_quant(w)
+        bias = None if self.linear.bias is None else self.linear.bias.detach().clone()
+        return QDQLinear(w_q.detach().clone(), scale, bias)
+
+
+def _weight_qdq(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    # w already lies on the grid; the int8 range here only shapes the exported QuantizeLinear,
+    # which the post-export pass folds into an int8 initializer.
+    zero = torch.zeros(scale.shape, dtype=torch.int32)
+    return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -128, 127)
+
+
+class QDQConv(nn.Module):
+    """Export form of :class:`QATConv`: constant quantized weight -> QuantizeLinear/DequantizeLinear."""
+
+    def __init__(self, conv: ConvType, w_q: torch.Tensor, scale: torch.Tensor) -> None:
+        super().__init__()
+        self.conv = conv
+        del self.conv.weight
+        self.register_buffer("weight_q", w_q)
+        self.register_buffer("weight_scale", scale.contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv._conv_forward(x, _weight_qdq(self.weight_q, self.weight_scale), self.conv.bias)
+
+
+class QDQLinear(nn.Module):
+    """Export form of :class:`QATLinear`."""
+
+    def __init__(self, w_q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.register_buffer("weight_q", w_q)
+        self.register_buffer("weight_scale", scale.contiguous())
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, _weight_qdq(self.weight_q, self.weight_scale), self.bias)
+
+
+class QDQAct(nn.Module):
+    """Export form of :class:`ActQuantizer` with the target's storage type and zero point."""
+
+    def __init__(self, scale: torch.Tensor, zero_point: int, qmin: int, qmax: int) -> None:
+        super().__init__()
+        self.register_buffer("scale", scale.detach().float().reshape(()).clone())
+        self.register_buffer("zero_point", torch.tensor(zero_point, dtype=torch.int32))
+        self.qmin, self.qmax = qmin, qmax
+
+    def forward(self, x: torch.Tensor, observe: bool = True) -> torch.Tensor:
+        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, self.qmin, self.qmax)
+
+
+def export_act(q: ActQuantizer, act_dtype: str) -> QDQAct:
+    """Map a trained activation quantizer to its stored form (uint8 or int8) for ``act_dtype``."""
+    shift = 0 if (act_dtype == "uint8") == q.unsigned else (128 if act_dtype == "uint8" else -128)
+    qmin, qmax = (0, 255) if act_dtype == "uint8" else (-128, 127)
+    return QDQAct(q.current_scale(), shift, qmin, qmax)

@@ -1,0 +1,93 @@
+"""Insertion of activation quantizers into a traced graph (rules in :mod:`slimq.qat.graph`)."""
+
+from __future__ import annotations
+
+from torch import fx, nn
+
+from slimq.qat.config import QATConfig
+from slimq.qat.graph import ACT_CONTAINER, FloatOp, _kind, _op_name, is_skipped
+from slimq.qat.quantizers import ActQuantizer
+
+
+class _Placer:
+    """Walks the graph once in topological order and inserts ActQuantizer calls."""
+
+    def __init__(self, gm: fx.GraphModule, cfg: QATConfig) -> None:
+        self.gm, self.graph, self.cfg = gm, gm.graph, cfg
+        self.container = nn.Module()
+        gm.add_module(ACT_CONTAINER, self.container)
+        self.grid_of: dict[fx.Node, str] = {}  # value -> quantizer whose grid it lies on
+        self.input_q: dict[fx.Node, fx.Node] = {}
+        self.names: list[str] = []
+        self.quantized_ops: list[str] = []
+        self.float_ops: list[FloatOp] = []
+
+    def _new_quantizer(self, base: str, unsigned: bool) -> str:
+        name, i = base, 1
+        while hasattr(self.container, name):
+            name, i = f"{base}_{i}", i + 1
+        cfg = self.cfg
+        unsigned = unsigned and cfg.rules.unsigned_grid
+        self.container.add_module(name, ActQuantizer(cfg.variant, cfg.act_bits, unsigned, cfg.moving_rate))
+        self.names.append(f"{ACT_CONTAINER}.{name}")
+        return f"{ACT_CONTAINER}.{name}"
+
+    def _unsigned(self, qname: str) -> bool:
+        return self.gm.get_submodule(qname).unsigned
+
+    def _insert_after(self, node: fx.Node, qname: str, observe: bool = True) -> fx.Node:
+        kwargs = {} if observe else {"observe": False}
+        with self.graph.inserting_after(node):
+            q = self.graph.call_module(qname, (node,), kwargs)
+        node.replace_all_uses_with(q, delete_user_cb=lambda user: user is not q)
+        self.grid_of[q] = qname
+        return q
+
+    def _ensure_input(self, value: fx.Node, consumer: fx.Node) -> None:
+        if value in self.grid_of:
+            return
+        if value not in self.input_q:
+            qname = self._new_quantizer(f"in_{value.name}", self._kind(value) == "act")
+            with self.graph.inserting_before(consumer):
+                q = self.graph.call_module(qname, (value,))
+            self.grid_of[q] = qname
+            self.input_q[value] = q
+        consumer.replace_input_with(value, self.input_q[value])
+
+    def _kind(self, node: fx.Node) -> str:
+        if node.op == "call_module" and is_skipped(str(node.target), self.cfg.skip):
+            return "skipped"
+        return _kind(self.gm, node)
+
+    def _quantize_op(self, node: fx.Node, kind: str) -> None:
+        inputs = list(node.args) if kind == "add" else [node.args[0]]
+        for value in inputs:
+            self._ensure_input(value, node)
+        users = list(node.users)
+        target, unsigned = node, False
+        if kind == "pool":
+            unsigned = self._unsigned(self.grid_of[node.args[0]])
+        if len(users) == 1 and self._kind(users[0]) == "act" and users[0].args[0] is node:
+            target, unsigned = users[0], True
+        self._insert_after(target, self._new_quantizer(node.name, unsigned))
+        self.quantized_ops.append(str(node.target) if node.op == "call_module" else node.name)
+
+    def run(self) -> None:
+        for node in list(self.graph.nodes):
+            kind = self._kind(node)
+            if kind in ("conv", "linear", "add", "pool"):
+                self._quantize_op(node, kind)
+            elif kind in ("pass", "act") and node.args and node.args[0] in self.grid_of:
+                self._insert_after(node, self.grid_of[node.args[0]], observe=False)
+            elif kind in ("float", "bn"):
+                self.float_ops.append(_op_name(self.gm, node))
+
+
+def insert_quantizers(gm: fx.GraphModule, cfg: QATConfig) -> tuple[list[str], list[str], list[FloatOp]]:
+    """Insert activation quantizers; returns (quantizer names, quantized ops, float ops)."""
+    placer = _Placer(gm, cfg)
+    placer.run()
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return placer.names, placer.quantized_ops, placer.float_ops

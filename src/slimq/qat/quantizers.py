@@ -1,0 +1,229 @@
+"""Fake quantizers: activation (moving_average_abs_max / PACT / LSQ) and per-channel weights.
+
+All state that matters for export lives in buffers or parameters, so ``state_dict`` holds it
+and a checkpoint loads with ``torch.load(weights_only=True)``.
+
+Distributed training: whenever an activation statistic is measured (a training step of
+the STE observer, the first batch of PACT/LSQ, calibration) the per-batch ``max|x|`` is
+all-reduced with MAX over the default process group before it enters the moving average,
+so every rank runs the same arithmetic on the same numbers and holds bit-identical scales.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from slimq.errors import CalibrationDataError
+
+MIN_SCALE = 1e-8
+
+
+def distributed_world() -> int:
+    """World size of the default process group (1 when not running distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def sync_max_(t: torch.Tensor) -> torch.Tensor:
+    """In place: the element-wise maximum of ``t`` over all ranks (no-op on one process)."""
+    if distributed_world() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def sync_mean_(t: torch.Tensor) -> torch.Tensor:
+    """In place: the mean of ``t`` over all ranks (identical bytes on every rank)."""
+    world = distributed_world()
+    if world > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t.div_(world)
+    return t
+
+
+def grid(bits: int, unsigned: bool, narrow: bool = False) -> tuple[int, int]:
+    """Integer range (qmin, qmax) of a grid with zero point 0."""
+    if unsigned:
+        return 0, 2**bits - 1
+    qmax = 2 ** (bits - 1) - 1
+    return (-qmax if narrow else -qmax - 1), qmax
+
+
+def _grad_scale(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """Identity forward; multiplies the gradient by ``factor`` (LSQ)."""
+    return (x - x * factor).detach() + x * factor
+
+
+def _round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round half to even forward, identity gradient."""
+    return (torch.round(x) - x).detach() + x
+
+
+def fake_quant_ste(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """``clamp(round(x/scale), qmin, qmax) * scale``; gradient 1 inside the range, 0 outside."""
+    zero = torch.zeros((), dtype=torch.int32, device=x.device)
+    return torch.fake_quantize_per_tensor_affine(x, scale.float().reshape(()), zero, qmin, qmax)
+
+
+def fake_quant_lsq(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int, g: float) -> torch.Tensor:
+    """LSQ (Esser et al. 2020): learned ``scale`` (broadcastable to x), gradient scaled by g."""
+    s = _grad_scale(scale.clamp_min(MIN_SCALE), g)
+    return _round_ste(torch.clamp(x / s, qmin, qmax)) * s
+
+
+def fake_quant_pact(x: torch.Tensor, alpha: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """PACT (Choi et al. 2018): clip to the grid's range ``[qmin, qmax] * alpha/qmax``, then STE.
+
+    ``alpha`` gets gradient +1 from elements clipped above and ``qmin/qmax`` from those below.
+    Clipping exactly at the grid's ends makes the export a plain QuantizeLinear (saturation).
+    """
+    a = alpha.clamp_min(MIN_SCALE * qmax)
+    clipped = torch.minimum(x, a)
+    if qmin < 0:
+        clipped = torch.maximum(clipped, a * (qmin / qmax))
+    return fake_quant_ste(clipped, (a / qmax).detach(), qmin, qmax)
+
+
+class ActQuantizer(nn.Module):
+    """Per-tensor activation fake quantizer.
+
+    ``forward(x, observe=True)``: with ``observe=False`` it only re-applies the current grid
+    (used after max-pool/flatten/reshape, where values are already on that grid).
+    Before its range is known (no calibration, no training step) it passes ``x`` through.
+    """
+
+    def __init__(self, variant: str, bits: int, unsigned: bool, moving_rate: float) -> None:
+        super().__init__()
+        self.variant = variant
+        self.bits = bits
+        self.unsigned = unsigned
+        self.moving_rate = moving_rate
+        self.qmin, self.qmax = grid(bits, unsigned)
+        self.register_buffer("accum", torch.zeros(()))
+        self.register_buffer("state", torch.zeros(()))
+        self.register_buffer("initialized", torch.tensor(False))
+        self.register_buffer("observer_enabled", torch.tensor(True))
+        if variant == "pact":
+            self.alpha = nn.Parameter(torch.ones(()))
+        elif variant == "lsq":
+            self.scale = nn.Parameter(torch.ones(()))
+        self.calibrating = False
+        self._calib: list[torch.Tensor] = []
+
+    def extra_repr(self) -> str:
+        kind = "unsigned" if self.unsigned else "signed"
+        return f"variant={self.variant}, bits={self.bits}, {kind} [{self.qmin}, {self.qmax}]"
+
+    def range_max(self) -> torch.Tensor:
+        """Detached upper end of the represented range (``qmax * scale``)."""
+        return self.current_scale() * self.qmax
+
+    def current_scale(self) -> torch.Tensor:
+        """Detached scale of the grid now in use."""
+        if self.variant == "pact":
+            return (self.alpha.detach().clamp_min(MIN_SCALE * self.qmax) / self.qmax).float()
+        if self.variant == "lsq":
+            return self.scale.detach().clamp_min(MIN_SCALE).float()
+        return (self.accum / self.state.clamp_min(1e-12) / self.qmax).clamp_min(MIN_SCALE)
+
+    def _batch_abs_max(self, x: torch.Tensor) -> torch.Tensor:
+        cur = x.detach().abs().amax().float().reshape(())
+        if not torch.isfinite(cur):
+            raise CalibrationDataError(
+                "An activation contains NaN or Inf; check the input data and the learning rate."
+            )
+        return sync_max_(cur.clone())
+
+    def _set_range(self, abs_max: torch.Tensor) -> None:
+        """Initialise every variant's range from an abs-max statistic."""
+        with torch.no_grad():
+            self.accum.copy_(abs_max)
+            self.state.fill_(1.0)
+            if self.variant == "pact":
+                self.alpha.copy_(abs_max.clamp_min(MIN_SCALE * self.qmax))
+            elif self.variant == "lsq":
+                self.scale.copy_((abs_max / self.qmax).clamp_min(MIN_SCALE))
+            self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def _observe(self, x: torch.Tensor) -> None:
+        cur = self._batch_abs_max(x)
+        if not bool(self.initialized):
+            self._set_range(cur)
+        elif self.variant == "ste" and bool(self.observer_enabled):
+            # PaddleSlim moving_average_abs_max: bias-corrected exponential moving average.
+            self.accum.mul_(self.moving_rate).add_(cur)
+            self.state.mul_(self.moving_rate).add_(1.0)
+
+    def finish_calibration(self) -> bool:
+        """Set the range to the mean per-batch abs max seen while calibrating."""
+        self.calibrating = False
+        if not self._calib:
+            return False
+        self._set_range(torch.stack(self._calib).mean())
+        self._calib = []
+        return True
+
+    def forward(self, x: torch.Tensor, observe: bool = True) -> torch.Tensor:
+        if self.calibrating:
+            if observe:
+                self._calib.append(self._batch_abs_max(x))
+            return x
+        if self.training and observe:
+            self._observe(x)
+        if not bool(self.initialized):
+            return x
+        if self.variant == "pact":
+            return fake_quant_pact(x, self.alpha, self.qmin, self.qmax)
+        if self.variant == "lsq":
+            g = 1.0 / math.sqrt(max(x.numel(), 1) * self.qmax)
+            return fake_quant_lsq(x, self.scale, self.qmin, self.qmax, g)
+        return fake_quant_ste(x, self.current_scale(), self.qmin, self.qmax)
+
+
+class WeightQuantizer(nn.Module):
+    """Per-output-channel symmetric weight fake quantizer (axis 0).
+
+    STE/PACT: ``scale_c = max|w_c| / qmax`` recomputed every call (no gradient to the scale).
+    LSQ: learned per-channel scale, initialised by :meth:`init_scale` from the weights.
+    """
+
+    def __init__(self, variant: str, bits: int, channels: int, narrow: bool) -> None:
+        super().__init__()
+        self.variant = variant
+        self.bits = bits
+        self.qmin, self.qmax = grid(bits, unsigned=False, narrow=narrow)
+        if variant == "lsq":
+            self.scale = nn.Parameter(torch.ones(channels))
+
+    def extra_repr(self) -> str:
+        return f"variant={self.variant}, per-channel [{self.qmin}, {self.qmax}]"
+
+    def abs_max_scale(self, w: torch.Tensor) -> torch.Tensor:
+        """Per-channel abs-max scale of ``w`` (detached)."""
+        return (w.detach().abs().flatten(1).amax(1) / self.qmax).clamp_min(MIN_SCALE).float()
+
+    @torch.no_grad()
+    def init_scale(self, w: torch.Tensor) -> None:
+        """LSQ: start the learned scale at the abs-max scale of ``w``."""
+        if self.variant == "lsq":
+            self.scale.copy_(self.abs_max_scale(w))
+
+    def current_scale(self, w: torch.Tensor) -> torch.Tensor:
+        """Detached per-channel scale used for ``w``."""
+        if self.variant == "lsq":
+            return self.scale.detach().clamp_min(MIN_SCALE).float()
+        return self.abs_max_scale(w)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        shape = (-1,) + (1,) * (w.dim() - 1)
+        if self.variant == "lsq":
+            g = 1.0 / math.sqrt(max(w[0].numel(), 1) * self.qmax)
+            return fake_quant_lsq(w, self.scale.reshape(shape), self.qmin, self.qmax, g)
+        scale = self.abs_max_scale(w)
+        zero = torch.zeros(scale.shape, dtype=torch.int32, device=w.device)
+        return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, self.qmin, self.qmax)

@@ -1,0 +1,105 @@
+"""Checks that an exported QDQ ONNX model matches the PyTorch fake-quant model.
+
+"One quantization step" of an output: when the model's output is produced by an activation
+quantizer (the default: the last Linear/Conv output is quantized), both PyTorch and
+onnxruntime return values on that quantizer's grid, so the step is its scale ``s`` and two
+outputs "agree within one step" when ``|torch - ort| <= s`` (plus 1e-4 relative slack for
+float rounding of ``q * s``). Integer kernels may round a requantization differently at exact
+ties, which moves a value by one step; anything larger is a real mismatch. When the output is
+not quantized (its producer was skipped or is a float op) there is no grid, and the step is
+defined as that of a symmetric int8 grid spanning the reference output: ``max|torch| / 127``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from slimq.qat.model import QATModel, as_inputs, unwrap
+from slimq.qat.quantizers import ActQuantizer
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How closely ONNX outputs follow the PyTorch fake-quant model."""
+
+    step: float
+    output_quantized: bool
+    fraction_within_step: float
+    max_diff_steps: float
+    num_values: int
+
+    def ok(self, min_fraction: float = 0.999) -> bool:
+        """True when at least ``min_fraction`` of outputs lie within one step."""
+        return self.fraction_within_step >= min_fraction
+
+
+def output_quantizer(qmodel: QATModel) -> ActQuantizer | None:
+    """The activation quantizer producing the (single) model output, if any."""
+    net = qmodel.net
+    out_node = next(n for n in net.graph.nodes if n.op == "output")
+    value = out_node.args[0]
+    if getattr(value, "op", None) == "call_module":
+        module = net.get_submodule(value.target)
+        if isinstance(module, ActQuantizer) and bool(module.initialized):
+            return module
+    return None
+
+
+def ort_session(path: str | Path, optimized_path: str | Path | None = None,
+                threads: int = 0) -> ort.InferenceSession:
+    """A CPU onnxruntime session (optionally writing the optimized graph)."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    if optimized_path is not None:
+        options.optimized_model_filepath = str(optimized_path)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def ort_run(path_or_session: str | Path | ort.InferenceSession, inputs: tuple[np.ndarray, ...]) -> np.ndarray:
+    """First output of the model for numpy inputs."""
+    sess = path_or_session if isinstance(path_or_session, ort.InferenceSession) else ort_session(path_or_session)
+    feed = {i.name: x for i, x in zip(sess.get_inputs(), inputs)}
+    return sess.run(None, feed)[0]
+
+
+def check_agreement(qmodel: nn.Module, onnx_path: str | Path, inputs: object) -> Agreement:
+    """Compare PyTorch (eval mode) and onnxruntime outputs on the same inputs."""
+    qm = unwrap(qmodel)
+    tensors = as_inputs(inputs, "inputs")
+    training = qm.training
+    qm.eval()
+    try:
+        with torch.no_grad():
+            ref = qm(*tensors)
+    finally:
+        qm.train(training)
+    ref = (ref[0] if isinstance(ref, (tuple, list)) else ref).detach().float().numpy()
+    got = ort_run(onnx_path, tuple(t.detach().numpy() for t in tensors))
+    quantizer = output_quantizer(qm)
+    if quantizer is not None:
+        step = float(quantizer.current_scale())
+    else:
+        step = max(float(np.abs(ref).max()) / 127.0, 1e-12)
+    diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
+    within = diff <= step * (1.0 + 1e-4)
+    return Agreement(step, quantizer is not None, float(within.mean()), float(diff.max() / step), int(diff.size))
+
+
+def ort_optimized_ops(onnx_path: str | Path) -> Counter:
+    """Op types (``domain:op`` for non-default domains) in onnxruntime's optimized graph."""
+    with tempfile.TemporaryDirectory(prefix="slimq-ort-") as tmp:
+        opt = Path(tmp) / "optimized.onnx"
+        ort_session(onnx_path, optimized_path=opt)
+        model = onnx.load(str(opt))
+    return Counter(f"{n.domain}:{n.op_type}" if n.domain else n.op_type for n in model.graph.node)
