@@ -114,6 +114,12 @@ def _needs_external(model: onnx.ModelProto) -> bool:
     return sum(t.ByteSize() for t in model.graph.initializer) > PROTOBUF_LIMIT
 
 
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
 def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool | None = None) -> Path:
     """Write `model` atomically: into a temp folder beside `path`, then rename into place.
 
@@ -127,6 +133,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: b
         tmp_model = tmpdir / path.name
         if use_external:
             data_name = path.name + ".data"
+            model = _copy(model)  # onnx.save_model rewrites tensors to external references in place
             onnx.save_model(model, str(tmp_model), save_as_external_data=True, all_tensors_to_one_file=True,
                             location=data_name, size_threshold=1024)
             if (tmpdir / data_name).exists():

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
-from onnx_ir.passes.common import LiftConstantsToInitializersPass, RemoveUnusedNodesPass
+from onnx_ir.passes.common import LiftConstantsToInitializersPass, RemoveUnusedNodesPass, RemoveUnusedOpsetsPass
 
 from ..errors import ModelLoadError
 from ..modelio import PROTOBUF_LIMIT, upgrade_opset
@@ -106,4 +106,5 @@ def preprocess(model: onnx.ModelProto) -> onnx.ModelProto:
     irm = ir.from_proto(model)
     LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=0)(irm)
     fold_batchnorm(irm)
+    RemoveUnusedOpsetsPass()(irm)
     return infer_shapes(ir.to_proto(irm))

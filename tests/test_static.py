@@ -1,0 +1,159 @@
+import numpy as np
+import onnx
+import onnx.numpy_helper as nh
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+
+from slimq import testing
+from slimq.config import SkipSpec, StaticConfig, target_rules
+from slimq.errors import ConfigError, NothingToQuantizeError
+from slimq.passes import fold_batchnorm, preprocess
+from slimq.plan import build_plan
+from slimq.static import quantize_static
+
+QUIET = dict(show_progress=False)
+
+
+def run(model, x):
+    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return s.run(None, {s.get_inputs()[0].name: x})[0]
+
+
+def init(model, name):
+    return next(nh.to_array(i) for i in model.graph.initializer if i.name == name)
+
+
+def q_nodes(model):
+    return [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+
+
+def test_fold_batchnorm_preserves_outputs(conv_model):
+    x = testing.random_inputs(conv_model, 1, batch=2)[0]["input"]
+    irm = ir.from_proto(conv_model)
+    assert fold_batchnorm(irm)
+    folded = ir.to_proto(irm)
+    assert "BatchNormalization" not in testing.count_ops(folded)
+    np.testing.assert_allclose(run(folded, x), run(conv_model, x), rtol=1e-4, atol=1e-4)
+
+
+def test_plan_ties_passthrough_and_fuses_activations(conv_model):
+    fp32 = preprocess(conv_model)
+    plan = build_plan(ir.from_proto(fp32).graph, target_rules("x86"))
+    graph = ir.from_proto(fp32).graph
+    by_type = {n.op_type: n for n in graph}
+    maxpool, relu = by_type["MaxPool"], by_type["Relu"]
+    # MaxPool output shares the scale of its input: no Q/DQ ping-pong
+    assert plan.activations[maxpool.outputs[0].name] == plan.activations[maxpool.inputs[0].name]
+    # the Conv output feeding Relu is not quantized separately: Relu is fused
+    assert relu.inputs[0].name not in plan.activations
+    assert relu.outputs[0].name in plan.activations
+    assert set(plan.quantized_nodes.values()) >= {"Conv", "Gemm", "Add", "GlobalAveragePool", "Relu", "Clip"}
+    assert plan.float_nodes == ()
+
+
+def test_static_output_graph_dtypes_and_counts(conv_model, conv_calib):
+    r = quantize_static(conv_model, conv_calib, StaticConfig(**QUIET))
+    ops = testing.count_ops(r.model)
+    assert ops["QuantizeLinear"] == len(r.plan.roots) - 0 or ops["QuantizeLinear"] >= 6
+    for q in q_nodes(r.model):
+        assert init(r.model, q.input[2]).dtype == np.uint8  # u8 activations on x86
+    conv_w = [n.input[1] for n in r.model.graph.node if n.op_type == "Conv"]
+    dq_of = {n.output[0]: n for n in r.model.graph.node if n.op_type == "DequantizeLinear"}
+    for w in conv_w:
+        stored = init(r.model, dq_of[w].input[0])
+        assert stored.dtype == np.int8 and stored.min() >= -127  # weights stored as int8, narrow range
+        assert init(r.model, dq_of[w].input[1]).ndim == 1  # per-channel
+    bias = [n.input[2] for n in r.model.graph.node if n.op_type == "Conv"]
+    assert all(init(r.model, dq_of[b].input[0]).dtype == np.int32 for b in bias)
+    assert r.report.int8_mac_share == pytest.approx(1.0)
+
+
+def test_static_numerically_close_to_fp32(conv_model, conv_calib):
+    r = quantize_static(conv_model, conv_calib, StaticConfig(algo="min_max", **QUIET))
+    x = conv_calib[:16]
+    ref, out = run(conv_model, x), run(r.model, x)
+    # the logits come out of a float Gemm fed by an int8 tensor: error within a few output-scale steps
+    scale = (ref.max() - ref.min()) / 255
+    assert np.abs(ref - out).max() < 8 * scale
+    assert r.report.agreement[0]["cosine"] > 0.99
+
+
+@pytest.mark.parametrize("target,act_dtype", [("tensorrt", np.int8), ("arm", np.int8), ("x86", np.uint8)])
+def test_targets_choose_activation_types(conv_model, conv_calib, target, act_dtype):
+    r = quantize_static(conv_model, conv_calib, StaticConfig(target=target, **QUIET))
+    for q in q_nodes(r.model):
+        zp = init(r.model, q.input[2])
+        assert zp.dtype == act_dtype
+        if target != "x86":
+            assert zp == 0  # symmetric
+
+
+def test_reduce_range_limits_weights(conv_model, conv_calib):
+    r = quantize_static(conv_model, conv_calib, StaticConfig(reduce_range=True, **QUIET))
+    ints = [nh.to_array(i) for i in r.model.graph.initializer if nh.to_array(i).dtype == np.int8 and nh.to_array(i).ndim > 1]
+    assert ints and all(a.min() >= -64 and a.max() <= 63 for a in ints)
+
+
+def test_matmul_model_quantizes_weights_per_column():
+    m = testing.matmul_net()
+    x = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+    r = quantize_static(m, x, StaticConfig(**QUIET))
+    assert r.report.int8_mac_share == pytest.approx(1.0)
+    dq_axes = [a.i for n in r.model.graph.node if n.op_type == "DequantizeLinear" for a in n.attribute if a.name == "axis"]
+    assert 1 in dq_axes
+    np.testing.assert_allclose(run(r.model, x[:8]), run(m, x[:8]), atol=0.25)
+
+
+def test_unsupported_op_stays_float_and_is_reported():
+    m = testing.unsupported_net()
+    x = np.random.default_rng(0).standard_normal((24, 3, 8, 8)).astype(np.float32)
+    r = quantize_static(m, x, StaticConfig(**QUIET))
+    # onnxruntime's constant-folding pre-pass expands HardSwish into HardSigmoid * x
+    ops = testing.count_ops(r.model)
+    act = "HardSwish" if "HardSwish" in ops else "HardSigmoid"
+    assert ops[act] == 1
+    floats = {f["op_type"]: f["reason"] for f in r.report.float_ops}
+    assert act in floats and "int8" in floats[act]
+    assert act in r.report.format()
+
+
+def test_skip_by_name_op_and_regex(conv_model, conv_calib):
+    cfg = StaticConfig(skip=SkipSpec(op_types=("Gemm",)), **QUIET)
+    r = quantize_static(conv_model, conv_calib, cfg)
+    assert any(f["op_type"] == "Gemm" and "skipped" in f["reason"] for f in r.report.float_ops)
+    assert r.report.int8_mac_share < 1.0
+    with pytest.raises(ConfigError, match="Did you mean"):
+        quantize_static(conv_model, conv_calib, StaticConfig(skip=SkipSpec(op_types=("Gemn",)), **QUIET))
+    with pytest.raises(ConfigError, match="matches no node"):
+        quantize_static(conv_model, conv_calib, StaticConfig(skip=SkipSpec(patterns=("^zzz",)), **QUIET))
+
+
+def test_old_opset_is_upgraded_before_per_channel_qdq(conv_calib):
+    m = testing.conv_net(opset=11)
+    r = quantize_static(m, conv_calib, StaticConfig(**QUIET))
+    opset = next(i.version for i in r.model.opset_import if i.domain in ("", "ai.onnx"))
+    assert opset >= 13
+    ort.InferenceSession(r.model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def test_model_without_quantizable_ops_is_refused():
+    text = """<ir_version: 8, opset_import: ["" : 17]> g (float[N, 4] x) => (float[N, 4] y) { y = Softmax(x) }"""
+    m = onnx.parser.parse_model(text)
+    with pytest.raises(NothingToQuantizeError):
+        quantize_static(m, np.ones((4, 4), np.float32), StaticConfig(**QUIET))
+
+
+def test_collapse_is_flagged_and_strict_refuses(conv_model, conv_calib, tmp_path):
+    # calibrate on tiny-amplitude data, check on the real range: the INT8 model saturates
+    tiny = conv_calib * 1e-3
+    hold = conv_calib[:12] * 10
+    data = np.concatenate([tiny, tiny[:12], hold])  # 60 calibration + 12 held back
+    r = quantize_static(conv_model, data, StaticConfig(holdout=12, **QUIET))
+    assert r.report.warnings
+    out = tmp_path / "bad.onnx"
+    from slimq.errors import FidelityError
+
+    with pytest.raises(FidelityError):
+        quantize_static(conv_model, data, StaticConfig(holdout=12, strict=True, **QUIET), output=out)
+    assert not out.exists()
