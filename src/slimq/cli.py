@@ -11,7 +11,7 @@ import warnings
 from .errors import SlimqError
 
 # Modules that define `register(commands, quantize_methods)`; a missing optional one (e.g. QAT without torch) is skipped.
-COMMAND_MODULES = ("slimq.cli_static", "slimq.cli_dynamic", "slimq.cli_bench", "slimq.demo", "slimq.qat.cli")
+COMMAND_MODULES = ("slimq.cli_static", "slimq.cli_dynamic", "slimq.cli_bench", "slimq.demo", "slimq.debug", "slimq.qat.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
