@@ -1,6 +1,5 @@
-import numpy as np
+import onnx.numpy_helper as nh
 
-from slimq import testing
 from slimq.config import StaticConfig
 from slimq.debug import format_errors, layer_errors
 from slimq.passes import preprocess
@@ -18,7 +17,6 @@ def test_layer_errors_point_at_the_damaged_layer(conv_model, conv_calib):
     conv3 = [n for n in bad.graph.node if n.op_type == "Conv"][2]
     dq = next(n for n in bad.graph.node if n.output[0] == conv3.input[1])
     init = next(i for i in bad.graph.initializer if i.name == dq.input[1])
-    import onnx.numpy_helper as nh
     init.CopyFrom(nh.from_array(nh.to_array(init) * 1.5, init.name))
     errs_bad = layer_errors(fp32, bad, [{"input": conv_calib[:8]}])
     worst = min(errs_bad, key=lambda e: e.sqnr_db)
@@ -28,4 +26,3 @@ def test_layer_errors_point_at_the_damaged_layer(conv_model, conv_calib):
     first_conv = [n for n in bad.graph.node if n.op_type == "Conv"][0]
     assert by_name[first_conv.output[0]].sqnr_db > 15  # layers before it are fine
     assert conv3.output[0] in format_errors(errs_bad)
-    del testing, np
