@@ -157,3 +157,16 @@ def test_collapse_is_flagged_and_strict_refuses(conv_model, conv_calib, tmp_path
     with pytest.raises(FidelityError):
         quantize_static(conv_model, data, StaticConfig(holdout=12, strict=True, **QUIET), output=out)
     assert not out.exists()
+
+
+def test_optimized_graph_runs_integer_kernels(conv_model, conv_calib, tmp_path):
+    from slimq.deploy import Predictor, save_optimized
+    from slimq.modelio import save_model
+
+    r = quantize_static(conv_model, conv_calib, StaticConfig(**QUIET))
+    q = save_model(r.model, tmp_path / "q.onnx")
+    opt = save_optimized(q, tmp_path / "q.opt.onnx")
+    ops = testing.count_ops(onnx.load(str(opt)))
+    assert ops.get("QLinearConv") == 3 and "Conv" not in ops
+    x = conv_calib[:4]
+    np.testing.assert_allclose(Predictor(opt).run({"input": x})[0], Predictor(q).run({"input": x})[0], atol=1e-5)

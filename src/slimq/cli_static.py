@@ -53,6 +53,11 @@ def register(sub: argparse._SubParsersAction, methods: argparse._SubParsersActio
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=run_inspect)
 
+    o = sub.add_parser("optimize", help="save onnxruntime's optimized graph of a model for fast loading")
+    o.add_argument("model")
+    o.add_argument("-o", "--output", required=True)
+    o.set_defaults(func=run_optimize)
+
     c = sub.add_parser("cpu", help="report int8 capabilities of this CPU (VNNI, AMX) and the expected speed-up")
     c.set_defaults(func=lambda a: print(json.dumps(__import__("slimq.deploy").deploy.cpu_info().to_dict(), indent=2)))
 
@@ -125,4 +130,14 @@ def run_inspect(args: argparse.Namespace) -> int:
     print(f"quantizable share of data-path nodes: {share * 100:.1f} %")
     for f in plan.float_nodes[:30]:
         print(f"  float: {f.node} ({f.op_type}): {f.reason}")
+    return 0
+
+
+def run_optimize(args: argparse.Namespace) -> int:
+    from .deploy import save_optimized
+    from .modelio import check_output_path, load_model
+
+    out = check_output_path(args.model, args.output)
+    load_model(args.model)  # clear errors for missing/corrupt files before onnxruntime sees them
+    print(f"wrote {save_optimized(args.model, out)}")
     return 0
