@@ -1,0 +1,232 @@
+"""Benchmark FP32 and INT8 models side by side: speed, latency, size and task accuracy.
+
+Timing is interleaved: for each thread count, every model gets a warm-up, then the
+models take turns (round-robin, order rotated each round) with a time-based minimum per
+turn, so slow drift of the machine (thermal, other load) hits all models alike.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from .bench_data import BenchInputs, resolve_inputs
+from .data import Feeds, model_inputs, validate_feeds
+from .deploy import Predictor, cpu_info, resolve_threads
+from .errors import ConfigError
+from .modelio import load_model, model_size_bytes
+from .tasks.base import Evaluator, collect_outputs
+
+ModelLike = str | os.PathLike | onnx.ModelProto
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TimingConfig:
+    """How long to time: per model and round, at least `min_time` seconds and `min_iters` runs."""
+
+    warmup: int = 5
+    min_iters: int = 10
+    min_time: float = 2.0
+    rounds: int = 3
+
+    def __post_init__(self) -> None:
+        if self.warmup < 0 or self.min_iters < 1 or self.rounds < 1 or self.min_time < 0:
+            raise ConfigError(f"Invalid timing settings {self}: warmup >= 0, iters >= 1, rounds >= 1, "
+                              "min_time >= 0.")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    path: str | None
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class SpeedResult:
+    """Throughput and batch latency of one model at one thread count."""
+
+    model: str
+    threads: int
+    batch: int
+    iterations: int
+    seconds: float
+    samples_per_s: float
+    p50_ms: float
+    p90_ms: float
+    ratio: float  # samples/s relative to the first model at the same thread count
+
+
+@dataclass
+class BenchResult:
+    """Everything `benchmark` measured; `to_markdown()` gives the accuracy and speed tables."""
+
+    models: list[ModelInfo]
+    speed: list[SpeedResult]
+    accuracy: dict[str, dict[str, float]] | None = None
+    evaluator: dict | None = None  # name, primary_metric, higher_is_better
+    settings: dict = field(default_factory=dict)
+    machine: dict = field(default_factory=dict)
+    title: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_markdown(self) -> str:
+        from .bench_report import result_markdown
+
+        return result_markdown(self)
+
+    def write_json(self, path: str | os.PathLike) -> Path:
+        return write_json([self], path)
+
+    def plot(self, path: str | os.PathLike) -> Path:
+        from .bench_report import plot_results
+
+        return plot_results([self], path)
+
+    def speed_of(self, model: str, threads: int) -> SpeedResult:
+        for s in self.speed:
+            if s.model == model and s.threads == threads:
+                return s
+        raise KeyError((model, threads))
+
+
+def write_json(results: Sequence[BenchResult], path: str | os.PathLike) -> Path:
+    """Write one or more results as JSON, atomically."""
+    path = Path(path)
+    payload = results[0].to_dict() if len(results) == 1 else {"results": [r.to_dict() for r in results]}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=2, default=str)
+    os.replace(tmp, path)
+    return path
+
+
+def machine_info() -> dict:
+    """CPU, onnxruntime version and date, recorded with every benchmark."""
+    return {"cpu": cpu_info().to_dict(), "onnxruntime": ort.__version__,
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+
+
+def _name_models(models: Sequence[ModelLike], names: Sequence[str] | None) -> list[str]:
+    if names is not None:
+        if len(names) != len(models) or len(set(names)) != len(names):
+            raise ConfigError(f"Give one distinct name per model: {len(models)} models, names {list(names)}.")
+        return list(names)
+    out = []
+    for i, m in enumerate(models):
+        base = f"model{i}" if isinstance(m, onnx.ModelProto) else Path(m).name.removesuffix(".onnx")
+        out.append(base if base not in out else f"{base}#{i}")
+    return out
+
+
+def _signature(model: onnx.ModelProto) -> tuple[list[tuple[str, int]], list[str]]:
+    ins = [(s.name, len(s.shape)) for s in model_inputs(model)]
+    return ins, [o.name for o in model.graph.output]
+
+
+def check_compatible(protos: Sequence[onnx.ModelProto], names: Sequence[str]) -> None:
+    """All models must have the same input names/ranks and output names as the first one."""
+    ref_in, ref_out = _signature(protos[0])
+    for proto, name in zip(protos[1:], names[1:]):
+        ins, outs = _signature(proto)
+        if ins != ref_in or outs != ref_out:
+            raise ConfigError(
+                f'Model "{name}" is not comparable with "{names[0]}": inputs {ins} vs {ref_in}, outputs {outs} vs '
+                f"{ref_out} (name, rank). Benchmark an FP32 model together with INT8 versions of the same model.")
+
+
+def _time_turn(session: ort.InferenceSession, feeds: Feeds, timing: TimingConfig) -> list[float]:
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < timing.min_iters or time.perf_counter() - start < timing.min_time:
+        t0 = time.perf_counter_ns()
+        session.run(None, feeds)
+        times.append((time.perf_counter_ns() - t0) / 1e6)
+    return times
+
+
+def measure_speed(protos: Sequence[onnx.ModelProto], names: Sequence[str], feeds: Feeds, threads: int,
+                  timing: TimingConfig = TimingConfig(), progress: Progress | None = None) -> list[SpeedResult]:
+    """Interleaved timing of all models at one thread count (latencies in ms per batch)."""
+    sessions = [Predictor(p, threads=threads).session for p in protos]
+    for s in sessions:
+        for _ in range(timing.warmup):
+            s.run(None, feeds)
+    times: list[list[float]] = [[] for _ in sessions]
+    for r in range(timing.rounds):
+        order = [(i + r) % len(sessions) for i in range(len(sessions))]
+        for i in order:
+            times[i] += _time_turn(sessions[i], feeds, timing)
+        if progress:
+            progress(f"  threads={threads}: round {r + 1}/{timing.rounds} done")
+    batch = len(next(iter(feeds.values())))
+    out = []
+    for name, t in zip(names, times):
+        a = np.asarray(t)
+        out.append(SpeedResult(name, threads, batch, len(a), float(a.sum() / 1e3), float(batch * len(a) / a.sum() * 1e3),
+                               float(np.percentile(a, 50)), float(np.percentile(a, 90)), 1.0))
+    base = out[0].samples_per_s
+    return [SpeedResult(**{**asdict(s), "ratio": s.samples_per_s / base}) for s in out]
+
+
+def evaluate_models(protos: Sequence[onnx.ModelProto], names: Sequence[str], evaluator: Evaluator,
+                    progress: Progress | None = None) -> dict[str, dict[str, float]]:
+    """Task metrics of every model on the evaluator's data (all cores)."""
+    out = {}
+    for proto, name in zip(protos, names):
+        if progress:
+            progress(f"  evaluating {name} ({evaluator.name})")
+        pred = Predictor(proto, threads="all")
+        out[name] = evaluator.score(collect_outputs(pred.run, evaluator))
+    return out
+
+
+def benchmark(models: Sequence[ModelLike], data=None, threads: Sequence[int | str] = (1, "all"),
+              evaluator: Evaluator | None = None, batch: int = 1, task: str = "auto",
+              timing: TimingConfig = TimingConfig(), names: Sequence[str] | None = None, limit: int | None = None,
+              progress: Progress | None = None, title: str = "") -> BenchResult:
+    """Time and evaluate `models` (the first is the reference, usually FP32) on the same data.
+
+    data: an .npz (inputs + optional `labels`), `"fashion-mnist"`, an .npy/folder/array/feed list, or None
+    (random data, or the evaluator's first batch). threads: counts or "all"; above the core count they are
+    clamped with a warning. evaluator: any `slimq.tasks.Evaluator`; task: "auto", "classification",
+    "ocr-rec", "ocr-det" or "none". limit: use only the first N labelled samples / evaluation items.
+    """
+    if not models:
+        raise ConfigError("Give at least one model to benchmark.")
+    names = _name_models(models, names)
+    protos = [m if isinstance(m, onnx.ModelProto) else load_model(m) for m in models]
+    check_compatible(protos, names)
+    inputs = model_inputs(protos[0])
+    first_path = None if isinstance(models[0], onnx.ModelProto) else models[0]
+    bi: BenchInputs = resolve_inputs(data, inputs, batch, task, evaluator, first_path, limit)
+    for proto, name in zip(protos, names):
+        validate_feeds(bi.feeds, model_inputs(proto), f"{bi.source}, model {name}")
+    counts = list(dict.fromkeys(resolve_threads(t) for t in threads))
+    accuracy = evaluate_models(protos, names, bi.evaluator, progress) if bi.evaluator is not None else None
+    speed: list[SpeedResult] = []
+    for t in counts:
+        if progress:
+            progress(f"timing {len(protos)} models at {t} thread(s), batch {batch} ({timing.rounds} rounds)")
+        speed += measure_speed(protos, names, bi.feeds, t, timing, progress)
+    infos = [ModelInfo(n, None if isinstance(m, onnx.ModelProto) else str(m),
+                       p.ByteSize() if isinstance(m, onnx.ModelProto) else model_size_bytes(m))
+             for n, m, p in zip(names, models, protos)]
+    ev = None if bi.evaluator is None else {"name": bi.evaluator.name, "primary_metric": bi.evaluator.primary_metric,
+                                            "higher_is_better": bi.evaluator.higher_is_better}
+    settings = {"batch": batch, "threads": counts, "data": bi.source, **asdict(timing)}
+    return BenchResult(infos, speed, accuracy, ev, settings, machine_info(), title)
