@@ -3,9 +3,9 @@
 Integer grids (documented here once, used everywhere in :mod:`slimq.qat`):
 
 * Weights: per-output-channel symmetric, ``scale_c = max|w_c| / (2**(b-1) - 1)``, zero point 0,
-  axis 0 (Conv ``[out, in/g, kh, kw]`` and Linear ``[out, in]``). The integer range is
-  ``[-127, 127]`` on ``arm`` (XNNPACK/KleidiAI-style kernels want symmetric int8) and
-  ``[-128, 127]`` otherwise; with abs-max scales -128 is never produced, only LSQ can reach it.
+  axis 0 (Conv ``[out, in/g, kh, kw]`` and Linear ``[out, in]``), integers in the narrow range
+  ``[-127, 127]`` on every target (as the static quantizer does: arm kernels require it, and
+  on x86 it avoids the u8*s8 pair-sum saturation of non-VNNI kernels). LSQ clamps to it too.
 * Activations: ``moving_average_abs_max`` (PaddleSlim), i.e. the grid spans ``[-a, a]`` with
   ``a`` a bias-corrected moving average (rate 0.9) of the per-batch ``max|x|``.
   A tensor that is known to be non-negative (the output of a fused ReLU/ReLU6) uses the
@@ -39,13 +39,12 @@ class TargetRules:
 
     act_dtype: Literal["uint8", "int8"]
     unsigned_grid: bool  # non-negative tensors use [0, 2**b - 1]
-    narrow_weights: bool  # weights in [-(2**(b-1) - 1), 2**(b-1) - 1]
 
 
 TARGETS: dict[str, TargetRules] = {
-    "x86": TargetRules(act_dtype="uint8", unsigned_grid=True, narrow_weights=False),
-    "tensorrt": TargetRules(act_dtype="int8", unsigned_grid=False, narrow_weights=False),
-    "arm": TargetRules(act_dtype="int8", unsigned_grid=True, narrow_weights=True),
+    "x86": TargetRules(act_dtype="uint8", unsigned_grid=True),
+    "tensorrt": TargetRules(act_dtype="int8", unsigned_grid=False),
+    "arm": TargetRules(act_dtype="int8", unsigned_grid=True),
 }
 
 

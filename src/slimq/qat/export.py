@@ -15,7 +15,6 @@ onnxruntime fuses the result into QLinearConv / QGemm).
 from __future__ import annotations
 
 import copy
-import os
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -26,13 +25,15 @@ import onnx
 import onnx_ir as ir
 import torch
 from onnx_ir.convenience import get_const_tensor
-from onnx_ir.passes.common import RemoveUnusedNodesPass
+from onnx_ir.passes.common import ClearMetadataAndDocStringPass, RemoveUnusedNodesPass
 from torch import fx, nn
 
-from slimq.errors import CalibrationDataError, ConfigError, OutputPathError, unknown_choice
+from slimq.errors import CalibrationDataError, ConfigError, unknown_choice
+from slimq.modelio import check_output_path, save_model
 from slimq.qat.config import TARGETS
 from slimq.qat.model import QATModel, unwrap
 from slimq.qat.modules import QATConv, QATLinear, export_act
+from slimq.qat.qdq_op import dynamo_translation_table
 from slimq.qat.quantizers import ActQuantizer
 
 EXPORTERS = ("legacy", "dynamo")
@@ -103,19 +104,24 @@ def _io_names(net: nn.Module, example: tuple[torch.Tensor, ...]) -> tuple[list[s
 def _torch_export(net: nn.Module, example: tuple[torch.Tensor, ...], dest: Path, exporter: str,
                   opset: int) -> None:
     inputs, outputs = _io_names(net, example)
-    axes = {name: {0: "batch"} for name in inputs + outputs}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
         if exporter == "legacy":
+            axes = {name: {0: "batch"} for name in inputs + outputs}
             torch.onnx.export(net, example, str(dest), dynamo=False, opset_version=opset,
                               input_names=inputs, output_names=outputs, dynamic_axes=axes,
                               do_constant_folding=True)
-        else:
-            program = torch.onnx.export(net, example, dynamo=True, opset_version=max(opset, 18),
-                                        input_names=inputs, output_names=outputs,
-                                        dynamic_axes=axes, verbose=False)
-            program.save(str(dest))
+            return
+        # A batch of 1 would be specialised by torch.export; trace with two samples.
+        example = tuple(t if t.shape[0] > 1 else torch.cat([t, t]) for t in example)
+        batch = torch.export.Dim("batch")
+        program = torch.onnx.export(
+            net, example, dynamo=True, opset_version=max(opset, 18), input_names=inputs,
+            output_names=outputs, dynamic_shapes=tuple({0: batch} for _ in example),
+            custom_translation_table=dynamo_translation_table(), verbose=False,
+        )
+        program.save(str(dest))
 
 
 def _quantize_constant(x: np.ndarray, scale: np.ndarray, zero: np.ndarray, axis: int) -> np.ndarray:
@@ -153,20 +159,6 @@ def fold_weight_quantization(model: ir.Model) -> int:
     return folded
 
 
-def save_onnx_atomic(proto: onnx.ModelProto, path: Path) -> None:
-    """Write ``proto`` to ``path`` through a temp file in the same folder and os.replace."""
-    if not path.parent.is_dir():
-        raise OutputPathError(f"Folder {path.parent} does not exist; create it or pick another path.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(proto.SerializeToString())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def convert(qmodel: nn.Module, path: str | Path, target: str | None = None, *,
             exporter: str = "legacy", opset: int = 17) -> ConvertResult:
     """Export a trained QAT model (or its DDP wrapper) to a QDQ ONNX file at ``path``.
@@ -177,15 +169,17 @@ def convert(qmodel: nn.Module, path: str | Path, target: str | None = None, *,
     target = _check_ready(qm, target)
     if exporter not in EXPORTERS:
         raise unknown_choice("ONNX exporter", exporter, EXPORTERS)
-    path = Path(path)
+    path = check_output_path(None, path)
     net = export_network(qm, target)
     with tempfile.TemporaryDirectory(prefix="slimq-qat-") as tmp:
         raw = Path(tmp) / "raw.onnx"
         _torch_export(net, qm.example_inputs, raw, exporter, opset)
         model = ir.load(str(raw))
+    if exporter == "dynamo":
+        ClearMetadataAndDocStringPass()(model)
     folded = fold_weight_quantization(model)
     proto = ir.serde.serialize_model(model)
     onnx.checker.check_model(proto, full_check=True)
-    save_onnx_atomic(proto, path)
+    save_model(proto, path)
     n_q = sum(1 for n in proto.graph.node if n.op_type == "QuantizeLinear")
     return ConvertResult(path, target, exporter, path.stat().st_size, folded, n_q)

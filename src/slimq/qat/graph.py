@@ -187,8 +187,10 @@ def _foldable_bn(gm: fx.GraphModule, conv_node: fx.Node, uses: Counter, cfg: QAT
 def swap_modules(gm: fx.GraphModule, cfg: QATConfig) -> tuple[list[str], list[str]]:
     """Replace Conv(+BN) and Linear by QAT modules; returns (swapped, skipped) module paths."""
     uses = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
-    swapped, skipped = [], []
+    swapped, skipped, erased = [], [], set()
     for node in list(gm.graph.nodes):
+        if node in erased:
+            continue
         kind = _kind(gm, node)
         if kind not in ("conv", "linear") or node.target in swapped:
             continue
@@ -199,7 +201,7 @@ def swap_modules(gm: fx.GraphModule, cfg: QATConfig) -> tuple[list[str], list[st
             skipped.append(str(node.target))
             continue
         channels = mod.out_channels if kind == "conv" else mod.out_features
-        wq = WeightQuantizer(cfg.variant, cfg.weight_bits, channels, cfg.rules.narrow_weights)
+        wq = WeightQuantizer(cfg.variant, cfg.weight_bits, channels)
         if kind == "linear":
             _set_module(gm, node.target, QATLinear(mod, wq))
         else:
@@ -209,5 +211,7 @@ def swap_modules(gm: fx.GraphModule, cfg: QATConfig) -> tuple[list[str], list[st
             if bn_node is not None:
                 bn_node.replace_all_uses_with(node)
                 gm.graph.erase_node(bn_node)
+                erased.add(bn_node)
+                gm.delete_submodule(str(bn_node.target))  # it now lives inside the QATConv
         swapped.append(str(node.target))
     return swapped, skipped

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimq.qat.qdq_op import quantize_dequantize
 from slimq.qat.quantizers import ActQuantizer, WeightQuantizer, sync_mean_
 
 ConvType = nn.Conv1d | nn.Conv2d
@@ -73,9 +74,10 @@ class QATConv(nn.Module):
         if self.conv.bias is not None:
             y = y + self.conv.bias.reshape(shape)
         y = self.bn(y)
-        with torch.no_grad():  # keep running statistics identical on every rank
-            sync_mean_(self.bn.running_mean)
-            sync_mean_(self.bn.running_var)
+        # Keep running statistics identical on every rank. Through ``.data`` because autograd
+        # saved them for BatchNorm's backward (which does not read them in training mode).
+        sync_mean_(self.bn.running_mean.data)
+        sync_mean_(self.bn.running_var.data)
         return y
 
     def export_module(self) -> "QDQConv":
@@ -112,10 +114,9 @@ class QATLinear(nn.Module):
 
 
 def _weight_qdq(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    # w already lies on the grid; the int8 range here only shapes the exported QuantizeLinear,
-    # which the post-export pass folds into an int8 initializer.
-    zero = torch.zeros(scale.shape, dtype=torch.int32)
-    return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -128, 127)
+    # w already lies on the grid; the post-export pass folds this QuantizeLinear into an
+    # int8 initializer.
+    return quantize_dequantize(w, scale, torch.zeros(scale.shape, dtype=torch.int8), 0)
 
 
 class QDQConv(nn.Module):
@@ -146,20 +147,25 @@ class QDQLinear(nn.Module):
 
 
 class QDQAct(nn.Module):
-    """Export form of :class:`ActQuantizer` with the target's storage type and zero point."""
+    """Export form of :class:`ActQuantizer`: scale and zero point in the target's storage type."""
 
-    def __init__(self, scale: torch.Tensor, zero_point: int, qmin: int, qmax: int) -> None:
+    def __init__(self, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("scale", scale.detach().float().reshape(()).clone())
-        self.register_buffer("zero_point", torch.tensor(zero_point, dtype=torch.int32))
-        self.qmin, self.qmax = qmin, qmax
+        self.register_buffer("zero_point", zero_point)
 
     def forward(self, x: torch.Tensor, observe: bool = True) -> torch.Tensor:
-        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, self.qmin, self.qmax)
+        return quantize_dequantize(x, self.scale, self.zero_point, 1)
 
 
 def export_act(q: ActQuantizer, act_dtype: str) -> QDQAct:
-    """Map a trained activation quantizer to its stored form (uint8 or int8) for ``act_dtype``."""
-    shift = 0 if (act_dtype == "uint8") == q.unsigned else (128 if act_dtype == "uint8" else -128)
-    qmin, qmax = (0, 255) if act_dtype == "uint8" else (-128, 127)
-    return QDQAct(q.current_scale(), shift, qmin, qmax)
+    """Map a trained activation quantizer to its stored form (uint8 or int8) for ``act_dtype``.
+
+    The training grid has zero point 0; storage shifts it: a signed grid in uint8 gets zero
+    point 128, an unsigned grid in int8 gets -128.
+    """
+    if act_dtype == "uint8":
+        zero = torch.tensor(0 if q.unsigned else 128, dtype=torch.uint8)
+    else:
+        zero = torch.tensor(-128 if q.unsigned else 0, dtype=torch.int8)
+    return QDQAct(q.current_scale(), zero)

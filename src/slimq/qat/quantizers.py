@@ -186,17 +186,17 @@ class ActQuantizer(nn.Module):
 
 
 class WeightQuantizer(nn.Module):
-    """Per-output-channel symmetric weight fake quantizer (axis 0).
+    """Per-output-channel symmetric weight fake quantizer (axis 0), integers in [-qmax, qmax].
 
     STE/PACT: ``scale_c = max|w_c| / qmax`` recomputed every call (no gradient to the scale).
     LSQ: learned per-channel scale, initialised by :meth:`init_scale` from the weights.
     """
 
-    def __init__(self, variant: str, bits: int, channels: int, narrow: bool) -> None:
+    def __init__(self, variant: str, bits: int, channels: int) -> None:
         super().__init__()
         self.variant = variant
         self.bits = bits
-        self.qmin, self.qmax = grid(bits, unsigned=False, narrow=narrow)
+        self.qmin, self.qmax = grid(bits, unsigned=False, narrow=True)
         if variant == "lsq":
             self.scale = nn.Parameter(torch.ones(channels))
 
