@@ -56,6 +56,36 @@ class LabeledEvaluator:
         return {"top1": topk_accuracy(logits, self.labels, 1), "top5": topk_accuracy(logits, self.labels, 5)}
 
 
+class AgreementEvaluator:
+    """For models without labels (e.g. random weights): agreement of each model with reference outputs.
+
+    ``reference`` holds the first output of the reference (FP32) model for every batch of ``arrays``.
+    Metrics: "top1_agree" (percent of rows whose argmax matches) and "cosine" (over all values).
+    """
+
+    name = "agreement"
+    primary_metric = "top1_agree"
+    higher_is_better = True
+
+    def __init__(self, arrays: Mapping[str, np.ndarray], reference: Sequence[np.ndarray], batch_size: int) -> None:
+        self.arrays, self.batch_size = dict(arrays), batch_size
+        self._slices = batch_slices(len(next(iter(self.arrays.values()))), batch_size)
+        if len(reference) != len(self._slices):
+            raise CalibrationDataError(f"{len(reference)} reference outputs for {len(self._slices)} batches.")
+        self.reference = [np.asarray(r, np.float64) for r in reference]
+
+    def inputs(self) -> Iterator[Feeds]:
+        for s in self._slices:
+            yield {k: v[s] for k, v in self.arrays.items()}
+
+    def score(self, outputs: list[list[np.ndarray]]) -> dict[str, float]:
+        check_batch_count(self.name, outputs, len(self._slices))
+        ref = np.concatenate([r.reshape(len(r), -1) for r in self.reference])
+        out = np.concatenate([np.asarray(o[0], np.float64).reshape(len(o[0]), -1) for o in outputs])
+        cos = float(ref.ravel() @ out.ravel() / max(np.linalg.norm(ref) * np.linalg.norm(out), 1e-30))
+        return {"top1_agree": float((ref.argmax(1) == out.argmax(1)).mean() * 100), "cosine": cos}
+
+
 @dataclass
 class BenchInputs:
     """What a benchmark runs: one timing feed (batch dim = batch) and an optional evaluator."""

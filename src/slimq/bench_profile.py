@@ -102,30 +102,39 @@ def profile_model(model: str | os.PathLike | onnx.ModelProto, feeds: Feeds, thre
     return summarize(events, warmup)
 
 
-FLOAT_COMPUTE = ("Conv", "MatMul", "Gemm", "FusedConv", "FusedMatMul", "FusedGemm", "ConvTranspose")
-
-
 def float_islands(p: Profile) -> list[NodeTime]:
-    """Compute-heavy nodes that still run in float, and the (de)quantize nodes around them."""
-    return [n for n in p.nodes if (n.op_type in FLOAT_COMPUTE and n.input_types.startswith("float"))
-            or n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    """Nodes of a quantized graph that read float activations (float islands, QuantizeLinear) or make them
+    (DequantizeLinear), slowest first."""
+    return [n for n in p.nodes if n.input_types.startswith("float") or n.op_type == "DequantizeLinear"]
+
+
+def _island_lines(p: Profile, top: int) -> list[str]:
+    islands = float_islands(p)
+    if not islands:
+        return ["No float activations: every timed node reads integer data.", ""]
+    ms = sum(n.ms_per_run for n in islands)
+    by_op: dict[str, list[float]] = defaultdict(list)
+    for n in islands:
+        by_op[n.op_type].append(n.ms_per_run)
+    rows = [[op, str(len(v)), f"{sum(v):.3f}"] for op, v in sorted(by_op.items(), key=lambda kv: -sum(kv[1]))]
+    lines = [f"Float islands: {len(islands)} nodes read float activations or dequantize, {ms:.3f} ms/run "
+             f"({ms / max(p.kernel_ms_per_run, 1e-9) * 100:.1f} % of kernel time).", "",
+             format_table(["op type (float input or DequantizeLinear)", "nodes", "ms/run"], rows), "",
+             "Slowest of them:", ""]
+    rows = [[n.name, n.op_type, n.input_types, n.output_shape, f"{n.ms_per_run:.3f}"] for n in islands[:top]]
+    return lines + [format_table(["node", "op", "input types", "output shape", "ms/run"], rows), ""]
 
 
 def profile_markdown(title: str, profiles: dict[str, Profile], top: int = 12) -> str:
-    """Markdown: per model, the top op types by time; for non-reference models, float islands too."""
+    """Markdown: per model, the top op types by time; for the others than the first (FP32), float islands too."""
     lines = [f"# Profile: {title}", ""]
-    for label, p in profiles.items():
-        lines += [f"## {label}", "", f"{p.runs} profiled runs; median model_run {p.run_ms:.3f} ms, summed per-node median kernel time "
-                  f"{p.kernel_ms_per_run:.3f} ms per run.", ""]
+    for i, (label, p) in enumerate(profiles.items()):
+        lines += [f"## {label}", "", f"{p.runs} profiled runs; median model_run {p.run_ms:.3f} ms, summed per-node "
+                  f"median kernel time {p.kernel_ms_per_run:.3f} ms per run.", ""]
         rows = [[o.op_type, str(o.nodes), f"{o.ms_per_run:.3f}", f"{o.share * 100:.1f} %"] for o in p.ops[:top]]
         lines += [format_table(["op type", "nodes", "ms/run", "share"], rows), ""]
-        islands = float_islands(p)
-        if islands and label != next(iter(profiles)):
-            ms = sum(n.ms_per_run for n in islands)
-            lines += [f"Float compute and (de)quantize nodes: {len(islands)}, {ms:.3f} ms/run "
-                      f"({ms / max(p.kernel_ms_per_run, 1e-9) * 100:.1f} % of kernel time). Slowest:", ""]
-            rows = [[n.name, n.op_type, n.input_types, n.output_shape, f"{n.ms_per_run:.3f}"] for n in islands[:top]]
-            lines += [format_table(["node", "op", "input types", "output shape", "ms/run"], rows), ""]
+        if i > 0:
+            lines += _island_lines(p, top)
     return "\n".join(lines)
 
 

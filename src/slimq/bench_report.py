@@ -19,8 +19,12 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def _signed(x: float) -> str:
-    return f"{x:+.2f}"
+FRACTION_METRICS = ("cosine", "mean_iou", "map_iou")  # in [0, 1]: shown with 4 decimals
+
+
+def _fmt(metric: str, x: float, signed: bool = False) -> str:
+    digits = 4 if metric in FRACTION_METRICS else 2
+    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
 
 
 def accuracy_table(results: Sequence[BenchResult]) -> str:
@@ -36,8 +40,8 @@ def accuracy_table(results: Sequence[BenchResult]) -> str:
     for r in results:
         ref = r.accuracy[r.models[0].name]
         for name, vals in r.accuracy.items():
-            diffs = ["—" if name == r.models[0].name else _signed(vals[m] - ref[m]) for m in metrics]
-            rows.append([name, *(f"{vals[m]:.2f}" for m in metrics), *diffs])
+            diffs = ["—" if name == r.models[0].name else _fmt(m, vals[m] - ref[m], True) for m in metrics]
+            rows.append([name, *(_fmt(m, vals[m]) for m in metrics), *diffs])
     better = "higher" if ev.get("higher_is_better", True) else "lower"
     note = f"\n\n{ev.get('name', 'task')}: {ev.get('primary_metric', metrics[0])} is the primary metric ({better} is " \
            f"better); Δ is the difference to the first model of each group, in the metric's units."

@@ -1,0 +1,96 @@
+"""The peer quantizer: onnxruntime.quantization.quantize_static on the same calibration data.
+
+Two settings per model:
+
+* ``ort-default``: ``quantize_static(fp32, out, reader)`` with onnxruntime's defaults
+  (QDQ, s8 activations, s8 per-tensor weights, MinMax calibration).
+* ``ort-best``: ``quant_pre_process`` first (skipped, and recorded, when it fails), then
+  QDQ with u8 activations and s8 per-channel weights (the VNNI path), MinMax.
+
+Failures are recorded, never hidden: the result carries the error text instead of a path.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from slimq.data import Feeds
+
+PEERS = ("ort-default", "ort-best")
+
+
+@dataclass
+class PeerResult:
+    name: str
+    path: Path | None
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def _reader(feeds: Sequence[Feeds]):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(feeds)
+
+        def get_next(self):
+            return next(self.it, None)
+
+        def rewind(self) -> None:
+            self.it = iter(feeds)
+
+    return Reader()
+
+
+def _short(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}".strip().splitlines()
+    return " ".join(text)[:300] if text else type(e).__name__
+
+
+def _preprocess(fp32: Path, out_dir: Path, notes: list[str]) -> Path:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = out_dir / f"{fp32.stem}.ort-pre.onnx"
+    try:
+        quant_pre_process(str(fp32), str(pre))
+        notes.append("quant_pre_process: ok")
+        return pre
+    except Exception as e:  # noqa: BLE001 - peer tool failures are data for the report
+        logging.getLogger("slimq").debug(traceback.format_exc())
+        notes.append(f"quant_pre_process failed, skipped ({_short(e)})")
+        return fp32
+
+
+def quantize_peer(kind: str, fp32: Path, out_dir: Path, calib: Sequence[Feeds]) -> PeerResult:
+    """Quantize `fp32` with onnxruntime's quantizer; `kind` is "ort-default" or "ort-best"."""
+    import time
+
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    out = out_dir / f"{fp32.stem}.{kind}.onnx"
+    notes: list[str] = []
+    t0 = time.perf_counter()
+    logging.disable(logging.WARNING)  # the quantizer logs one warning per bias/tensor on the root logger
+    try:
+        if kind == "ort-default":
+            quantize_static(str(fp32), str(out), _reader(calib))
+            notes.append("QDQ, s8 activations, s8 per-tensor weights, MinMax (onnxruntime defaults)")
+        elif kind == "ort-best":
+            src = _preprocess(fp32, out_dir, notes)
+            quantize_static(str(src), str(out), _reader(calib), quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                            reduce_range=False, calibrate_method=CalibrationMethod.MinMax)
+            notes.append("QDQ, u8 activations, s8 per-channel weights, MinMax")
+        else:
+            raise ValueError(f"unknown peer {kind}; use one of {PEERS}")
+    except Exception as e:  # noqa: BLE001
+        return PeerResult(kind, None, time.perf_counter() - t0, notes, _short(e))
+    finally:
+        logging.disable(logging.NOTSET)
+    return PeerResult(kind, out, time.perf_counter() - t0, notes)

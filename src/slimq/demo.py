@@ -1,0 +1,214 @@
+"""`slimq demo`: quantize the shipped Fashion-MNIST models and compare FP32 with INT8.
+
+For each demo model: static PTQ (hist calibration on 256 training images), dynamic PTQ
+and QAT when those modules are present, then accuracy on the 10k test images and
+interleaved speed at 1 thread and all threads. Every file goes to the `--out` folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .bench import BenchResult, TimingConfig, benchmark, write_json
+from .errors import ConfigError, unknown_choice
+from .zoo import ZOO_MODELS
+
+METHODS = ("static", "dynamic", "qat")
+CALIB_IMAGES = 256
+HOLDOUT_IMAGES = 16  # held back from calibration for the report's FP32-vs-INT8 agreement check
+DEFAULT_OUT = "slimq-demo"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What the demo runs; `quick` shrinks the test set and the timing for smoke tests."""
+
+    out: Path = Path(DEFAULT_OUT)
+    models: tuple[str, ...] = ZOO_MODELS
+    methods: tuple[str, ...] = METHODS
+    quick: bool = False
+    batch: int = 1
+    threads: tuple[int | str, ...] = (1, "all")
+    min_time: float = 1.5
+
+    @property
+    def test_limit(self) -> int | None:
+        return 500 if self.quick else None
+
+    @property
+    def timing(self) -> TimingConfig:
+        if self.quick:
+            return TimingConfig(warmup=2, min_iters=5, min_time=0.05, rounds=1)
+        return TimingConfig(warmup=10, min_iters=20, min_time=self.min_time, rounds=3)
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def calibration_images(n: int = CALIB_IMAGES + HOLDOUT_IMAGES, seed: int = 0) -> np.ndarray:
+    """`n` preprocessed training images drawn with a fixed seed (classes mixed)."""
+    from .datasets.fashion_mnist import load_fashion_mnist, preprocess
+
+    images, _ = load_fashion_mnist("train")
+    idx = np.random.default_rng(seed).choice(len(images), n, replace=False)
+    return preprocess(images[np.sort(idx)])
+
+
+def quantize_static_demo(fp32: Path, out: Path, calib: np.ndarray, cfg: DemoConfig) -> Path:
+    from .config import StaticConfig
+    from .static import quantize_static
+
+    sc = StaticConfig(algo="hist", max_samples=CALIB_IMAGES, holdout=HOLDOUT_IMAGES, show_progress=not cfg.quick)
+    result = quantize_static(fp32, calib, sc, output=out)
+    for w in result.report.warnings:
+        _say(f"    warning: {w}")
+    return out
+
+
+def quantize_dynamic_demo(fp32: Path, out: Path, calib: np.ndarray, cfg: DemoConfig) -> Path:
+    from .dynamic import quantize_dynamic  # optional module
+
+    quantize_dynamic(fp32, output=out)
+    return out
+
+
+def _qat_entry() -> Callable | None:
+    for module, attr in (("slimq.qat.fmnist_recipe", "run_qat_recipe"), ("slimq.qat.fmnist", "run_qat_recipe")):
+        if importlib.util.find_spec(module.rsplit(".", 1)[0]) is None:
+            continue
+        try:
+            fn = getattr(importlib.import_module(module), attr, None)
+        except ImportError:
+            fn = None
+        if fn is not None:
+            return fn
+    return None
+
+
+def quantize_qat_demo(fp32: Path, out: Path, calib: np.ndarray, cfg: DemoConfig) -> Path:
+    run = _qat_entry()
+    if run is None:
+        raise ModuleNotFoundError("slimq.qat.fmnist_recipe")
+    run(fp32.stem, out, quick=cfg.quick)
+    return out
+
+
+QUANTIZERS: dict[str, Callable[[Path, Path, np.ndarray, DemoConfig], Path]] = {
+    "static": quantize_static_demo, "dynamic": quantize_dynamic_demo, "qat": quantize_qat_demo}
+LABELS = {"static": "INT8 static PTQ", "dynamic": "INT8 dynamic PTQ", "qat": "INT8 QAT"}
+
+
+def method_missing(method: str) -> str | None:
+    """Why a method cannot run in this checkout, or None when it can."""
+    if method == "dynamic" and importlib.util.find_spec("slimq.dynamic") is None:
+        return "slimq.dynamic is not part of this installation"
+    if method == "qat":
+        if importlib.util.find_spec("torch") is None:
+            return "torch is not installed (pip install 'slimq[qat]')"
+        if _qat_entry() is None:
+            return "no Fashion-MNIST QAT recipe (slimq.qat.fmnist_recipe) in this installation"
+    return None
+
+
+def _fp32_path(name: str) -> Path:
+    from . import zoo
+
+    return zoo.asset_path(name, ".onnx")
+
+
+def run_model(name: str, cfg: DemoConfig, calib: np.ndarray, evaluator, methods: Sequence[str],
+              step: Callable[[str], None]) -> BenchResult:
+    """Quantize one demo model with every available method, then benchmark all versions together."""
+    fp32 = _fp32_path(name)
+    paths, labels = [fp32], ["FP32"]
+    for m in methods:
+        out = cfg.out / f"{name}.{m}.int8.onnx"
+        step(f"{name}: {LABELS[m]} -> {out}")
+        t0 = time.perf_counter()
+        paths.append(QUANTIZERS[m](fp32, out, calib, cfg))
+        labels.append(LABELS[m])
+        _say(f"    done in {time.perf_counter() - t0:.1f} s")
+    step(f"{name}: accuracy on {len(evaluator.labels)} test images, then speed (batch {cfg.batch}, "
+         f"threads {', '.join(map(str, cfg.threads))})")
+    names = [f"{name} {lab}" for lab in labels]
+    return benchmark(paths, threads=cfg.threads, evaluator=evaluator, batch=cfg.batch, timing=cfg.timing,
+                     names=names, progress=lambda m: _say("  " + m), title=name)
+
+
+def run_demo(cfg: DemoConfig = DemoConfig()) -> list[BenchResult]:
+    """Run the demo; writes the INT8 models, demo.md, demo.json and demo.png into `cfg.out`."""
+    from .bench_data import fashion_mnist_arrays
+    from .bench_profile import write_text
+    from .bench_report import plot_results, results_markdown
+    from .tasks.classification import ClassificationEvaluator
+
+    start = time.perf_counter()
+    for m in cfg.methods:
+        if m not in METHODS:
+            raise unknown_choice("demo method", m, METHODS)
+    for name in cfg.models:
+        _fp32_path(name)  # fail early with the fix when an asset is missing
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    _say(f"slimq demo: outputs go to {cfg.out.resolve()}/ (change with --out)")
+    methods = []
+    for m in cfg.methods:
+        why = method_missing(m)
+        _say(f"  {LABELS[m]}: " + (f"skipped ({why})" if why else "yes"))
+        if not why:
+            methods.append(m)
+    total = len(cfg.models) * (len(methods) + 1) + 1
+    counter = iter(range(1, total + 1))
+    step = lambda msg: _say(f"[{next(counter)}/{total}] {msg}")  # noqa: E731
+    step(f"loading Fashion-MNIST: {CALIB_IMAGES} calibration (+{HOLDOUT_IMAGES} check) training images, "
+         f"{cfg.test_limit or 10000} test images")
+    calib = calibration_images()
+    images, labels = fashion_mnist_arrays("test", cfg.test_limit)
+    evaluator = ClassificationEvaluator(images, labels, batch_size=250)
+    results = [run_model(name, cfg, calib, evaluator, methods, step) for name in cfg.models]
+    md = results_markdown(results)
+    print(md)
+    write_text(cfg.out / "demo.md", md + "\n")
+    write_json(results, cfg.out / "demo.json")
+    plot_results(results, cfg.out / "demo.png")
+    _say(f"slimq demo: finished in {time.perf_counter() - start:.0f} s; wrote INT8 models, demo.md, demo.json and "
+         f"demo.png to {cfg.out.resolve()}/")
+    return results
+
+
+def register(sub: argparse._SubParsersAction, methods: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="quantize the built-in Fashion-MNIST models and print FP32 vs INT8 tables")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: ./{DEFAULT_OUT})")
+    p.add_argument("--quick", action="store_true", help="500 test images and short timing (smoke test)")
+    p.add_argument("--models", help=f"comma-separated subset of {', '.join(ZOO_MODELS)}")
+    p.add_argument("--methods", help=f"comma-separated subset of {', '.join(METHODS)} (default: all available)")
+    p.add_argument("--batch", type=int, default=1, help="batch size of the timed runs (default 1)")
+    p.add_argument("--min-time", type=float, default=1.5, help="seconds per model and timing round (default 1.5)")
+    p.set_defaults(func=run_demo_cli)
+
+
+def _csv(text: str | None, default: tuple[str, ...], kind: str, valid: tuple[str, ...]) -> tuple[str, ...]:
+    items = tuple(t.strip() for t in text.split(",") if t.strip()) if text else default
+    for t in items:
+        if t not in valid:
+            raise unknown_choice(kind, t, valid)
+    if not items:
+        raise ConfigError(f"Give at least one {kind}.")
+    return items
+
+
+def run_demo_cli(args: argparse.Namespace) -> int:
+    cfg = DemoConfig(Path(args.out), _csv(args.models, ZOO_MODELS, "demo model", ZOO_MODELS),
+                     _csv(args.methods, METHODS, "demo method", METHODS), args.quick, args.batch,
+                     min_time=args.min_time)
+    run_demo(cfg)
+    return 0
