@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import slimq.qat as qat
 from slimq.qat.modules import QATConv
-from slimq.qat.testing_models import build
+from slimq.qat.testing_models import build, teacher_labels
 
 
 def batches(gen: torch.Generator, rank: int, n: int) -> list[torch.Tensor]:
@@ -34,10 +34,10 @@ def run_variant(variant: str, rank: int, out_dir: Path) -> dict:
     with warnings.catch_warnings():  # broadcast_buffers=False: buffers not synced even at init
         warnings.simplefilter("ignore", FutureWarning)
         ddp = DistributedDataParallel(qmodel, broadcast_buffers=False)
-    opt = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)
+    opt = torch.optim.SGD(qat.param_groups(ddp, lr=0.01), momentum=0.9)
     ddp.train()
     for x in batches(gen, rank, 6):
-        y = torch.randint(0, 10, (x.shape[0],), generator=gen)
+        y = teacher_labels(x)
         loss = F.cross_entropy(ddp(x), y)
         opt.zero_grad()
         loss.backward()

@@ -16,6 +16,7 @@ from slimq.qat.model import (
     QATWarning,
     calibrate,
     load_checkpoint,
+    param_groups,
     prepare,
     save_checkpoint,
 )
@@ -24,5 +25,5 @@ from slimq.qat.verify import Agreement, check_agreement, ort_optimized_ops
 __all__ = [
     "TARGETS", "VARIANTS", "Agreement", "ConvertResult", "FloatOp", "PrepareReport", "QATConfig",
     "QATModel", "QATRecipe", "QATWarning", "TargetRules", "calibrate", "check_agreement",
-    "convert", "load_checkpoint", "load_recipe", "ort_optimized_ops", "prepare", "save_checkpoint",
+    "convert", "load_checkpoint", "load_recipe", "ort_optimized_ops", "param_groups", "prepare", "save_checkpoint",
 ]

@@ -25,16 +25,20 @@ import onnx
 import onnx_ir as ir
 import torch
 from onnx_ir.convenience import get_const_tensor
-from onnx_ir.passes.common import ClearMetadataAndDocStringPass, RemoveUnusedNodesPass
+from onnx_ir.passes.common import (
+    ClearMetadataAndDocStringPass,
+    IdentityEliminationPass,
+    RemoveUnusedNodesPass,
+)
 from torch import fx, nn
 
-from slimq.errors import CalibrationDataError, ConfigError, unknown_choice
+from slimq.errors import CalibrationDataError, ConfigError, FidelityError, unknown_choice
 from slimq.modelio import check_output_path, save_model
 from slimq.qat.config import TARGETS
 from slimq.qat.model import QATModel, unwrap
 from slimq.qat.modules import QATConv, QATLinear, export_act
 from slimq.qat.qdq_op import dynamo_translation_table
-from slimq.qat.quantizers import ActQuantizer
+from slimq.qat.quantizers import MIN_SCALE, ActQuantizer, WeightQuantizer
 
 EXPORTERS = ("legacy", "dynamo")
 _INT_RANGES = {np.dtype(np.int8): (-128, 127), np.dtype(np.uint8): (0, 255)}
@@ -89,7 +93,23 @@ def _check_ready(qm: QATModel, target: str | None) -> str:
             f"Activation quantizers without a range: {', '.join(missing)}. Run "
             f"slimq.qat.calibrate(qmodel, batches) or at least one training step first."
         )
+    _check_learned_scales(qm)
     return target
+
+
+def _check_learned_scales(qm: QATModel) -> None:
+    """PACT/LSQ ranges are trained; one driven to ~0 (too high a learning rate) breaks int8."""
+    collapsed = [name for name, q in qm.quantizers()
+                 if q.variant != "ste" and float(q.current_scale()) <= 2 * MIN_SCALE]
+    collapsed += [
+        name for name, m in qm.net.named_modules()
+        if isinstance(m, WeightQuantizer) and m.variant == "lsq" and bool((m.scale <= 2 * MIN_SCALE).any())
+    ]
+    if collapsed:
+        raise FidelityError(
+            f"Learned quantization ranges collapsed to zero in: {', '.join(collapsed)}. Train with a "
+            f"lower learning rate for the PACT alpha / LSQ scale parameters (their own param group)."
+        )
 
 
 def _io_names(net: nn.Module, example: tuple[torch.Tensor, ...]) -> tuple[list[str], list[str]]:
@@ -155,6 +175,7 @@ def fold_weight_quantization(model: ir.Model) -> int:
         node.outputs[0].replace_all_uses_with(value)
         graph.remove(node, safe=True)
         folded += 1
+    IdentityEliminationPass()(model)  # the TorchScript exporter aliases equal constants
     RemoveUnusedNodesPass()(model)
     return folded
 

@@ -184,10 +184,11 @@ def _foldable_bn(gm: fx.GraphModule, conv_node: fx.Node, uses: Counter, cfg: QAT
     return bn_node if ok else None
 
 
-def swap_modules(gm: fx.GraphModule, cfg: QATConfig) -> tuple[list[str], list[str]]:
-    """Replace Conv(+BN) and Linear by QAT modules; returns (swapped, skipped) module paths."""
+def swap_modules(gm: fx.GraphModule, cfg: QATConfig) -> list[str]:
+    """Replace Conv(+BN) and Linear by QAT modules (not skipped ones); returns their paths."""
     uses = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
-    swapped, skipped, erased = [], [], set()
+    swapped: list[str] = []
+    erased: set[fx.Node] = set()
     for node in list(gm.graph.nodes):
         if node in erased:
             continue
@@ -198,7 +199,6 @@ def swap_modules(gm: fx.GraphModule, cfg: QATConfig) -> tuple[list[str], list[st
         if isinstance(mod, (QATConv, QATLinear)):
             raise ModelLoadError(f"Module '{node.target}' is already QAT-prepared; pass the float model.")
         if is_skipped(str(node.target), cfg.skip):
-            skipped.append(str(node.target))
             continue
         channels = mod.out_channels if kind == "conv" else mod.out_features
         wq = WeightQuantizer(cfg.variant, cfg.weight_bits, channels)
@@ -214,4 +214,4 @@ def swap_modules(gm: fx.GraphModule, cfg: QATConfig) -> tuple[list[str], list[st
                 erased.add(bn_node)
                 gm.delete_submodule(str(bn_node.target))  # it now lives inside the QATConv
         swapped.append(str(node.target))
-    return swapped, skipped
+    return swapped

@@ -15,12 +15,19 @@ import torch
 from torch import fx, nn
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
-from slimq.errors import CalibrationDataError, ConfigError, ModelLoadError, NothingToQuantizeError, OutputPathError
+from slimq.errors import (
+    CalibrationDataError,
+    ConfigError,
+    ModelLoadError,
+    NothingToQuantizeError,
+    OutputPathError,
+    did_you_mean,
+)
 from slimq.qat.config import QATConfig
-from slimq.qat.graph import PrepareReport, swap_modules, trace
+from slimq.qat.graph import PrepareReport, is_skipped, swap_modules, trace
 from slimq.qat.modules import QATConv
 from slimq.qat.placement import insert_quantizers
-from slimq.qat.quantizers import ActQuantizer
+from slimq.qat.quantizers import ActQuantizer, WeightQuantizer
 
 CHECKPOINT_FORMAT = "slimq-qat-checkpoint-v1"
 
@@ -77,6 +84,24 @@ class QATModel(nn.Module):
                 m.bn_frozen.fill_(True)
 
 
+def param_groups(qmodel: nn.Module, lr: float, range_lr_factor: float = 0.01) -> list[dict[str, Any]]:
+    """Optimizer parameter groups: learned ranges (PACT alpha, LSQ scales) get ``lr * factor``.
+
+    Ranges are small numbers (scales ~1e-3); at the network's learning rate a few steps can
+    drive them to zero, so they train slower. Works for a QATModel or its DDP wrapper.
+    """
+    range_ids = {
+        id(p) for m in qmodel.modules() if isinstance(m, (ActQuantizer, WeightQuantizer))
+        for p in m.parameters(recurse=False)
+    }
+    ranges = [p for p in qmodel.parameters() if id(p) in range_ids]
+    others = [p for p in qmodel.parameters() if id(p) not in range_ids]
+    groups: list[dict[str, Any]] = [{"params": others, "lr": lr}]
+    if ranges:
+        groups.append({"params": ranges, "lr": lr * range_lr_factor})
+    return groups
+
+
 def unwrap(model: nn.Module) -> QATModel:
     """Return the QATModel inside a (Distributed)DataParallel wrapper, or the model itself."""
     inner = model.module if isinstance(model, (DataParallel, DistributedDataParallel)) else model
@@ -124,6 +149,16 @@ def _smoke_run(net: fx.GraphModule, example: tuple[torch.Tensor, ...]) -> None:
         net.train(training)
 
 
+def _check_skip_patterns(model: nn.Module, patterns: tuple[str, ...]) -> None:
+    names = [name for name, _ in model.named_modules() if name]
+    for pattern in patterns:
+        if not any(is_skipped(name, (pattern,)) for name in names):
+            raise ConfigError(
+                f'QATConfig.skip pattern "{pattern}" matches no module of {type(model).__name__}.'
+                f"{did_you_mean(pattern, names)} Module names look like: {', '.join(names[:8])}."
+            )
+
+
 def prepare(model: nn.Module, example_inputs: Any, config: QATConfig | None = None) -> QATModel:
     """Return a fake-quantized copy of ``model`` (the original is left untouched).
 
@@ -134,9 +169,10 @@ def prepare(model: nn.Module, example_inputs: Any, config: QATConfig | None = No
     if isinstance(model, (QATModel, DataParallel, DistributedDataParallel)):
         raise ConfigError("prepare() takes the plain float model; call it before wrapping in DDP.")
     example = tuple(t.detach().clone() for t in as_inputs(example_inputs, "example_inputs"))
+    _check_skip_patterns(model, cfg.skip)
     gm = trace(copy.deepcopy(model), cfg.skip)
-    _, skipped = swap_modules(gm, cfg)
-    names, quantized, float_ops = insert_quantizers(gm, cfg)
+    swap_modules(gm, cfg)
+    names, quantized, float_ops, skipped = insert_quantizers(gm, cfg)
     if not quantized:
         raise NothingToQuantizeError(
             f"{type(model).__name__} has no Conv1d/Conv2d/Linear/Add/AvgPool to quantize"

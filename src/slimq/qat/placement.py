@@ -21,6 +21,7 @@ class _Placer:
         self.names: list[str] = []
         self.quantized_ops: list[str] = []
         self.float_ops: list[FloatOp] = []
+        self.skipped: list[str] = []
 
     def _new_quantizer(self, base: str, unsigned: bool) -> str:
         name, i = base, 1
@@ -81,13 +82,17 @@ class _Placer:
                 self._insert_after(node, self.grid_of[node.args[0]], observe=False)
             elif kind in ("float", "bn"):
                 self.float_ops.append(_op_name(self.gm, node))
+            elif kind == "skipped" and str(node.target) not in self.skipped:
+                self.skipped.append(str(node.target))
 
 
-def insert_quantizers(gm: fx.GraphModule, cfg: QATConfig) -> tuple[list[str], list[str], list[FloatOp]]:
-    """Insert activation quantizers; returns (quantizer names, quantized ops, float ops)."""
+def insert_quantizers(
+    gm: fx.GraphModule, cfg: QATConfig
+) -> tuple[list[str], list[str], list[FloatOp], list[str]]:
+    """Insert activation quantizers; returns (quantizer names, quantized ops, float ops, skipped)."""
     placer = _Placer(gm, cfg)
     placer.run()
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
-    return placer.names, placer.quantized_ops, placer.float_ops
+    return placer.names, placer.quantized_ops, placer.float_ops, placer.skipped

@@ -145,3 +145,14 @@ def build(name: str, seed: int = 0) -> nn.Module:
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.2, 0.2)
     return model.eval()
+
+
+def teacher_labels(x: torch.Tensor, classes: int = 10) -> torch.Tensor:
+    """Learnable synthetic labels: argmax of a fixed random linear map of the input.
+
+    (Random labels would make "predict uniformly" optimal, which learned ranges reach by
+    shrinking the logits' scale to zero.)
+    """
+    gen = torch.Generator().manual_seed(1234)
+    proj = torch.randn(x[0].numel(), classes, generator=gen)
+    return (x.flatten(1) @ proj).argmax(1)

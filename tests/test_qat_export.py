@@ -1,0 +1,151 @@
+"""QAT export: QDQ ONNX agrees with the PyTorch fake-quant model; storage types per target."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import onnx  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from onnx import numpy_helper  # noqa: E402
+
+import slimq.qat as qat  # noqa: E402
+from slimq.errors import CalibrationDataError, ConfigError, FidelityError  # noqa: E402
+from slimq.qat.testing_models import NetWithUnsupported, build, teacher_labels  # noqa: E402
+
+
+def images(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 1, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+
+def trained(name: str, config: qat.QATConfig, steps: int = 4) -> qat.QATModel:
+    qmodel = qat.prepare(build(name), images(2), config)
+    qat.calibrate(qmodel, [images(16, seed=s) for s in range(2)])
+    gen = torch.Generator().manual_seed(3)
+    opt = torch.optim.SGD(qat.param_groups(qmodel, lr=0.02), momentum=0.9)
+    qmodel.train()
+    for _ in range(steps):
+        x = torch.randn(16, 1, 16, 16, generator=gen)
+        loss = F.cross_entropy(qmodel(x), teacher_labels(x))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return qmodel.eval()
+
+
+def initializers(path) -> dict[str, np.ndarray]:
+    model = onnx.load(str(path))
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def qdq_zero_points(path, op_type: str) -> list[np.ndarray]:
+    model = onnx.load(str(path))
+    inits = initializers(path)
+    consts = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node if n.op_type == "Constant"}
+    return [inits.get(n.input[2], consts.get(n.input[2])) for n in model.graph.node if n.op_type == op_type]
+
+
+CASES = [
+    ("convnet", "ste", "x86"), ("resnet", "ste", "x86"), ("mobilenet", "ste", "x86"),
+    ("resnet", "pact", "x86"), ("resnet", "lsq", "x86"), ("mobilenet", "lsq", "tensorrt"),
+    ("resnet", "pact", "arm"),
+]
+
+
+@pytest.mark.parametrize(("name", "variant", "target"), CASES)
+def test_onnx_agrees_with_fake_quant_model(tmp_path, name: str, variant: str, target: str) -> None:
+    config = qat.QATConfig(variant=variant, target=target, freeze_bn_step=2)
+    qmodel = trained(name, config)
+    result = qat.convert(qmodel, tmp_path / "m.onnx")
+    agreement = qat.check_agreement(qmodel, result.path, images(500, seed=7))
+    assert agreement.output_quantized
+    assert agreement.num_values == 5000
+    assert agreement.fraction_within_step >= 0.999, agreement
+    assert agreement.max_diff_steps <= 2.0, agreement
+
+
+def test_x86_activations_u8_weights_int8_and_ort_uses_integer_kernels(tmp_path) -> None:
+    qmodel = trained("resnet", qat.QATConfig(target="x86"))
+    result = qat.convert(qmodel, tmp_path / "m.onnx")
+    zps = qdq_zero_points(result.path, "QuantizeLinear")
+    # One QuantizeLinear per activation quantizer, plus the re-quantization after Flatten.
+    assert len(zps) == len(list(qmodel.quantizers())) + 1 == result.quantize_nodes
+    assert all(z.dtype == np.uint8 for z in zps)
+    assert {int(z) for z in zps} == {0, 128}  # unsigned (post-ReLU) and signed grids
+    # Weights: stored as int8 initializers in [-127, 127], no float weight tensors left.
+    inits = initializers(result.path)
+    weights = {k: v for k, v in inits.items() if k.endswith("_quantized")}
+    assert len(weights) == result.int8_weights == 6
+    assert all(v.dtype == np.int8 and np.abs(v.astype(int)).max() <= 127 for v in weights.values())
+    assert not [k for k, v in inits.items() if v.dtype == np.float32 and v.ndim >= 2]
+    ops = qat.ort_optimized_ops(result.path)
+    assert ops["com.microsoft:QLinearConv"] == 5, ops
+    assert ops["com.microsoft:QLinearAdd"] == 2 and ops["com.microsoft:QGemm"] == 1, ops
+    assert "Conv" not in ops and "FusedConv" not in ops
+
+
+def test_int8_weights_make_the_file_about_four_times_smaller(tmp_path) -> None:
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 512), torch.nn.ReLU(),
+                                torch.nn.Linear(512, 10)).eval()
+    qmodel = qat.prepare(model, images(2))
+    qat.calibrate(qmodel, [images(8)])
+    result = qat.convert(qmodel, tmp_path / "q.onnx")
+    float_bytes = 4 * sum(p.numel() for p in model.parameters())
+    assert result.size_bytes < 0.3 * float_bytes
+    agreement = qat.check_agreement(qmodel, result.path, images(200, seed=1))
+    assert agreement.fraction_within_step >= 0.999
+
+
+@pytest.mark.parametrize(("target", "dtype", "zero_points"), [
+    ("tensorrt", np.int8, {0}), ("arm", np.int8, {0, -128}),
+])
+def test_int8_activation_targets(tmp_path, target: str, dtype, zero_points: set[int]) -> None:
+    qmodel = trained("mobilenet", qat.QATConfig(target=target), steps=1)
+    result = qat.convert(qmodel, tmp_path / "m.onnx")
+    zps = qdq_zero_points(result.path, "QuantizeLinear")
+    assert zps and all(z.dtype == dtype for z in zps)
+    assert {int(z) for z in zps} == zero_points
+
+
+def test_dynamo_exporter_matches(tmp_path) -> None:
+    qmodel = trained("resnet", qat.QATConfig(), steps=1)
+    result = qat.convert(qmodel, tmp_path / "d.onnx", exporter="dynamo")
+    agreement = qat.check_agreement(qmodel, result.path, images(64, seed=2))
+    assert agreement.fraction_within_step >= 0.999
+    assert result.int8_weights == 6
+
+
+def test_unquantized_output_uses_fallback_step(tmp_path) -> None:
+    with pytest.warns(qat.QATWarning):
+        qmodel = qat.prepare(NetWithUnsupported(), torch.randn(2, 1, 8, 8),
+                             qat.QATConfig(skip=("head",)))
+    qat.calibrate(qmodel, [torch.randn(4, 1, 8, 8)])
+    result = qat.convert(qmodel, tmp_path / "u.onnx")
+    x = torch.randn(32, 1, 8, 8)
+    agreement = qat.check_agreement(qmodel, result.path, x)
+    assert not agreement.output_quantized
+    with torch.no_grad():
+        ref = qmodel.eval()(x)
+    assert agreement.step == pytest.approx(float(ref.abs().max()) / 127, rel=1e-6)
+    assert agreement.fraction_within_step >= 0.999
+
+
+def test_collapsed_learned_range_is_reported(tmp_path) -> None:
+    qmodel = trained("convnet", qat.QATConfig(variant="lsq"), steps=1)
+    with torch.no_grad():
+        dict(qmodel.quantizers())["act_quant.gap"].scale.fill_(-0.5)
+    with pytest.raises(FidelityError, match="act_quant.gap"):
+        qat.convert(qmodel, tmp_path / "m.onnx")
+
+
+def test_convert_errors(tmp_path) -> None:
+    qmodel = qat.prepare(build("convnet"), images(2))
+    with pytest.raises(CalibrationDataError, match="act_quant.in_x"):
+        qat.convert(qmodel, tmp_path / "m.onnx")
+    qat.calibrate(qmodel, [images(4)])
+    with pytest.raises(ConfigError, match='trained for target "x86"'):
+        qat.convert(qmodel, tmp_path / "m.onnx", target="tensorrt")
+    with pytest.raises(ConfigError, match='Did you mean "dynamo"'):
+        qat.convert(qmodel, tmp_path / "m.onnx", exporter="dynamic")
+    assert not list(tmp_path.iterdir())
