@@ -4,7 +4,8 @@ Two settings per model:
 
 * ``ort-default``: ``quantize_static(fp32, out, reader)`` with onnxruntime's defaults
   (QDQ, s8 activations, s8 per-tensor weights, MinMax calibration).
-* ``ort-best``: ``quant_pre_process`` first (skipped, and recorded, when it fails), then
+* ``ort-best``: ``quant_pre_process`` first (retried without symbolic shape inference, then
+  skipped, and recorded, when it fails), then
   QDQ with u8 activations and s8 per-channel weights (the VNNI path), MinMax.
 
 Failures are recorded, never hidden: the result carries the error text instead of a path.
@@ -54,17 +55,21 @@ def _short(e: BaseException) -> str:
 
 
 def _preprocess(fp32: Path, out_dir: Path, notes: list[str]) -> Path:
+    """quant_pre_process; on failure again without symbolic shape inference; on failure the FP32 model as is."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     pre = out_dir / f"{fp32.stem}.ort-pre.onnx"
-    try:
-        quant_pre_process(str(fp32), str(pre))
-        notes.append("quant_pre_process: ok")
-        return pre
-    except Exception as e:  # noqa: BLE001 - peer tool failures are data for the report
-        logging.getLogger("slimq").debug(traceback.format_exc())
-        notes.append(f"quant_pre_process failed, skipped ({_short(e)})")
-        return fp32
+    for kwargs in ({}, {"skip_symbolic_shape": True}):
+        try:
+            quant_pre_process(str(fp32), str(pre), **kwargs)
+            notes.append(f"quant_pre_process({', '.join(f'{k}={v}' for k, v in kwargs.items())}): ok")
+            return pre
+        except Exception as e:  # noqa: BLE001 - peer tool failures are data for the report
+            logging.getLogger("slimq").debug(traceback.format_exc())
+            notes.append(f"quant_pre_process({', '.join(f'{k}={v}' for k, v in kwargs.items())}) failed "
+                         f"({_short(e)})")
+    notes.append("quantized without pre-processing")
+    return fp32
 
 
 def quantize_peer(kind: str, fp32: Path, out_dir: Path, calib: Sequence[Feeds]) -> PeerResult:

@@ -76,9 +76,13 @@ def quantize_static_demo(fp32: Path, out: Path, calib: np.ndarray, cfg: DemoConf
 
 
 def quantize_dynamic_demo(fp32: Path, out: Path, calib: np.ndarray, cfg: DemoConfig) -> Path:
-    from .dynamic import quantize_dynamic  # optional module
+    from .dynamic import DynamicConfig, quantize_dynamic  # optional module
 
-    quantize_dynamic(fp32, output=out)
+    cfg_d = DynamicConfig()
+    result = quantize_dynamic(fp32, cfg_d, output=out, check_data=calib[:8])
+    _say(f"    {cfg_d.description}")
+    for w in result.report.warnings:
+        _say(f"    warning: {w}")
     return out
 
 
