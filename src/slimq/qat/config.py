@@ -128,6 +128,7 @@ class QATRecipe:
     epochs: float = 1.0
     lr: float = 1e-3
     momentum: float = 0.9
+    label_smoothing: float = 0.1
     batch_size: int = 128
     variant: Variant = "ste"
     target: Target = "x86"
@@ -143,8 +144,10 @@ class QATRecipe:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ConfigError(f"{name} must be a positive number, got {value!r}.")
-        if not 0.0 <= float(self.momentum) < 1.0:
-            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum!r}.")
+        for name in ("momentum", "label_smoothing"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ConfigError(f"{name} must be a number in [0, 1), got {value!r}.")
         _check_int("batch_size", self.batch_size, 1)
         _check_int("calib_batches", self.calib_batches, 0)
         _check_int("seed", self.seed, 0)
