@@ -319,7 +319,10 @@ def _on_collapse(check: Checker, build, decisions: list[Decision], agree, config
     new, demotions = search_fallback(check, rank_check, build, decisions, config.min_cosine,
                                      lambda d: _weight_only(d.candidate, config))
     cos = worst_cosine(check(build(new)))
-    if all(d.choice is Choice.FLOAT for d in new) or cos < config.min_cosine:
+    if all(d.choice is Choice.FLOAT for d in new):
+        raise FidelityRefusedError(f"{msg}; only leaving every node in float recovers it, so there is nothing "
+                                   "worth writing. Nothing was written.")
+    if cos < config.min_cosine:
         raise FidelityRefusedError(f"{msg}, and falling back layer by layer did not recover it (worst cosine "
                                    f"{cos:.4f} with {len(demotions)} node(s) demoted). Nothing was written.")
     names = ", ".join(f"{d.node} ({d.before.value} -> {d.after.value})" for d in demotions[:8])

@@ -239,23 +239,28 @@ def search_fallback(check: Checker, rank_check: Checker, build: Builder, decisio
     round ranks again (at most two rounds: the ladder has two steps). Returns new decisions and the demotions.
     """
     current, demoted = list(decisions), []
+    tolerance = 0.1 * (1.0 - min_cosine)
     for _ in range(2):
-        ranked = _damage(rank_check, build, current, 0.1 * (1.0 - min_cosine))
+        ranked = _damage(rank_check, build, current, tolerance)
         if not ranked:
             break
 
-        def trial(k: int) -> tuple[list[Decision], float]:
+        def trial(chosen: list[tuple[int, float]]) -> tuple[list[Decision], float]:
             ds = list(current)
-            for i, _ in ranked[:k]:
+            for i, _ in chosen:
                 ds[i] = _demote(ds[i], weight_only_fmt)
             return ds, worst_cosine(check(build(ds)))
 
-        k = _smallest_k(trial, len(ranked), min_cosine)
-        ds, cos = trial(k)
+        k = _smallest_k(lambda k: trial(ranked[:k]), len(ranked), min_cosine)
+        chosen = ranked[:k]
+        ds, cos = trial(chosen)
+        if cos < min_cosine:  # one step down is not enough: move only the culprits on to the next round
+            chosen = [r for r in ranked if r[1] >= tolerance] or ranked
+            ds, cos = trial(chosen)
         demoted += [Demotion(current[i].node, current[i].candidate.op_type, current[i].choice, ds[i].choice, dmg)
-                    for i, dmg in ranked[:k]]
+                    for i, dmg in chosen]
         current = ds
-        log.info("slimq: fallback demoted %d node(s) one step; worst cosine now %.4f", k, cos)
+        log.info("slimq: fallback demoted %d node(s) one step; worst cosine now %.4f", len(chosen), cos)
         if cos >= min_cosine:
             break
     return current, demoted
