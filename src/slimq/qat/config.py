@@ -73,7 +73,8 @@ class QATConfig:
     """Settings of :func:`slimq.qat.prepare`.
 
     ``freeze_observer_step``/``freeze_bn_step``: after this many training forward passes the
-    activation ranges (STE) / BatchNorm statistics stop updating (``None``: never).
+    activation ranges / BatchNorm statistics stop updating (``None``: never). PACT and LSQ
+    only observe data to initialise their ranges, which then train as parameters.
     ``skip``: fnmatch patterns of module names left in float (also opaque to tracing).
     """
 

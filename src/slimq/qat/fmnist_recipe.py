@@ -41,7 +41,9 @@ def load_fp32_model(name: str) -> torch.nn.Module:
     return model.eval()
 
 
-def _batches(x: np.ndarray, y: np.ndarray, batch: int, gen: np.random.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _batches(
+    x: np.ndarray, y: np.ndarray, batch: int, gen: np.random.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless shuffled mini-batches."""
     while True:
         order = gen.permutation(len(x))

@@ -14,7 +14,9 @@ _OPSET = 13  # first opset with per-axis QuantizeLinear/DequantizeLinear
 
 
 @torch.library.custom_op("slimq::quantize_dequantize", mutates_args=())
-def quantize_dequantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int) -> torch.Tensor:
+def quantize_dequantize(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int
+) -> torch.Tensor:
     """ONNX QuantizeLinear then DequantizeLinear (per-tensor when ``scale`` is 0-d)."""
     low, high = (0, 255) if zero_point.dtype == torch.uint8 else (-128, 127)
     zp = zero_point.to(torch.int32)
@@ -24,7 +26,9 @@ def quantize_dequantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.
 
 
 @quantize_dequantize.register_fake
-def _quantize_dequantize_fake(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int) -> torch.Tensor:
+def _quantize_dequantize_fake(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int
+) -> torch.Tensor:
     return torch.empty_like(x)
 
 

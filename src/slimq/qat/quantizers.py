@@ -149,12 +149,16 @@ class ActQuantizer(nn.Module):
                 self.scale.copy_((abs_max / self.qmax).clamp_min(MIN_SCALE))
             self.initialized.fill_(True)
 
+    def _ema_live(self) -> bool:
+        """The moving average still updates (STE variant, observer not frozen)."""
+        return self.variant == "ste" and bool(self.observer_enabled)
+
     @torch.no_grad()
     def _observe(self, x: torch.Tensor) -> None:
         cur = self._batch_abs_max(x)
         if not bool(self.initialized):
             self._set_range(cur)
-        elif self.variant == "ste" and bool(self.observer_enabled):
+        elif self._ema_live():
             # PaddleSlim moving_average_abs_max: bias-corrected exponential moving average.
             self.accum.mul_(self.moving_rate).add_(cur)
             self.state.mul_(self.moving_rate).add_(1.0)
@@ -173,7 +177,8 @@ class ActQuantizer(nn.Module):
             if observe:
                 self._calib.append(self._batch_abs_max(x))
             return x
-        if self.training and observe:
+        initialized = bool(self.initialized)
+        if self.training and observe and (not initialized or self._ema_live()):
             self._observe(x)
         if not bool(self.initialized):
             return x
