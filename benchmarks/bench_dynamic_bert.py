@@ -109,7 +109,8 @@ def measure(rows: list[Row], bench: dict, checks: list[dict], runs: int, warmup:
 
 def table(rows: list[Row], header: str) -> str:
     fp32_size, fp32_ms = model_size_bytes(rows[0].path), rows[0].median_ms
-    lines = [header, "", "| model | file MB | size vs FP32 | MatMul weights | embedding cosine | median ms | speed-up |",
+    lines = [header, "",
+             "| model | file MB | size vs FP32 | MatMul weights | embedding cosine | median ms | speed-up |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         size = model_size_bytes(r.path)

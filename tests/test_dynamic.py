@@ -356,8 +356,8 @@ def test_bert_weight_only_quantizes_embeddings_and_shrinks(tiny_bert, tmp_path):
     kinds = {d.candidate.op_type for d in res.decisions if d.choice is Choice.WEIGHT_ONLY}
     assert kinds == {"MatMul", "Gather"}
     assert res.report.extra["weights"]["Gather"]["tensors"] == 3
-    tables = [t.name for t in res.model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and t.dims[-1:] != [1]
-              and np.prod(t.dims) >= 64 * 64]
+    tables = [t.name for t in res.model.graph.initializer
+              if t.data_type == onnx.TensorProto.FLOAT and t.dims[-1:] != [1] and np.prod(t.dims) >= 64 * 64]
     assert not tables  # no float table or linear weight is left, only per-row / per-channel scales
     assert all(r["ratio"] < 0.27 for r in res.report.extra["weights"].values())
     assert res.report.extra["size_ratio"] < 0.4  # tiny model: graph, biases and LayerNorm weigh in

@@ -24,10 +24,10 @@ import functools
 import logging
 import os
 import re
-from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
@@ -35,13 +35,34 @@ import onnxruntime as ort
 from .config import SkipSpec
 from .data import load_samples, model_inputs
 from .deploy import cpu_info
-from .dynamic_check import Checker, Demotion, activation_rows, search_fallback, synthesize_feeds, time_matmul, worst_cosine
-from .dynamic_graph import (BLOCK_OPSET, INT4_W, INT8_W, Candidate, Choice, Decision, WeightCache, WeightFormat,
-                            apply_decisions, find_candidates, gemm_to_matmul, node_name, weight_bytes)
+from .dynamic_check import (
+    Checker,
+    Demotion,
+    activation_rows,
+    search_fallback,
+    synthesize_feeds,
+    time_matmul,
+    worst_cosine,
+)
+from .dynamic_graph import (
+    BLOCK_OPSET,
+    INT4_W,
+    INT8_W,
+    Candidate,
+    Choice,
+    Decision,
+    WeightCache,
+    WeightFormat,
+    apply_decisions,
+    find_candidates,
+    gemm_to_matmul,
+    int_tensor,
+)
+from .dynamic_report import CONV_REASON, build_report, format_report, node_name_proto
 from .errors import ConfigError, FidelityError, NothingToQuantizeError, RuntimeTooOldError, unknown_choice
 from .modelio import check_output_path, default_opset, load_model, model_size_bytes, save_model, upgrade_opset
 from .passes import preprocess
-from .report import Report, mac_summary
+from .report import Report
 
 log = logging.getLogger("slimq")
 
@@ -49,12 +70,6 @@ MODES = ("weight-only", "dynamic-activation")
 WEIGHT_BITS = (8, 4)
 ON_COLLAPSE = ("fallback", "warn", "refuse")
 MIN_ORT_BLOCKED = "1.19"  # DequantizeLinear-21 with INT4 and block_size on the CPU EP
-FLOAT_BY_DESIGN = {"LayerNormalization": "normalisation stays float for accuracy",
-                   "Softmax": "kept float for accuracy (attention probabilities)",
-                   "Erf": "GELU stays float", "Gelu": "GELU stays float", "Tanh": "activation stays float"}
-CONV_REASON = ("ConvInteger is slower than float Conv in onnxruntime (onnxruntime#12854): "
-               "int8 weights dequantized, float compute")
-
 
 class FidelityRefusedError(FidelityError):
     """The quantized model failed the fidelity check and nothing was written (CLI exit code 4)."""
@@ -89,8 +104,8 @@ class DynamicConfig:
             raise unknown_choice("weight bits", str(self.weight_bits), [str(b) for b in WEIGHT_BITS])
         if self.on_collapse not in ON_COLLAPSE:
             raise unknown_choice("on_collapse action", self.on_collapse, ON_COLLAPSE)
-        self.block_size  # validates granularity
-        if self.mode == "dynamic-activation" and (self.weight_bits != 8 or self.block_size):
+        block = self.block_size  # validates the granularity
+        if self.mode == "dynamic-activation" and (self.weight_bits != 8 or block):
             raise ConfigError("dynamic-activation needs int8 per-channel weights (MatMulInteger has no int4 or "
                               "block-wise scales); use --mode weight-only for int4 or group-wise weights.")
         if not 0.0 < self.min_cosine <= 1.0:
@@ -138,8 +153,6 @@ class DynamicResult:
 @functools.lru_cache(maxsize=4)
 def _blocked_dq_runs(bits: int) -> str | None:
     """None if this onnxruntime runs block-wise DequantizeLinear-21 of `bits`-bit weights, else the error."""
-    from .dynamic_graph import int_tensor
-    import numpy as np
     qtype = INT4_W if bits == 4 else INT8_W
     q = ir.serde.serialize_tensor(int_tensor(np.ones((4, 2), np.int8), qtype, "q"))
     nodes = [onnx.helper.make_node("DequantizeLinear", ["q", "s"], ["y"], axis=0, block_size=2)]
@@ -286,10 +299,10 @@ def quantize_dynamic(model: str | os.PathLike | onnx.ModelProto, config: Dynamic
     agree = check(quantized)
     warnings, demotions = [], []
     if worst_cosine(agree) < config.min_cosine:
-        decisions, demotions, warnings = _on_collapse(check, build, decisions, agree, config)
-        quantized = build(decisions)
-        agree = check(quantized)
-    report = _report(fp32, quantized, decisions, floats, agree, feeds, source, demotions, warnings, config, cache, work)
+        decisions, demotions, warnings, quantized, agree = _on_collapse(check, build, decisions, quantized, agree,
+                                                                         config)
+    report = build_report(fp32, quantized, decisions, floats, agree, feeds, source, demotions, warnings, config,
+                          cache, work)
     report.extra["models_checked"] = check.runs
     if out is not None:
         save_model(quantized, out, external_data=config.external_data)
@@ -305,7 +318,9 @@ def _build(work: onnx.ModelProto, cache: WeightCache, decisions) -> onnx.ModelPr
     return apply_decisions(work, decisions, cache)
 
 
-def _on_collapse(check: Checker, build, decisions: list[Decision], agree, config: DynamicConfig):
+def _on_collapse(check: Checker, build, decisions: list[Decision], quantized: onnx.ModelProto, agree,
+                 config: DynamicConfig):
+    """Refuse, warn, or fall back layer by layer; returns (decisions, demotions, warnings, model, agreement)."""
     worst = min(agree, key=lambda a: a.cosine)
     msg = (f'fidelity collapsed: output "{worst.name}" cosine {worst.cosine:.4f} < {config.min_cosine} '
            f"(SQNR {worst.sqnr_db:.1f} dB)")
@@ -313,12 +328,14 @@ def _on_collapse(check: Checker, build, decisions: list[Decision], agree, config
         raise FidelityRefusedError(f"{msg}. Nothing was written. Rerun with on_collapse=fallback to keep the "
                                    "damaging layers in float, or skip them.")
     if config.on_collapse == "warn":
-        return decisions, [], [msg + "; written anyway (on_collapse=warn)."]
+        return decisions, [], [msg + "; written anyway (on_collapse=warn)."], quantized, agree
     log.warning("slimq: %s; searching for the layers to fall back", msg)
     rank_check = Checker.subset(check, config.rank_samples)
     new, demotions = search_fallback(check, rank_check, build, decisions, config.min_cosine,
                                      lambda d: _weight_only(d.candidate, config))
-    cos = worst_cosine(check(build(new)))
+    quantized = build(new)
+    agree = check(quantized)
+    cos = worst_cosine(agree)
     if all(d.choice is Choice.FLOAT for d in new):
         raise FidelityRefusedError(f"{msg}; only leaving every node in float recovers it, so there is nothing "
                                    "worth writing. Nothing was written.")
@@ -327,66 +344,9 @@ def _on_collapse(check: Checker, build, decisions: list[Decision], agree, config
                                    f"{cos:.4f} with {len(demotions)} node(s) demoted). Nothing was written.")
     names = ", ".join(f"{d.node} ({d.before.value} -> {d.after.value})" for d in demotions[:8])
     more = f" and {len(demotions) - 8} more" if len(demotions) > 8 else ""
-    return new, demotions, [f"{msg}; fell back on {len(demotions)} node(s), ranked by the damage each does alone: "
-                            f"{names}{more}. Worst cosine is now {cos:.4f}."]
-
-
-def _float_ops(work: onnx.ModelProto, floats, decisions: list[Decision]) -> list[dict]:
-    out = [{"node": n, "op_type": op, "reason": why} for n, op, why in floats]
-    out += [{"node": d.node, "op_type": d.candidate.op_type, "reason": d.reason}
-            for d in decisions if d.choice is Choice.FLOAT]
-    out += [{"node": node_name_proto(n), "op_type": n.op_type, "reason": FLOAT_BY_DESIGN[n.op_type]}
-            for n in work.graph.node if n.op_type in FLOAT_BY_DESIGN]
-    return out
-
-
-def node_name_proto(n: onnx.NodeProto) -> str:
-    return n.name or n.output[0]
-
-
-def _report(fp32, quantized, decisions, floats, agree, feeds, source, demotions, warnings, config, cache,
-            work) -> Report:
-    macs = mac_summary(quantized, feeds[0])
-    ops = Counter(f"{d.candidate.op_type} ({d.choice.value})" for d in decisions if d.choice is not Choice.FLOAT)
-    extra = {"config": config.description, "check_inputs": source, "onnxruntime": ort.__version__,
-             "weights": weight_bytes(decisions, cache, work), "nodes": [d.to_dict() for d in decisions],
-             "fallback": [d.to_dict() for d in demotions]}
-    if config.mode == "dynamic-activation" and any(d.candidate.op_type == "Conv" for d in decisions):
-        extra["conv_note"] = CONV_REASON
-    report = Report("dynamic", config.description, macs.int8_share, macs.to_dict(), dict(ops),
-                    _float_ops(work, floats, decisions), [a.to_dict() for a in agree], len(feeds), False,
-                    warnings=list(warnings), extra=extra)
-    report.size_bytes["fp32_in_memory"] = fp32.ByteSize()
-    report.size_bytes["quantized_in_memory"] = quantized.ByteSize()
-    for w in warnings:
-        log.warning("slimq: %s", w)
-    return report
-
-
-def format_report(report: Report) -> str:
-    """Human-readable summary of a dynamic quantization report."""
-    x = report.extra
-    lines = [f"slimq dynamic quantization: {x['config']}"]
-    if report.size_bytes.get("fp32") and report.size_bytes.get("quantized"):
-        lines.append(f"  file size: {report.size_bytes['fp32'] / 1e6:.2f} MB -> "
-                     f"{report.size_bytes['quantized'] / 1e6:.2f} MB ({x['size_ratio']:.3f}x)")
-    for op, r in x["weights"].items():
-        lines.append(f"  {op} weights: {r['tensors']} tensors, {r['fp32_bytes'] / 1e6:.2f} MB -> "
-                     f"{r['quantized_bytes'] / 1e6:.2f} MB ({r['ratio']:.3f}x)")
-    lines.append(f"  int8 share of MACs in onnxruntime's optimized graph: {report.int8_mac_share * 100:.1f} %")
-    lines.append("  per node: " + ", ".join(f"{n} x {op}" for op, n in sorted(report.quantized_ops.items())))
-    lines.append(f"  FP32 vs quantized on {report.agreement_samples} {x['check_inputs']}:")
-    lines += [f"    {a['output']}: cosine {a['cosine']:.4f}, SQNR {a['sqnr_db']:.1f} dB" for a in report.agreement]
-    by_reason = Counter((f["op_type"], f["reason"]) for f in report.float_ops)
-    if by_reason:
-        lines.append("  left in float:")
-        lines += [f"    {n} x {op}: {why}" for (op, why), n in sorted(by_reason.items())]
-    if x.get("conv_note"):
-        lines.append(f"  Conv: {x['conv_note']}")
-    lines += [f"  fallback: {d['node']} ({d['op_type']}) {d['from']} -> {d['to']}, damage alone {d['damage']:.4f}"
-              for d in x["fallback"]]
-    lines += [f"  WARNING: {w}" for w in report.warnings]
-    return "\n".join(lines)
+    warning = (f"{msg}; fell back on {len(demotions)} node(s), ranked by the damage each does alone: {names}{more}. "
+               f"Worst cosine is now {cos:.4f}.")
+    return new, demotions, [warning], quantized, agree
 
 
 __all__ = ["DynamicConfig", "DynamicResult", "FidelityRefusedError", "MODES", "format_report", "quantize_dynamic",

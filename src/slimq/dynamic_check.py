@@ -10,6 +10,7 @@ and demotes the worst ones (dynamic -> weight-only -> float) until it recovers.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -61,7 +62,8 @@ def synthesize_feeds(model: onnx.ModelProto, n: int, seed: int = 0, dim: int = 6
     for _ in range(n):
         f: Feeds = {}
         for spec in model_inputs(model):
-            shape = tuple(d if isinstance(d, int) and d > 0 else (1 if i == 0 else dim) for i, d in enumerate(spec.shape))
+            shape = tuple(d if isinstance(d, int) and d > 0 else (1 if i == 0 else dim)
+                          for i, d in enumerate(spec.shape))
             if np.issubdtype(spec.dtype, np.floating):
                 f[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
             elif spec.name in vocab:
@@ -245,13 +247,8 @@ def search_fallback(check: Checker, rank_check: Checker, build: Builder, decisio
         if not ranked:
             break
 
-        def trial(chosen: list[tuple[int, float]]) -> tuple[list[Decision], float]:
-            ds = list(current)
-            for i, _ in chosen:
-                ds[i] = _demote(ds[i], weight_only_fmt)
-            return ds, worst_cosine(check(build(ds)))
-
-        k = _smallest_k(lambda k: trial(ranked[:k]), len(ranked), min_cosine)
+        trial = functools.partial(_trial, check, build, current, weight_only_fmt)
+        k = _smallest_k(lambda k, r=ranked, t=trial: t(r[:k]), len(ranked), min_cosine)
         chosen = ranked[:k]
         ds, cos = trial(chosen)
         if cos < min_cosine:  # one step down is not enough: move only the culprits on to the next round
@@ -264,6 +261,15 @@ def search_fallback(check: Checker, rank_check: Checker, build: Builder, decisio
         if cos >= min_cosine:
             break
     return current, demoted
+
+
+def _trial(check: Checker, build: Builder, current: list[Decision], weight_only_fmt,
+           chosen: list[tuple[int, float]]) -> tuple[list[Decision], float]:
+    """`current` with the chosen nodes demoted one step, and its worst output cosine."""
+    ds = list(current)
+    for i, _ in chosen:
+        ds[i] = _demote(ds[i], weight_only_fmt)
+    return ds, worst_cosine(check(build(ds)))
 
 
 def _smallest_k(trial: Callable[[int], tuple[list[Decision], float]], n: int, min_cosine: float) -> int:
