@@ -8,6 +8,13 @@ Typical use::
     slimq.qat.convert(qmodel, "model.int8.onnx")
 """
 
+try:
+    import torch  # noqa: F401
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "slimq.qat needs PyTorch: install it with `pip install slimq[qat]` (torch>=2.4, onnxscript)."
+    ) from exc
+
 from slimq.qat.config import TARGETS, VARIANTS, QATConfig, QATRecipe, TargetRules, load_recipe
 from slimq.qat.export import ConvertResult, convert
 from slimq.qat.graph import FloatOp, PrepareReport

@@ -28,6 +28,7 @@ from onnx_ir.convenience import get_const_tensor
 from onnx_ir.passes.common import (
     ClearMetadataAndDocStringPass,
     IdentityEliminationPass,
+    LiftConstantsToInitializersPass,
     RemoveUnusedNodesPass,
 )
 from torch import fx, nn
@@ -176,6 +177,7 @@ def fold_weight_quantization(model: ir.Model) -> int:
         graph.remove(node, safe=True)
         folded += 1
     IdentityEliminationPass()(model)  # the TorchScript exporter aliases equal constants
+    LiftConstantsToInitializersPass(size_limit=0)(model)
     RemoveUnusedNodesPass()(model)
     return folded
 
