@@ -129,15 +129,31 @@ def test_quantize_blocked_matches_per_block_absmax():
     assert np.abs(deq - w).max() <= s.max() / 2 + 1e-6
 
 
-def test_conv_net_gemm_becomes_matmul_and_conv_stays_weight_only_in_dynamic_mode():
+def test_conv_net_gemm_becomes_matmul_and_conv_weights_are_int8_per_channel():
+    fp32 = testing.conv_net()
+    res = quantize_dynamic(fp32, DynamicConfig())
+    ops = testing.count_ops(res.model)
+    assert "Gemm" not in ops and ops["DequantizeLinear"] == 4 and ops["Conv"] == 3
+    conv_dq = [n for n in res.model.graph.node if n.op_type == "DequantizeLinear" and "Conv" not in n.output[0]]
+    assert all({a.name: a.i for a in n.attribute}.get("axis") in (0, 1) for n in conv_dq)
+    assert "disable_quant_qdq" in res.report.extra["conv_note"]
+    assert _cos(fp32, res.model, testing.random_inputs(fp32, 4, seed=5)) > 0.999
+
+
+def test_dynamic_mode_keeps_conv_float_and_says_why():
     fp32 = testing.conv_net()
     res = quantize_dynamic(fp32, DYN)
     ops = testing.count_ops(res.model)
-    assert "Gemm" not in ops and ops["MatMulInteger"] == 1 and ops["Conv"] == 3
+    assert ops["MatMulInteger"] == 1 and ops["Conv"] == 3 and "DequantizeLinear" not in ops
     conv = [d for d in res.decisions if d.candidate.op_type == "Conv"]
-    assert len(conv) == 3 and all(d.choice is Choice.WEIGHT_ONLY and "12854" in d.reason for d in conv)
+    assert len(conv) == 3 and all(d.choice is Choice.FLOAT and "12854" in d.reason for d in conv)
     assert "12854" in res.report.extra["conv_note"]
     assert _cos(fp32, res.model, testing.random_inputs(fp32, 4, seed=5)) > 0.999
+
+
+def test_dynamic_mode_on_a_conv_only_model_points_to_weight_only():
+    with pytest.raises(NothingToQuantizeError, match="weight-only"):
+        quantize_dynamic(testing.unsupported_net(), DYN)
 
 
 # -- dynamic-activation -------------------------------------------------------------------------

@@ -215,8 +215,6 @@ def weight_only_format(c: Candidate, config: DynamicConfig) -> tuple[WeightForma
 
 def _weight_only(c: Candidate, config: DynamicConfig) -> Decision:
     fmt, why = weight_only_format(c, config)
-    if c.op_type in ("Conv", "ConvTranspose") and config.mode == "dynamic-activation":
-        why = CONV_REASON
     return Decision(c, Choice.WEIGHT_ONLY, fmt, why)
 
 
@@ -227,6 +225,8 @@ def _skipped(c: Candidate, config: DynamicConfig) -> str | None:
         return "op type not selected for quantization"
     if c.op_type == "Gather" and not config.embeddings:
         return "embedding quantization disabled"
+    if c.op_type in ("Conv", "ConvTranspose") and config.mode == "dynamic-activation":
+        return CONV_REASON
     return None
 
 
@@ -292,7 +292,8 @@ def quantize_dynamic(model: str | os.PathLike | onnx.ModelProto, config: Dynamic
     check = Checker(fp32, feeds)
     decisions = decide(candidates, config, work, feeds[0])
     if all(d.choice is Choice.FLOAT for d in decisions):
-        raise NothingToQuantizeError("Every quantizable node is skipped by the configuration. Nothing was written.")
+        why = "; ".join(sorted({f"{d.candidate.op_type}: {d.reason}" for d in decisions}))
+        raise NothingToQuantizeError(f"No node would be quantized ({why}). Nothing was written.")
     cache = WeightCache()
     build = functools.partial(_build, work, cache)
     quantized = build(decisions)

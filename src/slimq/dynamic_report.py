@@ -19,8 +19,11 @@ FLOAT_BY_DESIGN = {"LayerNormalization": "normalisation stays float for accuracy
 NBITS_NOTE = ("onnxruntime runs DequantizeLinear -> MatMul as MatMulNBits, which by default "
               "(session config session.qdq_matmulnbits_accuracy_level=4) quantizes activations to int8 per block: "
               "faster, slightly less exact; set it to 1 for float compute. The fidelity check measured the default.")
-CONV_REASON = ("ConvInteger is slower than float Conv in onnxruntime (onnxruntime#12854): "
-               "int8 weights dequantized, float compute")
+CONV_REASON = ("dynamic-activation keeps Conv float: ConvInteger is slower than float Conv in onnxruntime "
+               "(onnxruntime#12854), and int8 weights would be dequantized at every run; use --mode weight-only "
+               "to shrink conv weights")
+DQ_NOTE = ("onnxruntime keeps DequantizeLinear of Conv weights in the graph and runs it at every inference; with "
+           "session config session.disable_quant_qdq=1 it folds them at load (FP32 speed)")
 
 
 
@@ -46,6 +49,8 @@ def build_report(fp32, quantized, decisions, floats, agree, feeds, source, demot
              "fallback": [d.to_dict() for d in demotions]}
     if config.mode == "dynamic-activation" and any(d.candidate.op_type == "Conv" for d in decisions):
         extra["conv_note"] = CONV_REASON
+    if any(d.candidate.op_type in ("Conv", "ConvTranspose") and d.choice is Choice.WEIGHT_ONLY for d in decisions):
+        extra["conv_note"] = DQ_NOTE
     if macs.float_ops.get("MatMulNBits"):
         extra["matmulnbits_note"] = NBITS_NOTE
     report = Report("dynamic", config.description, macs.int8_share, macs.to_dict(), dict(ops),
