@@ -297,6 +297,19 @@ def test_external_data_round_trip(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_models_over_the_protobuf_limit_are_checked_through_external_data(monkeypatch):
+    from slimq import dynamic_check
+
+    monkeypatch.setattr(dynamic_check, "PROTOBUF_LIMIT", 1000)  # matmul_net's weights count as "over 2 GB"
+    fp32 = testing.matmul_net()
+    res = quantize_dynamic(fp32, DYN)
+    assert res.report.agreement[0]["cosine"] > 0.999
+    feeds = testing.random_inputs(fp32, 2, seed=4)
+    big = dynamic_check.predictor(res.model)
+    for f, ref in zip(feeds, _outputs(res.model, feeds)):
+        np.testing.assert_array_equal(big.run(f)[0], ref)
+
+
 # -- CLI ----------------------------------------------------------------------------------------
 
 @pytest.fixture()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -26,10 +27,23 @@ from .data import Feeds, model_inputs
 from .deploy import Predictor
 from .dynamic_graph import Choice, Decision, node_name
 from .errors import CalibrationDataError
+from .modelio import PROTOBUF_LIMIT
 from .report import OutputAgreement
 
 log = logging.getLogger("slimq")
 _SHAPE_OPS = ("Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity")
+
+
+def predictor(model: onnx.ModelProto, threads: int | str = "all", level: str = "all") -> Predictor:
+    """An onnxruntime session for an in-memory model, also over protobuf's 2 GB limit (via external data)."""
+    if sum(t.ByteSize() for t in model.graph.initializer) <= PROTOBUF_LIMIT:
+        return Predictor(model, threads=threads, level=level)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # saving with external data rewrites the tensors it saves
+    with tempfile.TemporaryDirectory(prefix="slimq-large-") as tmp:
+        path = f"{tmp}/model.onnx"
+        onnx.save_model(copy, path, save_as_external_data=True, location="model.onnx.data", size_threshold=1024)
+        return Predictor(path, threads=threads, level=level)  # initializers are loaded at session creation
 
 
 def index_ranges(model: onnx.ModelProto) -> dict[str, int]:
@@ -82,7 +96,7 @@ class Checker:
             raise CalibrationDataError("The fidelity check needs at least one input sample.")
         self.feeds = list(feeds)
         try:
-            ref = Predictor(fp32, threads="all")
+            ref = predictor(fp32)
             self.names = ref.output_names
             self.reference = [ref.run(f) for f in self.feeds]
         except Exception as e:  # onnxruntime raises its own Fail/InvalidArgument types
@@ -104,7 +118,7 @@ class Checker:
 
     def __call__(self, model: onnx.ModelProto) -> list[OutputAgreement]:
         self.counter[0] += 1
-        test = Predictor(model, threads="all")
+        test = predictor(model)
         agree = [OutputAgreement(n) for n in self.names]
         for f, ref in zip(self.feeds, self.reference):
             for a, r, t in zip(agree, ref, test.run(f)):
@@ -122,7 +136,7 @@ def activation_rows(model: onnx.ModelProto, tensors: Sequence[str], feeds: Feeds
     """Rows M (product of all but the last dim) of each activation tensor on `feeds`."""
     if not tensors:
         return {}
-    outs = Predictor(expose(model, list(tensors)), threads="all", level="basic").run(feeds)
+    outs = predictor(expose(model, list(tensors)), level="basic").run(feeds)
     return {t: int(np.prod(o.shape[:-1])) for t, o in zip(tensors, outs)}
 
 

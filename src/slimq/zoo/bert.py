@@ -14,6 +14,7 @@ The exported graph takes ``input_ids`` and ``attention_mask`` (int64, shape
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import tempfile
@@ -154,10 +155,16 @@ def export_bert(path: str | os.PathLike, cfg: BertConfig = BertConfig(), opset: 
     batch, seq = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("sequence", min=2, max=cfg.max_position)
     dynamic = {n: {0: batch, 1: seq} for n in names}
     outputs = ["last_hidden_state"] + (["pooler_output"] if cfg.pooler else [])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(model, args, dynamo=True, opset_version=opset, dynamic_shapes=dynamic,
-                                    input_names=names, output_names=outputs, optimize=True, verbose=False)
+    torch_log = logging.getLogger("torch.onnx")
+    level = torch_log.level
+    torch_log.setLevel(logging.ERROR)  # "torchvision is not installed" notes from the op registry
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(model, args, dynamo=True, opset_version=opset, dynamic_shapes=dynamic,
+                                        input_names=names, output_names=outputs, optimize=True, verbose=False)
+    finally:
+        torch_log.setLevel(level)
     proto = program.model_proto
     onnx.checker.check_model(proto)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".onnx", dir=path.parent)
@@ -169,6 +176,22 @@ def export_bert(path: str | os.PathLike, cfg: BertConfig = BertConfig(), opset: 
     finally:
         Path(tmp).unlink(missing_ok=True)
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m slimq.zoo.bert OUT.onnx [--tiny]`: export the encoder (6 layers, hidden 384; --tiny: 2 x 64)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m slimq.zoo.bert", description=main.__doc__)
+    ap.add_argument("output")
+    ap.add_argument("--tiny", action="store_true", help="2 layers, hidden 64, vocab 1000")
+    args = ap.parse_args(argv)
+    print(export_bert(args.output, TINY_BERT if args.tiny else BertConfig()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
 
 
 __all__ = ["TINY_BERT", "BertConfig", "BertEncoder", "build_bert", "example_inputs", "export_bert"]
