@@ -178,6 +178,9 @@ def export_bert(path: str | os.PathLike, cfg: BertConfig = BertConfig(), opset: 
     return path
 
 
+__all__ = ["TINY_BERT", "BertConfig", "BertEncoder", "build_bert", "example_inputs", "export_bert"]
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m slimq.zoo.bert OUT.onnx [--tiny]`: export the encoder (6 layers, hidden 384; --tiny: 2 x 64)."""
     import argparse
@@ -192,6 +195,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-__all__ = ["TINY_BERT", "BertConfig", "BertEncoder", "build_bert", "example_inputs", "export_bert"]
