@@ -119,6 +119,16 @@ def test_int4_group_wise_is_packed_blocked_and_runs():
     assert _cos(fp32, res.model, testing.random_inputs(fp32, 4, seed=3)) > 0.99
 
 
+def test_int8_group_wise_uses_blocked_int8():
+    fp32 = testing.matmul_net()
+    res = quantize_dynamic(fp32, DynamicConfig(granularity="group:32"))
+    dq = [n for n in res.model.graph.node if n.op_type == "DequantizeLinear"]
+    assert all({a.name: a.i for a in n.attribute} == {"axis": 0, "block_size": 32} for n in dq)
+    q = [t for t in res.model.graph.initializer if t.name.endswith("_quantized")]
+    assert {t.data_type for t in q} == {onnx.TensorProto.INT8}
+    assert _cos(fp32, res.model, testing.random_inputs(fp32, 4, seed=3)) > 0.999
+
+
 def test_quantize_blocked_matches_per_block_absmax():
     w = np.random.default_rng(0).normal(size=(40, 6)).astype(np.float32)
     q, s = quantize_blocked(w, INT4.narrow(), axis=0, block=16)
@@ -228,7 +238,7 @@ def test_check_data_is_used(tmp_path):
     data = tmp_path / "check.npz"
     np.savez(data, x=np.random.default_rng(0).normal(size=(3, 32)).astype(np.float32))
     res = quantize_dynamic(fp32, DynamicConfig(), check_data=data)
-    assert res.report.agreement_samples == 3 and res.report.extra["check_inputs"] == "given check data"
+    assert res.report.agreement_samples == 3 and res.report.extra["check_inputs"] == "check-data inputs"
 
 
 # -- errors -------------------------------------------------------------------------------------

@@ -196,7 +196,7 @@ def _check_feeds(fp32: onnx.ModelProto, check_data, config: DynamicConfig) -> tu
         return synthesize_feeds(fp32, config.check_samples, dim=config.check_dim), "synthesised inputs"
     samples = load_samples(check_data, model_inputs(fp32))
     n = min(len(samples), max(config.check_samples, 1))
-    return [samples.sample(i) for i in range(n)], "given check data"
+    return [samples.sample(i) for i in range(n)], "check-data inputs"
 
 
 def weight_only_format(c: Candidate, config: DynamicConfig) -> tuple[WeightFormat, str]:
