@@ -11,7 +11,7 @@ import torch.nn.functional as F  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
 
 import slimq.qat as qat  # noqa: E402
-from slimq.errors import CalibrationDataError, ConfigError, FidelityError  # noqa: E402
+from slimq.errors import CalibrationDataError, ConfigError, FidelityError, ModelLoadError  # noqa: E402
 from slimq.qat.testing_models import NetWithUnsupported, build, teacher_labels  # noqa: E402
 
 
@@ -149,3 +149,21 @@ def test_convert_errors(tmp_path) -> None:
     with pytest.raises(ConfigError, match='Did you mean "dynamo"'):
         qat.convert(qmodel, tmp_path / "m.onnx", exporter="dynamic")
     assert not list(tmp_path.iterdir())
+
+
+class _CumMax(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cummax(self.conv(x), 1)[0]
+
+
+def test_export_failure_names_the_op(tmp_path) -> None:
+    with pytest.warns(qat.QATWarning, match="cummax"):
+        qmodel = qat.prepare(_CumMax(), torch.randn(2, 1, 8, 8))
+    qat.calibrate(qmodel, [torch.randn(4, 1, 8, 8)])
+    with pytest.raises(ModelLoadError, match="aten::cummax"):
+        qat.convert(qmodel, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()

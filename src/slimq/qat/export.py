@@ -33,7 +33,7 @@ from onnx_ir.passes.common import (
 )
 from torch import fx, nn
 
-from slimq.errors import CalibrationDataError, ConfigError, FidelityError, unknown_choice
+from slimq.errors import CalibrationDataError, ConfigError, FidelityError, ModelLoadError, unknown_choice
 from slimq.modelio import check_output_path, save_model
 from slimq.qat.config import TARGETS
 from slimq.qat.model import QATModel, unwrap
@@ -196,7 +196,15 @@ def convert(qmodel: nn.Module, path: str | Path, target: str | None = None, *,
     net = export_network(qm, target)
     with tempfile.TemporaryDirectory(prefix="slimq-qat-") as tmp:
         raw = Path(tmp) / "raw.onnx"
-        _torch_export(net, qm.example_inputs, raw, exporter, opset)
+        try:
+            with torch.no_grad():
+                _torch_export(net, qm.example_inputs, raw, exporter, opset)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"torch.onnx.export ({exporter} exporter, opset {opset}) cannot export the QAT model: "
+                f"{type(exc).__name__}: {str(exc)[:800]}. Replace the op named there, or try "
+                f"exporter=\"{'dynamo' if exporter == 'legacy' else 'legacy'}\"."
+            ) from exc
         model = ir.load(str(raw))
     if exporter == "dynamo":
         ClearMetadataAndDocStringPass()(model)
