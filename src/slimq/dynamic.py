@@ -3,14 +3,17 @@
 Two modes:
 
 * ``weight-only``: weights are stored as int8 (per-channel) or int4/int8 block-wise
-  (``group:N``) with their scales and dequantized by DequantizeLinear; compute stays
-  FP32. Embedding tables (Gather over a constant) are stored int8 per row. The file
-  shrinks about 4x (int8) or 8x (int4 MatMul weights).
+  (``group:N``) with their scales and dequantized by DequantizeLinear; compute is
+  FP32 in ONNX terms (onnxruntime fuses DequantizeLinear -> MatMul into MatMulNBits,
+  which by default computes with int8 activations). Embedding tables (Gather over a
+  constant) are stored int8 per row. The file shrinks about 4x (int8) or 8x (int4
+  MatMul weights).
 * ``dynamic-activation``: MatMul/Gemm with constant weights quantize their input at
   run time (DynamicQuantizeLinear -> MatMulInteger, u8 activations x s8 weights, fused
   by onnxruntime into DynamicQuantizeMatMul) where a timing of that shape in
-  onnxruntime shows it is faster; Conv stays weight-only (ConvInteger is slower than
-  float Conv in onnxruntime, onnxruntime#12854). Activation x activation MatMuls,
+  onnxruntime shows it is faster; Conv stays float (ConvInteger is slower than float
+  Conv in onnxruntime, onnxruntime#12854, and wrecks PP-OCR; a weight-only
+  DequantizeLinear would run at every inference). Activation x activation MatMuls,
   LayerNorm, Softmax and GELU stay float.
 
 Every result is checked against FP32 on a few inputs; when agreement collapses the
@@ -70,6 +73,7 @@ MODES = ("weight-only", "dynamic-activation")
 WEIGHT_BITS = (8, 4)
 ON_COLLAPSE = ("fallback", "warn", "refuse")
 MIN_ORT_BLOCKED = "1.19"  # DequantizeLinear-21 with INT4 and block_size on the CPU EP
+
 
 class FidelityRefusedError(FidelityError):
     """The quantized model failed the fidelity check and nothing was written (CLI exit code 4)."""
@@ -208,9 +212,11 @@ def weight_only_format(c: Candidate, config: DynamicConfig) -> tuple[WeightForma
     if c.op_type in ("Conv", "ConvTranspose") and (bits == 4 or block):
         return WeightFormat(INT8_W, c.channel_axis), "no int4/group-wise conv kernel: int8 per-channel weights"
     qtype = INT4_W if bits == 4 else INT8_W
+    why = ("integer weights + DequantizeLinear (onnxruntime fuses it into MatMulNBits)" if c.op_type == "MatMul"
+           else "integer weights + DequantizeLinear, float compute")
     if block and c.block_axis is not None:
-        return WeightFormat(qtype, c.block_axis, block), "weights dequantized at load, float compute"
-    return WeightFormat(qtype, c.channel_axis), "weights dequantized at load, float compute"
+        return WeightFormat(qtype, c.block_axis, block), why
+    return WeightFormat(qtype, c.channel_axis), why
 
 
 def _weight_only(c: Candidate, config: DynamicConfig) -> Decision:
@@ -326,8 +332,8 @@ def _on_collapse(check: Checker, build, decisions: list[Decision], quantized: on
     msg = (f'fidelity collapsed: output "{worst.name}" cosine {worst.cosine:.4f} < {config.min_cosine} '
            f"(SQNR {worst.sqnr_db:.1f} dB)")
     if config.on_collapse == "refuse":
-        raise FidelityRefusedError(f"{msg}. Nothing was written. Rerun with on_collapse=fallback to keep the "
-                                   "damaging layers in float, or skip them.")
+        raise FidelityRefusedError(f"{msg}. Nothing was written. Rerun with --on-collapse fallback (the "
+                                   "default) to demote the damaging layers, or skip them.")
     if config.on_collapse == "warn":
         return decisions, [], [msg + "; written anyway (on_collapse=warn)."], quantized, agree
     log.warning("slimq: %s; searching for the layers to fall back", msg)
