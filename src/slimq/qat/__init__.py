@@ -6,31 +6,58 @@ Typical use::
     slimq.qat.calibrate(qmodel, batches)          # optional range initialisation
     ...train qmodel as usual (DDP works: wrap it after prepare)...
     slimq.qat.convert(qmodel, "model.int8.onnx")
+
+Names are imported lazily: the configuration classes work without PyTorch (so ``slimq``'s
+CLI can register its ``qat`` command); everything else needs ``pip install slimq[qat]``.
 """
 
-try:
-    import torch  # noqa: F401
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "slimq.qat needs PyTorch: install it with `pip install slimq[qat]` (torch>=2.4, onnxscript)."
-    ) from exc
+from __future__ import annotations
 
-from slimq.qat.config import TARGETS, VARIANTS, QATConfig, QATRecipe, TargetRules, load_recipe
-from slimq.qat.export import ConvertResult, convert
-from slimq.qat.graph import FloatOp, PrepareReport
-from slimq.qat.model import (
-    QATModel,
-    QATWarning,
-    calibrate,
-    load_checkpoint,
-    param_groups,
-    prepare,
-    save_checkpoint,
-)
-from slimq.qat.verify import Agreement, check_agreement, ort_optimized_ops
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "TARGETS", "VARIANTS", "Agreement", "ConvertResult", "FloatOp", "PrepareReport", "QATConfig",
-    "QATModel", "QATRecipe", "QATWarning", "TargetRules", "calibrate", "check_agreement",
-    "convert", "load_checkpoint", "load_recipe", "ort_optimized_ops", "param_groups", "prepare", "save_checkpoint",
-]
+if TYPE_CHECKING:
+    from slimq.qat.config import TARGETS, VARIANTS, QATConfig, QATRecipe, TargetRules, load_recipe
+    from slimq.qat.export import ConvertResult, convert
+    from slimq.qat.graph import FloatOp, PrepareReport
+    from slimq.qat.model import (
+        QATModel,
+        QATWarning,
+        calibrate,
+        load_checkpoint,
+        param_groups,
+        prepare,
+        save_checkpoint,
+    )
+    from slimq.qat.verify import Agreement, check_agreement, ort_optimized_ops
+
+_EXPORTS = {
+    "slimq.qat.config": ("TARGETS", "VARIANTS", "QATConfig", "QATRecipe", "TargetRules", "load_recipe"),
+    "slimq.qat.export": ("ConvertResult", "convert"),
+    "slimq.qat.graph": ("FloatOp", "PrepareReport"),
+    "slimq.qat.model": ("QATModel", "QATWarning", "calibrate", "load_checkpoint", "param_groups",
+                        "prepare", "save_checkpoint"),
+    "slimq.qat.verify": ("Agreement", "check_agreement", "ort_optimized_ops"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'slimq.qat' has no attribute '{name}'")
+    try:
+        value = getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as exc:
+        if exc.name in ("torch", "onnxscript"):
+            raise ImportError(
+                f"slimq.qat.{name} needs PyTorch and onnxscript: pip install 'slimq[qat]'."
+            ) from exc
+        raise
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

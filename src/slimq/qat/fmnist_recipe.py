@@ -88,18 +88,22 @@ def _train_data(recipe: QATRecipe) -> tuple[np.ndarray, np.ndarray]:
     return preprocess(images), labels
 
 
-def run_qat_recipe(recipe: QATRecipe, out_dir: str | Path | None = None) -> dict[str, Any]:
+def default_output_name(recipe: QATRecipe) -> str:
+    """File name of the recipe's INT8 model, e.g. ``fmnist_resnet.qat-ste.int8.onnx``."""
+    return f"{recipe.model}.qat-{recipe.variant}.int8.onnx"
+
+
+def run_qat_recipe(recipe: QATRecipe, output: str | Path | None = None) -> dict[str, Any]:
     """Run a recipe; returns FP32/INT8 top-1 (ORT, 10k test set), timings and graph facts.
 
-    The INT8 model is written to ``out_dir/<model>.qat-<variant>.int8.onnx`` when ``out_dir``
-    is given, otherwise to a temporary folder that is removed afterwards.
+    The INT8 model is written to ``output`` (an .onnx path) when given, otherwise to a
+    temporary folder that is removed afterwards.
     """
     torch.manual_seed(recipe.seed)
     x_train, y_train = _train_data(recipe)
     x_test_u8, y_test = load_fashion_mnist("test")
     x_test = preprocess(x_test_u8)
-    model = load_fp32_model(recipe.model)
-    qmodel = prepare(model, torch.from_numpy(x_train[:2]), recipe.qat_config())
+    qmodel = prepare(load_fp32_model(recipe.model), torch.from_numpy(x_train[:2]), recipe.qat_config())
     start = time.perf_counter()
     gen = np.random.default_rng(recipe.seed)
     calib = [torch.from_numpy(x_train[gen.choice(len(x_train), recipe.batch_size, replace=False)])
@@ -109,8 +113,7 @@ def run_qat_recipe(recipe: QATRecipe, out_dir: str | Path | None = None) -> dict
     steps = train_qat(qmodel, recipe, x_train, y_train)
     train_seconds = time.perf_counter() - start
     with tempfile.TemporaryDirectory(prefix="slimq-qat-recipe-") as tmp:
-        folder = Path(out_dir) if out_dir is not None else Path(tmp)
-        path = folder / f"{recipe.model}.qat-{recipe.variant}.int8.onnx"
+        path = Path(output) if output is not None else Path(tmp) / default_output_name(recipe)
         result = convert(qmodel, path)
         fp32 = ort_top1(asset_path(recipe.model, ".onnx"), x_test, y_test)
         int8 = ort_top1(path, x_test, y_test)
@@ -120,7 +123,7 @@ def run_qat_recipe(recipe: QATRecipe, out_dir: str | Path | None = None) -> dict
         "model": recipe.model, "variant": recipe.variant, "target": recipe.target,
         "fp32_top1": fp32, "int8_top1": int8, "delta_pt": round(100 * (int8 - fp32), 3),
         "steps": steps, "train_seconds": round(train_seconds, 1),
-        "onnx_path": str(path) if out_dir is not None else None,
+        "onnx_path": str(path) if output is not None else None,
         "int8_size_bytes": result.size_bytes,
         "fp32_size_bytes": asset_path(recipe.model, ".onnx").stat().st_size,
         "agreement_within_step": agreement.fraction_within_step,
