@@ -295,3 +295,21 @@ def test_simulated_low_bits_train_but_do_not_export(tmp_path) -> None:
     assert len(torch.unique(values)) <= 16
     with warnings.catch_warnings(), pytest.raises(ConfigError, match="8-bit"):
         qat.convert(qmodel, tmp_path / "m.onnx")
+
+
+def test_bn_channel_with_zero_gamma_stays_finite() -> None:
+    model = build("convnet")
+    with torch.no_grad():
+        model.bn1.weight[0] = 0.0
+    qmodel = qat.prepare(model, images(2))
+    train(qmodel, 2)
+    out = qmodel.eval()(images(4))
+    assert torch.isfinite(out).all()
+
+
+def test_nan_activation_raises_during_training() -> None:
+    qmodel = qat.prepare(build("convnet"), images(2)).train()
+    x = images(4)
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(CalibrationDataError, match="NaN or Inf"):
+        qmodel(x)

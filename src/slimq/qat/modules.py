@@ -70,7 +70,8 @@ class QATConv(nn.Module):
         w = self.conv.weight * factor.reshape(_channel_shape(self.conv.weight.dim(), 0))
         y = self.conv._conv_forward(x, self.weight_quant(w), None)
         shape = _channel_shape(y.dim(), 1)
-        y = y / factor.reshape(shape)
+        # A channel with gamma = 0 (e.g. pruned) has zero folded weights; divide it by 1.
+        y = y / torch.where(factor == 0, torch.ones_like(factor), factor).reshape(shape)
         if self.conv.bias is not None:
             y = y + self.conv.bias.reshape(shape)
         y = self.bn(y)

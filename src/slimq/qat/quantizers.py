@@ -132,11 +132,13 @@ class ActQuantizer(nn.Module):
 
     def _batch_abs_max(self, x: torch.Tensor) -> torch.Tensor:
         cur = x.detach().abs().amax().float().reshape(())
+        # NaN/Inf become +Inf before the all-reduce so that every rank raises, none hangs.
+        cur = sync_max_(torch.where(torch.isfinite(cur), cur, torch.full_like(cur, math.inf)))
         if not torch.isfinite(cur):
             raise CalibrationDataError(
                 "An activation contains NaN or Inf; check the input data and the learning rate."
             )
-        return sync_max_(cur.clone())
+        return cur
 
     def _set_range(self, abs_max: torch.Tensor) -> None:
         """Initialise every variant's range from an abs-max statistic."""
