@@ -72,3 +72,21 @@ def test_cli_module_and_config_import_without_torch() -> None:
             "assert 'torch' not in sys.modules, 'torch imported'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("name", ["fmnist_resnet", "fmnist_mobilenet"])
+def test_zoo_architectures_become_fully_integer(tmp_path, name: str) -> None:
+    torch = pytest.importorskip("torch")
+    import slimq.qat as qat
+    from slimq.zoo.fmnist import build_model
+
+    torch.manual_seed(0)
+    qmodel = qat.prepare(build_model(name).eval(), torch.randn(2, 1, 28, 28))
+    assert qmodel.report.unsupported == ()
+    qat.calibrate(qmodel, [torch.randn(16, 1, 28, 28)])
+    result = qat.convert(qmodel, tmp_path / f"{name}.onnx")
+    assert qat.check_agreement(qmodel, result.path, torch.randn(64, 1, 28, 28)).ok()
+    ops = qat.ort_optimized_ops(result.path)
+    convs = sum(1 for m in qmodel.modules() if isinstance(m, torch.nn.Conv2d))
+    assert ops["com.microsoft:QLinearConv"] == convs and "Conv" not in ops and "FusedConv" not in ops
+    assert ops["com.microsoft:QLinearAdd"] == 3 and ops["com.microsoft:QGemm"] == 1
