@@ -15,6 +15,7 @@ onnxruntime fuses the result into QLinearConv / QGemm).
 from __future__ import annotations
 
 import copy
+import logging
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -134,6 +135,8 @@ def _torch_export(net: nn.Module, example: tuple[torch.Tensor, ...], dest: Path,
                               input_names=inputs, output_names=outputs, dynamic_axes=axes,
                               do_constant_folding=True)
             return
+        # "torchvision is not installed" warnings are about ops this model does not use.
+        logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
         # A batch of 1 would be specialised by torch.export; trace with two samples.
         example = tuple(t if t.shape[0] > 1 else torch.cat([t, t]) for t in example)
         batch = torch.export.Dim("batch")
