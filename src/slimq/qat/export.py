@@ -195,6 +195,8 @@ def convert(qmodel: nn.Module, path: str | Path, target: str | None = None, *,
     target = _check_ready(qm, target)
     if exporter not in EXPORTERS:
         raise unknown_choice("ONNX exporter", exporter, EXPORTERS)
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < 13:
+        raise ConfigError(f"opset must be an integer >= 13 (per-channel QuantizeLinear), got {opset!r}.")
     path = check_output_path(None, path)
     net = export_network(qm, target)
     with tempfile.TemporaryDirectory(prefix="slimq-qat-") as tmp:
