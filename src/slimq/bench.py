@@ -133,20 +133,25 @@ def _name_models(models: Sequence[ModelLike], names: Sequence[str] | None) -> li
     return out
 
 
-def _signature(model: onnx.ModelProto) -> tuple[list[tuple[str, int]], list[str]]:
+def _signature(model: onnx.ModelProto) -> tuple[list[tuple[str, int]], list[int | None]]:
+    """Input (name, rank) pairs and output ranks (outputs are matched by position, not name)."""
     ins = [(s.name, len(s.shape)) for s in model_inputs(model)]
-    return ins, [o.name for o in model.graph.output]
+    outs = [len(o.type.tensor_type.shape.dim) if o.type.tensor_type.HasField("shape") else None
+            for o in model.graph.output]
+    return ins, outs
 
 
 def check_compatible(protos: Sequence[onnx.ModelProto], names: Sequence[str]) -> None:
-    """All models must have the same input names/ranks and output names as the first one."""
+    """All models must have the first one's input names and ranks, and as many outputs of the same ranks."""
     ref_in, ref_out = _signature(protos[0])
     for proto, name in zip(protos[1:], names[1:]):
         ins, outs = _signature(proto)
-        if ins != ref_in or outs != ref_out:
+        same_out = len(outs) == len(ref_out) and all(a is None or b is None or a == b for a, b in zip(outs, ref_out))
+        if ins != ref_in or not same_out:
             raise ConfigError(
-                f'Model "{name}" is not comparable with "{names[0]}": inputs {ins} vs {ref_in}, outputs {outs} vs '
-                f"{ref_out} (name, rank). Benchmark an FP32 model together with INT8 versions of the same model.")
+                f'Model "{name}" is not comparable with "{names[0]}": inputs (name, rank) {ins} vs {ref_in}, '
+                f"output ranks {outs} vs {ref_out}. Benchmark an FP32 model together with INT8 versions of the "
+                "same model.")
 
 
 def _time_turn(session: ort.InferenceSession, feeds: Feeds, timing: TimingConfig) -> list[float]:

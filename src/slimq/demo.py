@@ -86,24 +86,34 @@ def quantize_dynamic_demo(fp32: Path, out: Path, calib: np.ndarray, cfg: DemoCon
     return out
 
 
+QAT_TRAIN_IMAGES = 4096  # the demo fine-tunes one pass over this many training images (the recipe: 60k)
+
+
 def _qat_entry() -> Callable | None:
-    for module, attr in (("slimq.qat.fmnist_recipe", "run_qat_recipe"), ("slimq.qat.fmnist", "run_qat_recipe")):
-        if importlib.util.find_spec(module.rsplit(".", 1)[0]) is None:
-            continue
-        try:
-            fn = getattr(importlib.import_module(module), attr, None)
-        except ImportError:
-            fn = None
-        if fn is not None:
-            return fn
-    return None
+    """`slimq.qat.fmnist_recipe.run_qat_recipe`, or None when QAT (or torch) is not available."""
+    try:
+        module = importlib.import_module("slimq.qat.fmnist_recipe")
+    except ImportError:
+        return None
+    return getattr(module, "run_qat_recipe", None)
 
 
 def quantize_qat_demo(fp32: Path, out: Path, calib: np.ndarray, cfg: DemoConfig) -> Path:
+    from dataclasses import replace
+
+    from .qat.config import load_recipe
+
     run = _qat_entry()
     if run is None:
         raise ModuleNotFoundError("slimq.qat.fmnist_recipe")
-    run(fp32.stem, out, quick=cfg.quick)
+    base = load_recipe()
+    recipe = replace(base, model=fp32.name.removesuffix(".onnx"), epochs=1.0,
+                     train_limit=512 if cfg.quick else QAT_TRAIN_IMAGES,
+                     calib_batches=2 if cfg.quick else base.calib_batches)
+    _say(f"    recipe: {recipe.variant}, {recipe.target}, lr {recipe.lr}, {recipe.epochs} epoch(s) of "
+         f"{recipe.train_limit or 60000} training images")
+    result = run(recipe, out)
+    _say(f"    trained {result['steps']} steps in {result['train_seconds']:.0f} s")
     return out
 
 
