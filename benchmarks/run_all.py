@@ -28,6 +28,7 @@ from slimq.bench import BenchResult, TimingConfig, benchmark, write_json  # noqa
 from slimq.bench_report import format_table, results_markdown  # noqa: E402
 from slimq.bench_profile import Profile, profile_markdown, profile_model, write_text  # noqa: E402
 from slimq.config import StaticConfig  # noqa: E402
+from slimq.errors import SlimqError  # noqa: E402
 from slimq.static import quantize_static  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,6 +162,8 @@ def write_report(results: list[CaseResult], out: Path, profiles_dir: Path, meta:
              f"{b0.settings['warmup']} warm-up runs); speed-up = samples/s divided by FP32's at the same thread "
              "count. ResNet-50 and MobileNetV2 have random weights.", "",
              "## Summary (batch 1)", "", summary_table(results), ""]
+    if meta["skipped"]:
+        lines += [f"- Skipped {name}: {why}" for name, why in meta["skipped"].items()] + [""]
     for r in results:
         lines += case_section(r, profiles_dir, out)
     return write_text(out, "\n".join(lines))
@@ -191,10 +194,19 @@ def main(argv: list[str] | None = None) -> int:
     timing = (TimingConfig(warmup=2, min_iters=5, min_time=0.2, rounds=1) if args.quick
               else TimingConfig(warmup=5, min_iters=10, min_time=args.min_time, rounds=args.rounds))
     start, load_start = time.time(), os.getloadavg()
-    results = [run_case(n, args.cache, work, timing, args.quick, profiles_dir) for n in names]
+    results, skipped = [], {}
+    for n in names:
+        try:
+            results.append(run_case(n, args.cache, work, timing, args.quick, profiles_dir))
+        except SlimqError as e:  # e.g. a missing model asset: report it, run the other cases
+            say(f"{n}: skipped: {e}")
+            skipped[n] = str(e)
+    if not results:
+        raise SystemExit("no case could run: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     write_json([r.bench for r in results], args.out.with_suffix(".json"))
     write_report(results, args.out, profiles_dir, {"seconds": time.time() - start, "load_start": load_start,
-                                                   "load_end": os.getloadavg(), "quick": args.quick})
+                                                   "load_end": os.getloadavg(), "quick": args.quick,
+                                                   "skipped": skipped})
     say(f"wrote {args.out}, {args.out.with_suffix('.json')} and {profiles_dir}/ in {time.time() - start:.0f} s")
     return 0
 
