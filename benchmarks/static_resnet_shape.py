@@ -175,6 +175,8 @@ def main() -> None:
     macs = count_macs(optimized_graph(res.model, "extended"), {"input": x})
     print(f"int8 MAC share: {macs.int8_share * 100:.2f} % of {(macs.int8_macs + macs.float_macs) / 1e9:.2f} GMACs; "
           f"int8 ops {dict(macs.int8_ops)}; float MAC ops {dict(macs.float_ops)}")
+    opt = collections.Counter(n.op_type for n in optimized_graph(res.model, "all").graph.node)
+    print(f"INT8 graph as onnxruntime runs it (level all): {dict(opt.most_common())}")
     print(f"cpu: {cpu_info().model}, vnni={cpu_info().vnni}; load average {os.getloadavg()}")
     fp, q = time_side_by_side(path, res.model, x, args.runs)
     print(f"1 thread, batch 1, median of {args.runs} interleaved runs: FP32 {fp:.1f} ms, INT8 {q:.1f} ms, "
