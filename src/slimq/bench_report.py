@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -103,7 +104,8 @@ def plot_results(results: Sequence[BenchResult], path: str | os.PathLike) -> Pat
             for b, n in zip(bars, names):
                 ax.annotate(f"{r.speed_of(n, t).ratio:.2f}x", (b.get_x() + b.get_width() / 2, b.get_height()),
                             ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(range(len(names)), names, fontsize=8)
+        ticks = [textwrap.fill(n.removeprefix(f"{r.title} ") if r.title else n, 18) for n in names]
+        ax.set_xticks(range(len(names)), ticks, fontsize=8)
         ax.set_ylabel("samples/s")
         ax.set_title(r.title or f"batch {r.settings.get('batch')}", fontsize=10)
         ax.legend(fontsize=8)
