@@ -5,7 +5,7 @@ Two settings per model:
 * ``ort-default``: ``quantize_static(fp32, out, reader)`` with onnxruntime's defaults
   (QDQ, s8 activations, s8 per-tensor weights, MinMax calibration).
 * ``ort-best``: ``quant_pre_process`` first (retried without symbolic shape inference, then
-  skipped, and recorded, when it fails), then
+  skipped, and recorded, when it fails), an upgrade to opset 13 where older, then
   QDQ with u8 activations and s8 per-channel weights (the VNNI path), MinMax.
 
 Failures are recorded, never hidden: the result carries the error text instead of a path.
@@ -72,6 +72,35 @@ def _preprocess(fp32: Path, out_dir: Path, notes: list[str]) -> Path:
     return fp32
 
 
+def _opset13(src: Path, out_dir: Path, notes: list[str]) -> Path:
+    """Per-channel QDQ needs opset >= 13 (DequantizeLinear axis); upgrade older models first, like slimq does."""
+    import onnx
+
+    from slimq.errors import ModelLoadError
+    from slimq.modelio import default_opset, upgrade_opset
+
+    model = onnx.load(str(src))
+    if default_opset(model) >= 13:
+        return src
+    try:
+        dest = out_dir / f"{src.stem}.opset13.onnx"
+        onnx.save(upgrade_opset(model, 13), str(dest))
+        notes.append(f"upgraded from opset {default_opset(model)} to 13")
+        return dest
+    except ModelLoadError as e:
+        notes.append(f"opset upgrade failed ({_short(e)})")
+        return src
+
+
+def _check_loads(path: Path) -> None:
+    import onnxruntime as ort
+
+    try:
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001
+        raise RuntimeError(f"the quantized model does not load in onnxruntime: {_short(e)}") from None
+
+
 def quantize_peer(kind: str, fp32: Path, out_dir: Path, calib: Sequence[Feeds]) -> PeerResult:
     """Quantize `fp32` with onnxruntime's quantizer; `kind` is "ort-default" or "ort-best"."""
     import time
@@ -87,13 +116,14 @@ def quantize_peer(kind: str, fp32: Path, out_dir: Path, calib: Sequence[Feeds]) 
             quantize_static(str(fp32), str(out), _reader(calib))
             notes.append("QDQ, s8 activations, s8 per-tensor weights, MinMax (onnxruntime defaults)")
         elif kind == "ort-best":
-            src = _preprocess(fp32, out_dir, notes)
+            src = _opset13(_preprocess(fp32, out_dir, notes), out_dir, notes)
             quantize_static(str(src), str(out), _reader(calib), quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
                             reduce_range=False, calibrate_method=CalibrationMethod.MinMax)
             notes.append("QDQ, u8 activations, s8 per-channel weights, MinMax")
         else:
             raise ValueError(f"unknown peer {kind}; use one of {PEERS}")
+        _check_loads(out)
     except Exception as e:  # noqa: BLE001
         return PeerResult(kind, None, time.perf_counter() - t0, notes, _short(e))
     finally:
