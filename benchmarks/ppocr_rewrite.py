@@ -224,3 +224,58 @@ def equalize_conv_pairs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         c2.input[1] = g.add_init(base + "_w2", w2n)
         pairs += 1
     return model, pairs
+
+
+def smooth_conv_inputs(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
+                       alpha: float = 0.5) -> tuple[onnx.ModelProto, list[str]]:
+    """Equalize per-channel activation ranges into the next Conv (SmoothQuant-style, exact in FP32).
+
+    For every Conv whose input is ``Add(Mul(h, a), b)`` with constant a, b (PP-LCNetV3's affine
+    after HardSwish), channel c of that input is divided by s_c and input channel c of the Conv's
+    weights multiplied by s_c, s_c = max|x_c|^alpha / max|w_c|^(1 - alpha): a and b become
+    per-channel vectors. Returns the model and the names of those Mul/Add nodes, which must stay
+    float (skip them) so that only the equalized Conv input is quantized.
+    """
+    from slimq.calibrate import ExposedRunner
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = _Graph(m)
+    producer = {o: n for n in m.graph.node for o in n.output}
+    sites = []
+    for conv in [n for n in m.graph.node if n.op_type == "Conv"]:
+        add = producer.get(conv.input[0])
+        mul = producer.get(add.input[0]) if add is not None and add.op_type == "Add" else None
+        if mul is None or mul.op_type != "Mul" or g.sole_consumer(add.output[0]) is not conv:
+            continue
+        a_name = next((i for i in mul.input if i in g.inits), None)
+        b_name = next((i for i in add.input if i in g.inits), None)
+        if a_name is None or b_name is None or g.const(a_name).size != 1 or g.const(b_name).size != 1:
+            continue
+        sites.append((conv, mul, add, a_name, b_name))
+    runner = ExposedRunner(m, [s[2].output[0] for s in sites], feeds[0], 1 << 30)
+    xmax: dict[str, np.ndarray] = {}
+    for f in feeds:
+        for name, a in runner.run(f):
+            cur = np.abs(a).max(axis=(0, 2, 3)).astype(np.float64)
+            xmax[name] = np.maximum(xmax.get(name, cur), cur)
+    skip = []
+    for conv, mul, add, a_name, b_name in sites:
+        w = g.const(conv.input[1]).astype(np.float64)
+        group = next((at.i for at in conv.attribute if at.name == "group"), 1)
+        depthwise = group == w.shape[0] and w.shape[1] == 1
+        if group != 1 and not depthwise:
+            continue
+        wmax = np.abs(w.reshape(w.shape[0], -1)).max(1) if depthwise else np.abs(w).max(axis=(0, 2, 3))
+        x = xmax[add.output[0]]
+        s = np.where((x > 0) & (wmax > 0), x**alpha / np.maximum(wmax, 1e-12) ** (1 - alpha), 1.0)
+        shape = (1, -1, 1, 1)
+        base = conv.name or conv.output[0]
+        mul.input[list(mul.input).index(a_name)] = g.add_init(
+            base + "_smooth_a", (float(g.const(a_name).reshape(())) / s).reshape(shape))
+        add.input[list(add.input).index(b_name)] = g.add_init(
+            base + "_smooth_b", (float(g.const(b_name).reshape(())) / s).reshape(shape))
+        w_new = w * (s.reshape(-1, 1, 1, 1) if depthwise else s.reshape(1, -1, 1, 1))
+        conv.input[1] = g.add_init(base + "_smooth_w", w_new)
+        skip += [mul.name, add.name]
+    return prune_initializers(m), skip

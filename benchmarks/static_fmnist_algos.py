@@ -4,8 +4,11 @@ Calibration: the first 256 images of a fixed random permutation of the *train*
 split. Evaluation: the full 10k *test* split. Requirement checked: with hist, KL
 and mse the INT8 top-1 is within 0.5 pt of FP32.
 
+``--with-proposed`` adds the row "KL_fixed": the proposed KL fix of
+``benchmarks/proposed_observers.py``, registered in this process only (slimq is not edited).
+
 Usage: python benchmarks/static_fmnist_algos.py [--models fmnist_resnet fmnist_mobilenet]
-       [--algos abs_max avg hist KL mse emd] [--calib 256] [--threads 2]
+       [--algos abs_max avg hist KL mse emd] [--calib 256] [--threads 2] [--with-proposed]
 """
 
 from __future__ import annotations
@@ -67,7 +70,12 @@ def main() -> int:
     ap.add_argument("--algos", nargs="+", default=list(ALGOS))
     ap.add_argument("--calib", type=int, default=256, help="calibration images from the train split")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--with-proposed", action="store_true", help="also run the proposed KL fix (KL_fixed)")
     args = ap.parse_args()
+    if args.with_proposed:
+        from proposed_observers import register
+
+        args.algos.append(register())
     calib, ev = calibration_images(args.calib), test_evaluator()
     print(f"calibration: {len(calib)} train images (seed {CALIB_SEED}); evaluation: {len(ev.labels)} test images")
     rows = []
