@@ -102,10 +102,16 @@ def profile_model(model: str | os.PathLike | onnx.ModelProto, feeds: Feeds, thre
     return summarize(events, warmup)
 
 
+# Integer kernels whose first input may be a float scale (e.g. QLinearConcat's y_scale).
+INTEGER_OP_PREFIXES = ("QLinear", "QGemm", "QAttention", "QEmbed", "DynamicQuantize", "MatMulInteger",
+                       "ConvInteger")
+
+
 def float_islands(p: Profile) -> list[NodeTime]:
     """Nodes of a quantized graph that read float activations (float islands, QuantizeLinear) or make them
     (DequantizeLinear), slowest first."""
-    return [n for n in p.nodes if n.input_types.startswith("float") or n.op_type == "DequantizeLinear"]
+    return [n for n in p.nodes if not n.op_type.startswith(INTEGER_OP_PREFIXES)
+            and (n.input_types.startswith("float") or n.op_type == "DequantizeLinear")]
 
 
 def _island_lines(p: Profile, top: int) -> list[str]:
