@@ -12,7 +12,7 @@ det (``--det``, informational): prob-map IoU vs FP32, box F1, MAC share.
 preprocessing pass.
 
 Usage: python benchmarks/static_ppocr.py [--algos hist mse ...] [--lines 400] [--calib-lines 64]
-       [--float-logits] [--rewrite [--cle] [--bias-correct]] [--skip NODE ...] [--with-proposed]
+       [--float-logits] [--rewrite [--cle] [--bias-correct]] [--skip NODE ...] [--float-stem N] [--with-proposed]
        [--det] [--latency]
 """
 
@@ -67,6 +67,15 @@ def logit_nodes(model: onnx.ModelProto) -> tuple[str, ...]:
     return (node.name,) if node is not None and node.name else ()
 
 
+def stem_nodes(path: str, n_convs: int) -> tuple[str, ...]:
+    """Names of all nodes before the ``n_convs``-th Conv of the preprocessed model (0: none)."""
+    if n_convs <= 0:
+        return ()
+    nodes = list(preprocess(load_model(path)).graph.node)
+    convs = [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
+    return tuple(n.name or n.output[0] for n in nodes[: convs[min(n_convs, len(convs) - 1)]])
+
+
 def quantize_rec(path: str, ev: RecEvaluator, algo: str, calib_lines: int, skip: SkipSpec) -> QuantResult:
     calib = ev.calibration_batches(-(-(calib_lines + HOLDOUT) // 8), 8)
     cfg = StaticConfig(algo=algo, max_samples=calib_lines, holdout=HOLDOUT, skip=skip, show_progress=False)
@@ -85,8 +94,9 @@ def run_rec(args: argparse.Namespace) -> list[dict]:
         print(f"rec FP32 after the rewrites: CER {rw['cer']:.2f} % (deltas below are against the original)")
     print(f"rec FP32: CER {fp32['cer']:.2f} %, line accuracy {fp32['line_acc']:.1f} % "
           f"on {args.lines} lines ({n_chars} characters)", flush=True)
-    skip = tuple(args.skip)
-    variants = [(" skip " + ",".join(skip) if skip else "", SkipSpec(names=skip))]
+    skip = tuple(args.skip) + stem_nodes(path, args.float_stem)
+    label0 = f" float stem ({args.float_stem} convs)" * bool(args.float_stem) + " skip" * bool(args.skip)
+    variants = [(label0, SkipSpec(names=skip))]
     if args.float_logits:
         variants.append((" +float logits", SkipSpec(names=skip + logit_nodes(preprocess(load_model(path))))))
     rows = []
@@ -149,6 +159,7 @@ def main() -> int:
     ap.add_argument("--cle", action="store_true", help="with --rewrite: cross-layer equalization of Conv pairs")
     ap.add_argument("--bias-correct", action="store_true", help="with --rewrite: bias correction of int8 weights")
     ap.add_argument("--skip", nargs="+", default=[], help="node names to leave in float")
+    ap.add_argument("--float-stem", type=int, default=0, help="leave every node before the N-th Conv in float")
     ap.add_argument("--det", action="store_true")
     ap.add_argument("--det-algos", nargs="+", default=["hist", "mse"])
     ap.add_argument("--det-pages", type=int, default=8)
