@@ -51,8 +51,6 @@ def test_fmnist_hist_keeps_accuracy_and_runs_int8(name, fmnist):
     assert share >= 0.95, f"{name}: only {share:.1%} of MACs run in int8"
 
 
-@pytest.mark.xfail(strict=True, reason="KL over-clips spiky histograms (ReLU zeros): its search starts at "
-                   "1/8 of the range (docs/static_ptq.md, F1); drop this mark once it starts at half the range")
 def test_fmnist_kl_keeps_accuracy(fmnist):
     drop, _ = _top1_drop("fmnist_resnet", "KL", fmnist)
     assert drop <= 1.0

@@ -72,6 +72,8 @@ class TensorObserver:
         self.max = -np.inf
         self.absmax_sum = 0.0
         self.batches = 0
+        self.values = 0
+        self.samples = 0
         self.hist = StreamingHistogram(histogram_bins) if histogram_bins else None
 
     def update(self, x: np.ndarray) -> None:
@@ -87,6 +89,8 @@ class TensorObserver:
         self.min, self.max = min(self.min, lo), max(self.max, hi)
         self.absmax_sum += max(-lo, hi)
         self.batches += 1
+        self.values += x.size
+        self.samples += x.shape[0] if x.ndim >= 2 else 1  # axis 0 is the batch
         if self.hist is not None:
             self.hist.update(np.abs(x))
 
@@ -103,6 +107,9 @@ class ObserverSettings:
     bins: int = 2048
     levels: int = 256  # integer levels of the activation type
     symmetric: bool = False  # symmetric activations spend half the levels on negative values
+    # tensors with fewer values per sample (squeeze-excitation vectors, pooled features) are never
+    # clipped: their rare large values are persistent channels, not noise (0: always clip)
+    min_values_to_clip: int = 0
 
 
 def _levels(obs: "TensorObserver", s: ObserverSettings) -> int:
@@ -130,11 +137,12 @@ def _candidates(h: StreamingHistogram, start: int, count: int = 128) -> np.ndarr
 
 
 def _threshold_kl(obs: TensorObserver, s: ObserverSettings) -> float:
-    """TensorRT-style entropy calibration: minimise KL(P || Q) over clipping points."""
+    """Entropy calibration: minimise KL(P || Q) over clipping points in the upper half of the
+    histogram, as PaddleSlim does; starting lower over-clips spiky (ReLU-zero) histograms."""
     h, counts = obs.hist, obs.hist.counts.astype(np.float64)
     levels = min(_levels(obs, s), h.bins)
     best, best_i = np.inf, h.bins
-    for i in _candidates(h, levels):
+    for i in _candidates(h, max(levels, h.bins // 2)):
         p = counts[:i].copy()
         p[-1] += counts[i:].sum()
         if p.sum() == 0:
@@ -230,7 +238,7 @@ def compute_range(obs: TensorObserver, algo: Algorithm, settings: ObserverSettin
     """The calibrated real range [rmin, rmax] of a tensor."""
     if not obs.seen:
         raise CalibrationDataError("A tensor was never observed during calibration; is the data set empty?")
-    if algo.threshold is None:
+    if algo.threshold is None or obs.values < settings.min_values_to_clip * obs.samples:
         return obs.min, obs.max
     t = algo.threshold(obs, settings)
     return max(obs.min, -t), min(obs.max, t)

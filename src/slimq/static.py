@@ -74,7 +74,8 @@ def quantize_static(model: str | os.PathLike | onnx.ModelProto, calib_data, conf
                                      "float data). Nothing was written.")
     algo = get_algorithm(config.algo)
     settings = ObserverSettings(config.hist_percent, config.bins, rules.activation_qtype.qmax
-                                - rules.activation_qtype.qmin + 1, rules.activation_symmetric)
+                                - rules.activation_qtype.qmin + 1, rules.activation_symmetric,
+                                min_values_to_clip=1024)
     ranges = calibrate(fp32, plan.roots, lambda: samples.batches(calib_idx, config.batch_size), algo, settings,
                        config.memory_budget_mb, config.show_progress, _num_batches(samples, calib_idx, config))
     plan = plan.with_ranges(ranges)
