@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 from ppocr_rewrite import bias_correct, rewrite
+from static_resnet_shape import time_side_by_side
 
 from slimq.config import SkipSpec, StaticConfig
 from slimq.deploy import Predictor
@@ -118,17 +118,8 @@ def run_rec(args: argparse.Namespace) -> list[dict]:
 
 def latency(fp32: str, int8: onnx.ModelProto, feeds: dict[str, np.ndarray], runs: int = 20) -> tuple[float, float]:
     """Median ms at 1 thread, batch 1, FP32 and INT8 runs interleaved."""
-    a, b = Predictor(fp32, threads=1), Predictor(int8, threads=1)
-    for _ in range(3):
-        a.run(feeds)
-        b.run(feeds)
-    ta, tb = [], []
-    for _ in range(runs):
-        for p, t in ((a, ta), (b, tb)):
-            s = time.perf_counter()
-            p.run(feeds)
-            t.append((time.perf_counter() - s) * 1e3)
-    return statistics.median(ta), statistics.median(tb)
+    (x,) = feeds.values()
+    return time_side_by_side(Path(fp32), int8, x, runs, warmup=3)
 
 
 def run_det(args: argparse.Namespace) -> None:

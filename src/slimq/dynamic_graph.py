@@ -26,6 +26,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass, TopologicalSortPass
 
 from . import qmath
 from .ops import op_info
+from .qdq import UniqueNames
 
 WEIGHT_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose", "Gather")
 INT8_W = qmath.INT8.narrow()  # symmetric [-127, 127]
@@ -247,17 +248,9 @@ class _Rewriter:
     def __init__(self, model: ir.Model, cache: WeightCache) -> None:
         self.graph, self.cache = model.graph, cache
         g = self.graph
-        self.used = {v.name for v in g.inputs} | set(g.initializers) | {o.name for n in g for o in n.outputs}
-        self.used |= {n.name for n in g if n.name}
+        self.fresh = UniqueNames(g).fresh
         self.nodes = {node_name(n): n for n in g}
         self.done: dict[tuple[str, str, WeightFormat], list[ir.Value]] = {}
-
-    def fresh(self, base: str) -> str:
-        name, i = base, 1
-        while name in self.used:
-            name, i = f"{base}_{i}", i + 1
-        self.used.add(name)
-        return name
 
     def const(self, base: str, tensor_or_array) -> ir.Value:
         name = self.fresh(base)

@@ -16,7 +16,7 @@ from . import qmath
 from .plan import QuantPlan, WeightEntry
 
 
-class _Names:
+class UniqueNames:
     """Fresh, unique value/node names."""
 
     def __init__(self, graph: ir.Graph) -> None:
@@ -34,7 +34,7 @@ class _Names:
 class _Inserter:
     def __init__(self, model: ir.Model, plan: QuantPlan) -> None:
         self.graph, self.plan = model.graph, plan
-        self.names = _Names(self.graph)
+        self.names = UniqueNames(self.graph)
         self.values: dict[str, ir.Value] = {v.name: v for v in self.graph.inputs}
         self.values.update(self.graph.initializers)
         for n in self.graph:
