@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from .backends import parse_backends
 from .bench_data import BenchInputs, resolve_inputs
 from .data import Feeds, model_inputs, validate_feeds
 from .deploy import Predictor, cpu_info, resolve_threads
@@ -65,7 +66,10 @@ class SpeedResult:
     samples_per_s: float
     p50_ms: float
     p90_ms: float
-    ratio: float  # samples/s relative to the first model at the same thread count
+    ratio: float  # samples/s relative to the first model (on the first backend) at the same thread count
+    backend: str = "ort"
+    model_name: str = ""  # the model's name without the backend suffix ("" = same as model)
+    backend_ratio: float = 1.0  # samples/s relative to the first model on the same backend and thread count
 
 
 @dataclass
@@ -79,6 +83,11 @@ class BenchResult:
     settings: dict = field(default_factory=dict)
     machine: dict = field(default_factory=dict)
     title: str = ""
+    backends: list[str] = field(default_factory=lambda: ["ort"])
+
+    def label(self, model: str, backend: str | None = None) -> str:
+        """The row label of `model` on `backend` (default: the first backend) in tables and `accuracy`."""
+        return entry_label(model, backend or self.backends[0], self.backends)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -96,11 +105,18 @@ class BenchResult:
 
         return plot_results([self], path)
 
-    def speed_of(self, model: str, threads: int) -> SpeedResult:
+    def speed_of(self, model: str, threads: int, backend: str | None = None) -> SpeedResult:
+        """The timing of a row label, or of a model name on `backend` (default: the first backend)."""
+        label = self.label(model, backend)
         for s in self.speed:
-            if s.model == model and s.threads == threads:
+            if s.threads == threads and (s.model == label or (backend is None and s.model == model)):
                 return s
-        raise KeyError((model, threads))
+        raise KeyError((model, threads, backend))
+
+
+def entry_label(model: str, backend: str, backends: Sequence[str]) -> str:
+    """A model's row label: its name alone with one backend, "name (backend)" with several."""
+    return model if len(backends) <= 1 else f"{model} ({backend})"
 
 
 def write_json(results: Sequence[BenchResult], path: str | os.PathLike) -> Path:
@@ -114,9 +130,12 @@ def write_json(results: Sequence[BenchResult], path: str | os.PathLike) -> Path:
     return path
 
 
-def machine_info() -> dict:
-    """CPU, onnxruntime version and date, recorded with every benchmark."""
-    return {"cpu": cpu_info().to_dict(), "onnxruntime": ort.__version__,
+def machine_info(backends: Sequence[str] = ("ort",)) -> dict:
+    """CPU, runtime versions and date, recorded with every benchmark."""
+    from .backends import backend_version
+
+    extra = {"openvino": backend_version("openvino")} if "openvino" in backends else {}
+    return {"cpu": cpu_info().to_dict(), "onnxruntime": ort.__version__, **extra,
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
@@ -154,66 +173,86 @@ def check_compatible(protos: Sequence[onnx.ModelProto], names: Sequence[str]) ->
                 "same model.")
 
 
-def _time_turn(session: ort.InferenceSession, feeds: Feeds, timing: TimingConfig) -> list[float]:
+def _time_turn(run: Callable[[Feeds], object], feeds: Feeds, timing: TimingConfig) -> list[float]:
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < timing.min_iters or time.perf_counter() - start < timing.min_time:
         t0 = time.perf_counter_ns()
-        session.run(None, feeds)
+        run(feeds)
         times.append((time.perf_counter_ns() - t0) / 1e6)
     return times
 
 
-def measure_speed(protos: Sequence[onnx.ModelProto], names: Sequence[str], feeds: Feeds, threads: int,
-                  timing: TimingConfig = TimingConfig(), progress: Progress | None = None) -> list[SpeedResult]:
-    """Interleaved timing of all models at one thread count (latencies in ms per batch)."""
-    sessions = [Predictor(p, threads=threads).session for p in protos]
-    for s in sessions:
+def _entries(models: Sequence[ModelLike], names: Sequence[str],
+             backends: Sequence[str]) -> list[tuple[str, str, ModelLike, str]]:
+    """(label, name, model, backend) for every backend, then every model: the first entry is the reference."""
+    return [(entry_label(n, b, backends), n, m, b) for b in backends for m, n in zip(models, names)]
+
+
+def _speed_results(entries: list, times: list[list[float]], threads: int, batch: int) -> list[SpeedResult]:
+    out = []
+    for (label, name, _, backend), t in zip(entries, times):
+        a = np.asarray(t)
+        out.append(SpeedResult(label, threads, batch, len(a), float(a.sum() / 1e3), float(batch * len(a) / a.sum() * 1e3),
+                               float(np.percentile(a, 50)), float(np.percentile(a, 90)), 1.0, backend, name))
+    base = out[0].samples_per_s
+    first = {}
+    for s in out:
+        first.setdefault(s.backend, s.samples_per_s)
+    return [SpeedResult(**{**asdict(s), "ratio": s.samples_per_s / base,
+                           "backend_ratio": s.samples_per_s / first[s.backend]}) for s in out]
+
+
+def measure_speed(models: Sequence[ModelLike], names: Sequence[str], feeds: Feeds, threads: int,
+                  timing: TimingConfig = TimingConfig(), progress: Progress | None = None,
+                  backends: Sequence[str] = ("ort",)) -> list[SpeedResult]:
+    """Interleaved timing of all models on all backends at one thread count (latencies in ms per batch)."""
+    entries = _entries(models, names, backends)
+    runs = [Predictor(m, threads=threads, backend=b).run for _, _, m, b in entries]
+    for run in runs:
         for _ in range(timing.warmup):
-            s.run(None, feeds)
-    times: list[list[float]] = [[] for _ in sessions]
+            run(feeds)
+    times: list[list[float]] = [[] for _ in runs]
     for r in range(timing.rounds):
-        order = [(i + r) % len(sessions) for i in range(len(sessions))]
+        order = [(i + r) % len(runs) for i in range(len(runs))]
         for i in order:
-            times[i] += _time_turn(sessions[i], feeds, timing)
+            times[i] += _time_turn(runs[i], feeds, timing)
         if progress:
             progress(f"  threads={threads}: round {r + 1}/{timing.rounds} done")
-    batch = len(next(iter(feeds.values())))
-    out = []
-    for name, t in zip(names, times):
-        a = np.asarray(t)
-        out.append(SpeedResult(name, threads, batch, len(a), float(a.sum() / 1e3), float(batch * len(a) / a.sum() * 1e3),
-                               float(np.percentile(a, 50)), float(np.percentile(a, 90)), 1.0))
-    base = out[0].samples_per_s
-    return [SpeedResult(**{**asdict(s), "ratio": s.samples_per_s / base}) for s in out]
+    return _speed_results(entries, times, threads, len(next(iter(feeds.values()))))
 
 
-def evaluate_models(protos: Sequence[onnx.ModelProto], names: Sequence[str], evaluator: Evaluator,
-                    progress: Progress | None = None) -> dict[str, dict[str, float]]:
-    """Task metrics of every model on the evaluator's data (all cores)."""
+def evaluate_models(models: Sequence[ModelLike], names: Sequence[str], evaluator: Evaluator,
+                    progress: Progress | None = None,
+                    backends: Sequence[str] = ("ort",)) -> dict[str, dict[str, float]]:
+    """Task metrics of every model on every backend on the evaluator's data (all cores), keyed by row label."""
     out = {}
-    for proto, name in zip(protos, names):
+    for label, _, model, backend in _entries(models, names, backends):
         if progress:
-            progress(f"  evaluating {name} ({evaluator.name})")
-        pred = Predictor(proto, threads="all")
-        out[name] = evaluator.score(collect_outputs(pred.run, evaluator))
+            progress(f"  evaluating {label} ({evaluator.name})")
+        pred = Predictor(model, threads="all", backend=backend)
+        out[label] = evaluator.score(collect_outputs(pred.run, evaluator))
     return out
 
 
 def benchmark(models: Sequence[ModelLike], data=None, threads: Sequence[int | str] = (1, "all"),
               evaluator: Evaluator | None = None, batch: int = 1, task: str = "auto",
               timing: TimingConfig = TimingConfig(), names: Sequence[str] | None = None, limit: int | None = None,
-              progress: Progress | None = None, title: str = "") -> BenchResult:
+              progress: Progress | None = None, title: str = "", backends: Sequence[str] = ("ort",)) -> BenchResult:
     """Time and evaluate `models` (the first is the reference, usually FP32) on the same data.
 
     data: an .npz (inputs + optional `labels`), `"fashion-mnist"`, an .npy/folder/array/feed list, or None
     (random data, or the evaluator's first batch). threads: counts or "all"; above the core count they are
     clamped with a warning. evaluator: any `slimq.tasks.Evaluator`; task: "auto", "classification",
     "ocr-rec", "ocr-det" or "none". limit: use only the first N labelled samples / evaluation items.
+    backends: "ort" and/or "openvino" (slimq.backends); with several, every model runs on each, interleaved,
+    rows are labelled "name (backend)", and speed-ups are given against the first model on the first backend
+    (`ratio`) and on the same backend (`backend_ratio`).
     """
     if not models:
         raise ConfigError("Give at least one model to benchmark.")
     names = _name_models(models, names)
+    backends = parse_backends(backends)
     protos = [m if isinstance(m, onnx.ModelProto) else load_model(m) for m in models]
     check_compatible(protos, names)
     inputs = model_inputs(protos[0])
@@ -222,16 +261,20 @@ def benchmark(models: Sequence[ModelLike], data=None, threads: Sequence[int | st
     for proto, name in zip(protos, names):
         validate_feeds(bi.feeds, model_inputs(proto), f"{bi.source}, model {name}")
     counts = list(dict.fromkeys(resolve_threads(t) for t in threads))
-    accuracy = evaluate_models(protos, names, bi.evaluator, progress) if bi.evaluator is not None else None
+    runnable = [p if isinstance(m, onnx.ModelProto) else m for m, p in zip(models, protos)] if backends != ("ort",) \
+        else protos  # OpenVINO reads the files itself; onnxruntime gets the already loaded protos
+    accuracy = (evaluate_models(runnable, names, bi.evaluator, progress, backends)
+                if bi.evaluator is not None else None)
     speed: list[SpeedResult] = []
     for t in counts:
         if progress:
-            progress(f"timing {len(protos)} models at {t} thread(s), batch {batch} ({timing.rounds} rounds)")
-        speed += measure_speed(protos, names, bi.feeds, t, timing, progress)
+            progress(f"timing {len(protos)} models on {', '.join(backends)} at {t} thread(s), batch {batch} "
+                     f"({timing.rounds} rounds)")
+        speed += measure_speed(runnable, names, bi.feeds, t, timing, progress, backends)
     infos = [ModelInfo(n, None if isinstance(m, onnx.ModelProto) else str(m),
                        p.ByteSize() if isinstance(m, onnx.ModelProto) else model_size_bytes(m))
              for n, m, p in zip(names, models, protos)]
     ev = None if bi.evaluator is None else {"name": bi.evaluator.name, "primary_metric": bi.evaluator.primary_metric,
                                             "higher_is_better": bi.evaluator.higher_is_better}
-    settings = {"batch": batch, "threads": counts, "data": bi.source, **asdict(timing)}
-    return BenchResult(infos, speed, accuracy, ev, settings, machine_info(), title)
+    settings = {"batch": batch, "threads": counts, "data": bi.source, "backends": list(backends), **asdict(timing)}
+    return BenchResult(infos, speed, accuracy, ev, settings, machine_info(backends), title, list(backends))

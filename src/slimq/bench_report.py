@@ -39,9 +39,10 @@ def accuracy_table(results: Sequence[BenchResult]) -> str:
         return "\n\n".join(accuracy_table([r]) for r in results)
     rows = []
     for r in results:
-        ref = r.accuracy[r.models[0].name]
+        first = next(iter(r.accuracy))
+        ref = r.accuracy[first]
         for name, vals in r.accuracy.items():
-            diffs = ["—" if name == r.models[0].name else _fmt(m, vals[m] - ref[m], True) for m in metrics]
+            diffs = ["—" if name == first else _fmt(m, vals[m] - ref[m], True) for m in metrics]
             rows.append([name, *(_fmt(m, vals[m]) for m in metrics), *diffs])
     better = "higher" if ev.get("higher_is_better", True) else "lower"
     note = f"\n\n{ev.get('name', 'task')}: {ev.get('primary_metric', metrics[0])} is the primary metric ({better} is " \
@@ -49,15 +50,29 @@ def accuracy_table(results: Sequence[BenchResult]) -> str:
     return format_table(["model", *metrics, *(f"Δ {m}" for m in metrics)], rows) + note
 
 
+def _labels(result: BenchResult) -> list[str]:
+    """Row labels in entry order (every model on the first backend, then on the next, ...)."""
+    return list(dict.fromkeys(s.model for s in result.speed))
+
+
 def speed_table(results: Sequence[BenchResult]) -> str:
-    """Model, threads, samples/s, p50/p90 batch latency, speed-up vs the first model, size."""
+    """Model, threads, samples/s, p50/p90 batch latency, speed-up vs the first model, size.
+
+    With several backends: a backend column, and the speed-up vs the first model on the same backend.
+    """
+    multi = any(len(r.backends) > 1 for r in results)
     rows = []
     for r in results:
-        sizes = {m.name: m.size_bytes for m in r.models}
-        for s in sorted(r.speed, key=lambda s: (s.threads, [m.name for m in r.models].index(s.model))):
-            rows.append([s.model, str(s.threads), f"{s.samples_per_s:,.1f}", f"{s.p50_ms:.3f}", f"{s.p90_ms:.3f}",
-                         f"{s.ratio:.2f}x", f"{sizes[s.model] / 1e6:.2f}"])
-    return format_table(["model", "threads", "samples/s", "p50 ms", "p90 ms", "speed-up", "size MB"], rows)
+        sizes, order = {m.name: m.size_bytes for m in r.models}, _labels(r)
+        for s in sorted(r.speed, key=lambda s: (s.threads, order.index(s.model))):
+            row = [*([s.model_name or s.model, s.backend] if multi else [s.model]), str(s.threads), f"{s.samples_per_s:,.1f}",
+                   f"{s.p50_ms:.3f}", f"{s.p90_ms:.3f}", f"{s.ratio:.2f}x"]
+            row += [f"{s.backend_ratio:.2f}x"] if multi else []
+            rows.append(row + [f"{sizes[s.model_name or s.model] / 1e6:.2f}"])
+    first = results[0].models[0].name if results else "first"
+    headers = ["model", *(["backend"] if multi else []), "threads", "samples/s", "p50 ms", "p90 ms", "speed-up",
+               *([f"vs {first} same backend"] if multi else []), "size MB"]
+    return format_table(headers, rows)
 
 
 def settings_line(result: BenchResult) -> str:
@@ -65,7 +80,9 @@ def settings_line(result: BenchResult) -> str:
     return (f"batch {s.get('batch')}, data: {s.get('data')}; timing: {s.get('rounds')} interleaved rounds of >= "
             f"{s.get('min_time')} s and >= {s.get('min_iters')} runs per model, {s.get('warmup')} warm-up runs; "
             f"{cpu.get('model', '?')} ({cpu.get('cores', '?')} cores), onnxruntime "
-            f"{result.machine.get('onnxruntime', '?')}, {result.machine.get('date', '')}")
+            f"{result.machine.get('onnxruntime', '?')}"
+            + (f", openvino {result.machine['openvino']}" if result.machine.get("openvino") else "")
+            + f", {result.machine.get('date', '')}")
 
 
 def results_markdown(results: Sequence[BenchResult]) -> str:
@@ -94,7 +111,7 @@ def plot_results(results: Sequence[BenchResult], path: str | os.PathLike) -> Pat
     FigureCanvasAgg(fig)
     for k, r in enumerate(results):
         ax = fig.add_subplot(len(results), 1, k + 1)
-        names = [m.name for m in r.models]
+        names = _labels(r)
         counts = sorted({s.threads for s in r.speed})
         width = 0.8 / len(counts)
         for j, t in enumerate(counts):

@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction, methods: argparse._SubParsersActio
     p.add_argument("--warmup", type=int, default=5, help="warm-up runs per model (default 5)")
     p.add_argument("--min-time", type=float, default=2.0, help="minimum seconds per model and round (default 2)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    p.add_argument("--backend", default="ort",
+                   help="comma-separated runtimes: ort (onnxruntime, default), openvino (pip install "
+                        "'slimq[openvino]'); with several, every model runs on each, interleaved")
     p.add_argument("--limit", type=int, help="evaluate only the first N labelled samples / task items")
     p.add_argument("--names", help="comma-separated display names, one per model")
     p.add_argument("--json", help="write all results to this JSON file")
@@ -37,6 +40,7 @@ def register(sub: argparse._SubParsersAction, methods: argparse._SubParsersActio
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    from .backends import parse_backends
     from .bench import TimingConfig, benchmark
 
     threads = _csv(args.threads)
@@ -45,7 +49,7 @@ def run_bench(args: argparse.Namespace) -> int:
     names = _csv(args.names) or None
     timing = TimingConfig(args.warmup, args.iters, args.min_time, args.rounds)
     result = benchmark(args.models, args.data, threads, batch=args.batch, task=args.task, timing=timing,
-                       names=names, limit=args.limit, progress=lambda m: print(m, file=sys.stderr, flush=True))
+                       names=names, limit=args.limit, backends=parse_backends(args.backend), progress=lambda m: print(m, file=sys.stderr, flush=True))
     print(result.to_markdown())
     if args.json:
         print(f"wrote {result.write_json(args.json)}", file=sys.stderr)

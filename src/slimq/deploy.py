@@ -1,7 +1,8 @@
-"""Deployment on onnxruntime: CPU capability report, a Predictor, and optimized-graph export."""
+"""Deployment: CPU capability report, a Predictor (onnxruntime or OpenVINO), and optimized-graph export."""
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import tempfile
@@ -98,18 +99,33 @@ def session_options(threads: int | str = 1, level: str = "all", optimized_path: 
 
 
 class Predictor:
-    """An onnxruntime session with explicit threads and providers."""
+    """A loaded model with explicit threads, run by onnxruntime (default) or another backend.
+
+    backend: "ort" or "openvino" (see slimq.backends; OpenVINO needs ``pip install 'slimq[openvino]'``).
+    providers and level apply to onnxruntime only. ``session`` is the backend's own session object
+    (an onnxruntime InferenceSession, or a slimq.backends.OpenVINOSession).
+    """
 
     def __init__(self, model: str | os.PathLike | onnx.ModelProto, threads: int | str = 1,
-                 providers: list[str] | None = None, level: str = "all") -> None:
+                 providers: list[str] | None = None, level: str = "all", backend: str = "ort") -> None:
+        from .backends import OpenVINOSession, check_backend
+
+        self.backend = check_backend(backend)
+        if backend == "openvino":
+            self.session = OpenVINOSession(model, resolve_threads(threads))
+            self.input_names, self.output_names = self.session.input_names, self.session.output_names
+            self._run = self.session.run
+            return
         src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
         self.session = ort.InferenceSession(src, session_options(threads, level),
                                             providers=providers or ["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self._run = functools.partial(self.session.run, None)
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.session.run(None, feeds)
+        """Outputs in the model's output order."""
+        return self._run(feeds)
 
     __call__ = run
 

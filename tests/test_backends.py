@@ -1,0 +1,106 @@
+"""slimq.backends: backend names and errors, the OpenVINO session, and benchmarks across backends."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from slimq import backends
+from slimq.backends import OPENVINO_INSTALL, check_backend, parse_backends
+from slimq.bench import TimingConfig, benchmark
+from slimq.bench_data import LabeledEvaluator
+from slimq.cli import main
+from slimq.config import StaticConfig
+from slimq.deploy import Predictor
+from slimq.errors import ConfigError
+from slimq.static import quantize_static
+from slimq.testing import conv_net, random_inputs
+
+FAST = TimingConfig(warmup=1, min_iters=3, min_time=0.01, rounds=2)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    d = tmp_path_factory.mktemp("backends")
+    fp32 = d / "conv.onnx"
+    model = conv_net()
+    onnx.save(model, fp32)
+    quantize_static(fp32, random_inputs(model, 24), StaticConfig(show_progress=False), output=d / "conv.int8.onnx")
+    return fp32, d / "conv.int8.onnx"
+
+
+def test_unknown_backend_names_the_closest_one():
+    with pytest.raises(ConfigError, match='Unknown backend "openvno". Did you mean "openvino"'):
+        parse_backends("ort,openvno")
+    with pytest.raises(ConfigError, match="at least one backend"):
+        parse_backends(" , ")
+    assert parse_backends("ort, ort") == ("ort",)
+
+
+def test_missing_openvino_says_how_to_install(monkeypatch, pair, capsys):
+    monkeypatch.setattr(backends, "openvino_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"pip install 'slimq\[openvino\]'"):
+        check_backend("openvino")
+    with pytest.raises(ConfigError, match="openvino"):
+        Predictor(pair[0], backend="openvino")
+    fp32, int8 = pair
+    assert main(["bench", str(fp32), str(int8), "--backend", "ort,openvino", "--rounds", "1"]) == 2
+    assert OPENVINO_INSTALL in capsys.readouterr().err
+
+
+def test_cli_rejects_an_unknown_backend(pair, capsys):
+    fp32, int8 = pair
+    assert main(["bench", str(fp32), str(int8), "--backend", "onnxrt", "--rounds", "1"]) == 2
+    assert "Unknown backend" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- with OpenVINO installed
+
+
+def test_openvino_matches_onnxruntime_and_runs_int8(pair):
+    pytest.importorskip("openvino")
+    fp32, int8 = pair
+    x = {"input": np.random.default_rng(5).standard_normal((2, 3, 16, 16)).astype(np.float32)}
+    for path, tol in ((fp32, 1e-4), (int8, None)):
+        ref = Predictor(path).run(x)[0]
+        out = Predictor(path, backend="openvino").run(x)[0]
+        assert out.shape == ref.shape and out.dtype == np.float32
+        if tol:
+            np.testing.assert_allclose(out, ref, atol=tol, rtol=1e-4)
+        else:  # different int8 kernels and rounding: agree to within a few quantization steps
+            assert np.abs(out - ref).max() < 0.05 * np.abs(ref).max()
+    assert backends.openvino_mac_count(int8, x).int8_share == 1.0
+    float_count = backends.openvino_mac_count(fp32, x)
+    assert float_count.int8_share == 0.0 and float_count.float_macs > 0
+
+
+def test_openvino_outputs_are_not_overwritten_by_the_next_run(pair):
+    pytest.importorskip("openvino")
+    pred = Predictor(pair[1], backend="openvino")
+    rng = np.random.default_rng(0)
+    a_in, b_in = ({"input": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(2))
+    first = pred.run(a_in)[0]
+    kept = first.copy()
+    pred.run(b_in)
+    np.testing.assert_array_equal(first, kept)
+
+
+def test_benchmark_across_backends_labels_rows_and_ratios(pair):
+    pytest.importorskip("openvino")
+    fp32, int8 = pair
+    rng = np.random.default_rng(2)
+    ev = LabeledEvaluator({"input": rng.standard_normal((12, 3, 16, 16)).astype(np.float32)}, rng.integers(0, 10, 12))
+    r = benchmark([fp32, int8], evaluator=ev, threads=(1,), timing=FAST, names=["FP32", "INT8"],
+                  backends=("ort", "openvino"))
+    labels = [s.model for s in r.speed]
+    assert labels == ["FP32 (ort)", "INT8 (ort)", "FP32 (openvino)", "INT8 (openvino)"]
+    ref_ort, ref_ov = r.speed_of("FP32", 1, "ort"), r.speed_of("FP32", 1, "openvino")
+    q_ov = r.speed_of("INT8", 1, "openvino")
+    assert q_ov.ratio == pytest.approx(q_ov.samples_per_s / ref_ort.samples_per_s)
+    assert q_ov.backend_ratio == pytest.approx(q_ov.samples_per_s / ref_ov.samples_per_s)
+    assert r.speed_of("FP32", 1) is ref_ort and r.machine["openvino"]
+    assert list(r.accuracy) == labels
+    assert r.accuracy["FP32 (openvino)"] == r.accuracy["FP32 (ort)"]  # same float model: same predictions
+    md = r.to_markdown()
+    assert "| INT8 | openvino | 1 |" in md and "vs FP32 same backend" in md and "openvino " in md
