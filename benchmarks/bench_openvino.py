@@ -51,8 +51,10 @@ def slimq_model(case: BenchModel, work: Path, requantize: bool) -> Path:
     return path
 
 
-def _ratio(b: BenchResult, model: str, backend: str, t: int, ref: tuple[str, str]) -> float:
-    return b.speed_of(model, t, backend).samples_per_s / b.speed_of(ref[0], t, ref[1]).samples_per_s
+def _ratio(b: BenchResult, model: str, backend: str, t: int, ref: tuple[str, str]) -> str:
+    """Throughput ratio, and in brackets the ratio of median latencies (less sensitive to other load)."""
+    q, r = b.speed_of(model, t, backend), b.speed_of(ref[0], t, ref[1])
+    return f"{q.samples_per_s / r.samples_per_s:.2f}x ({r.p50_ms / q.p50_ms:.2f}x)"
 
 
 def summary_rows(b: BenchResult, name: str, ov_share: float) -> list[list[str]]:
@@ -63,9 +65,9 @@ def summary_rows(b: BenchResult, name: str, ov_share: float) -> list[list[str]]:
     for t in b.settings["threads"]:
         rows.append([name, str(t), f"{b.speed_of('FP32', t, 'ort').p50_ms:.2f}",
                      f"{b.speed_of('FP32', t, 'openvino').p50_ms:.2f}",
-                     f"{_ratio(b, 'slimq INT8', 'ort', t, ('FP32', 'ort')):.2f}x",
-                     f"{_ratio(b, 'slimq INT8', 'openvino', t, ('FP32', 'openvino')):.2f}x",
-                     f"{_ratio(b, 'slimq INT8', 'openvino', t, ('FP32', 'ort')):.2f}x",
+                     _ratio(b, 'slimq INT8', 'ort', t, ('FP32', 'ort')),
+                     _ratio(b, 'slimq INT8', 'openvino', t, ('FP32', 'openvino')),
+                     _ratio(b, 'slimq INT8', 'openvino', t, ('FP32', 'ort')),
                      f"{ov_share * 100:.1f} %",
                      f"{key}: {acc('FP32', 'ort')} / {acc('slimq INT8', 'ort')} / {acc('slimq INT8', 'openvino')}"
                      if key else "—"])
@@ -98,6 +100,8 @@ def report(results: list[tuple[str, BenchResult, float]], meta: dict) -> str:
              f"on {os.cpu_count()} cores; the run took {meta['seconds'] / 60:.1f} min",
              "- OpenVINO: CPU plugin, INFERENCE_PRECISION_HINT=f32, PERFORMANCE_HINT=LATENCY, no core pinning; "
              "the QDQ ONNX file is read as is. Batch 1; all four versions interleaved in one process.",
+             "- Ratios: samples/s ratio (mean over all timed runs), and in brackets the ratio of median "
+             "latencies, which other processes on the machine disturb less.",
              "- int8 MACs in OV: share of convolution/matmul MACs that OpenVINO's execution graph runs in u8/i8.", "",
              format_table(SUMMARY_HEADERS, rows), ""]
     for name, b, _ in results:

@@ -13,7 +13,10 @@ Failures are recorded, never hidden: the result carries the error text instead o
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import tempfile
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -54,14 +57,28 @@ def _short(e: BaseException) -> str:
     return " ".join(text)[:300] if text else type(e).__name__
 
 
+@contextlib.contextmanager
+def _in_temp_dir():
+    """Run in a fresh temporary working directory: onnxruntime's symbolic shape inference saves
+    `sym_shape_infer_temp.onnx` (+ external data) into the current directory when it fails."""
+    old = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="slimq-ort-pre-") as tmp:
+        os.chdir(tmp)
+        try:
+            yield
+        finally:
+            os.chdir(old)
+
+
 def _preprocess(fp32: Path, out_dir: Path, notes: list[str]) -> Path:
     """quant_pre_process; on failure again without symbolic shape inference; on failure the FP32 model as is."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    pre = out_dir / f"{fp32.stem}.ort-pre.onnx"
+    fp32, pre = fp32.resolve(), (out_dir / f"{fp32.stem}.ort-pre.onnx").resolve()
     for kwargs in ({}, {"skip_symbolic_shape": True}):
         try:
-            quant_pre_process(str(fp32), str(pre), **kwargs)
+            with _in_temp_dir():
+                quant_pre_process(str(fp32), str(pre), **kwargs)
             notes.append(f"quant_pre_process({', '.join(f'{k}={v}' for k, v in kwargs.items())}): ok")
             return pre
         except Exception as e:  # noqa: BLE001 - peer tool failures are data for the report
