@@ -75,7 +75,8 @@ def summary_rows(b: BenchResult, name: str, ov_share: float) -> list[list[str]]:
 
 
 SUMMARY_HEADERS = ["model", "threads", "FP32 ORT p50 ms", "FP32 OV p50 ms", "INT8-ORT / FP32-ORT",
-                   "INT8-OV / FP32-OV", "INT8-OV / FP32-ORT", "int8 MACs in OV", "quality FP32-ORT / INT8-ORT / INT8-OV"]
+                   "INT8-OV / FP32-OV", "INT8-OV / FP32-ORT", "int8 MACs in OV",
+                   "quality FP32-ORT / INT8-ORT / INT8-OV"]
 
 
 def run_case(name: str, args: argparse.Namespace, timing: TimingConfig) -> tuple[BenchResult, float]:

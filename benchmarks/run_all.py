@@ -7,6 +7,9 @@ are evaluated and timed together, interleaved, in this one process on one runtim
 
     .venv/bin/python benchmarks/run_all.py            # full run (~20 min on 2 cores)
     .venv/bin/python benchmarks/run_all.py --quick --only resnet50 --out /tmp/b.md
+
+With OpenVINO installed (the `bench` extra), every model also runs on OpenVINO, interleaved
+with the onnxruntime runs (``--backends ort`` for onnxruntime only).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from models import CASES, BenchModel, build_case, default_cache  # noqa: E402
 from peers import PEERS, PeerResult, quantize_peer  # noqa: E402
 
 from slimq import __version__  # noqa: E402
+from slimq.backends import BACKENDS, openvino_available, openvino_mac_count, parse_backends  # noqa: E402
 from slimq.bench import BenchResult, TimingConfig, benchmark, write_json  # noqa: E402
 from slimq.bench_report import format_table, results_markdown  # noqa: E402
 from slimq.bench_profile import Profile, profile_markdown, profile_model, write_text  # noqa: E402
@@ -32,6 +36,10 @@ from slimq.errors import SlimqError  # noqa: E402
 from slimq.static import quantize_static  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+OV_METHOD = ["OpenVINO: every model also runs on OpenVINO's CPU plugin (the same QDQ ONNX files, read as is; "
+             "INFERENCE_PRECISION_HINT=f32, PERFORMANCE_HINT=LATENCY, no core pinning), interleaved with the "
+             "onnxruntime runs. Rows are labelled \"model (backend)\"; \"speed-up\" is against FP32 on "
+             "onnxruntime, \"vs FP32 same backend\" against FP32 on the same runtime.", ""]
 COMMAND = ".venv/bin/python benchmarks/run_all.py"
 
 
@@ -43,6 +51,7 @@ class CaseResult:
     slimq_report: dict
     peers: list[PeerResult]
     profiles: dict[str, Profile] = field(default_factory=dict)
+    ov_int8_share: float | None = None  # int8 share of MACs in OpenVINO's graph of the slimq model
 
 
 def say(msg: str) -> None:
@@ -70,7 +79,8 @@ def profile_case(case: BenchModel, models: dict[str, Path], fp32_ms: float) -> d
     return {label: profile_model(path, feed, threads=1, runs=runs) for label, path in models.items()}
 
 
-def run_case(name: str, cache: Path, work: Path, timing: TimingConfig, quick: bool, profiles_dir: Path) -> CaseResult:
+def run_case(name: str, cache: Path, work: Path, timing: TimingConfig, quick: bool, profiles_dir: Path,
+             backends: tuple[str, ...] = ("ort",)) -> CaseResult:
     say(f"{name}: preparing model and data")
     case = build_case(name, cache, quick)
     say(f"{name}: slimq static PTQ")
@@ -85,43 +95,55 @@ def run_case(name: str, cache: Path, work: Path, timing: TimingConfig, quick: bo
     names = ["FP32", "slimq INT8"] + [f"{p.name} INT8" for p in peers if p.path]
     say(f"{name}: evaluating and timing {len(paths)} models")
     bench = benchmark(paths, threads=(1, "all"), evaluator=case.evaluator, timing=timing, names=names,
-                      progress=lambda m: say("  " + m.strip()), title=name)
+                      progress=lambda m: say("  " + m.strip()), title=name, backends=backends)
     say(f"{name}: profiling")
     best = next((p.path for p in peers if p.name == "ort-best" and p.path), None)
     prof_models = {"FP32": case.fp32, "slimq INT8": slimq_path, **({"ort-best INT8": best} if best else {})}
     profiles = profile_case(case, prof_models, bench.speed_of("FP32", 1).p50_ms)
     write_text(profiles_dir / f"{name}.md", profile_markdown(f"{name} (1 thread, batch 1)", profiles) + "\n")
-    return CaseResult(case, bench, slimq_s, report, peers, profiles)
+    share = openvino_mac_count(slimq_path, profile_feed(case)).int8_share if "openvino" in backends else None
+    return CaseResult(case, bench, slimq_s, report, peers, profiles, share)
 
 
-def _speed(b: BenchResult, model: str, threads: int) -> str:
+def _speed(b: BenchResult, model: str, threads: int, backend: str | None = None, same_backend: bool = False) -> str:
     try:
-        return f"{b.speed_of(model, threads).ratio:.2f}x"
+        s = b.speed_of(model, threads, backend)
     except KeyError:
         return "failed"
+    return f"{s.backend_ratio if same_backend else s.ratio:.2f}x"
 
 
-def _quality(b: BenchResult, model: str) -> str:
-    if not b.accuracy or model not in b.accuracy:
+def _quality(b: BenchResult, model: str, backend: str | None = None) -> str:
+    label = b.label(model, backend)
+    if not b.accuracy or label not in b.accuracy:
         return "—"
     key = b.evaluator["primary_metric"]
-    return f"{b.accuracy[model][key]:.2f}"
+    return f"{b.accuracy[label][key]:.2f}"
+
+
+def _ov_cells(b: BenchResult) -> list[str]:
+    """slimq INT8 on OpenVINO at 1 thread: vs FP32 on OpenVINO, vs FP32 on onnxruntime; its quality."""
+    return [f'{_speed(b, "slimq INT8", 1, "openvino", same_backend=True)} / {_speed(b, "slimq INT8", 1, "openvino")}',
+            _quality(b, "slimq INT8", "openvino")]
 
 
 def summary_table(results: list[CaseResult]) -> str:
     rows = []
+    ov = "openvino" in results[0].bench.backends
     for r in results:
         b = r.bench
         all_t = max(b.settings["threads"])
         key = b.evaluator["primary_metric"] if b.evaluator else "?"
         rows.append([r.case.name, "random" if r.case.name in ("resnet50", "mobilenetv2") else "trained",
                      f"{b.speed_of('FP32', 1).p50_ms:.2f}", _speed(b, "slimq INT8", 1), _speed(b, "slimq INT8", all_t),
-                     _speed(b, "ort-default INT8", 1), _speed(b, "ort-best INT8", 1), r.case.target or "—",
+                     _speed(b, "ort-default INT8", 1), _speed(b, "ort-best INT8", 1),
+                     *(_ov_cells(b) if ov else []), r.case.target or "—",
                      f"{key}: {_quality(b, 'FP32')} → {_quality(b, 'slimq INT8')} (ORT best "
                      f"{_quality(b, 'ort-best INT8')})"])
     all_t = max(results[0].bench.settings["threads"])
+    ov_headers = ["slimq on OpenVINO 1 thr: vs FP32 on OpenVINO / on ORT", "slimq on OpenVINO quality"]
     headers = ["model", "weights", "FP32 p50 ms (1 thr)", "slimq 1 thr", f"slimq {all_t} thr", "ORT default 1 thr",
-               "ORT best 1 thr", "target (1 thr)", "quality: FP32 → slimq INT8"]
+               "ORT best 1 thr", *(ov_headers if ov else []), "target (1 thr)", "quality: FP32 → slimq INT8"]
     return format_table(headers, rows)
 
 
@@ -129,8 +151,9 @@ def machine_lines(bench: BenchResult, meta: dict) -> list[str]:
     cpu = bench.machine["cpu"]
     flags = ", ".join(f"{k} {'yes' if cpu[k] else 'no'}" for k in ("avx2", "avx512", "vnni", "amx", "arm_dot"))
     la = lambda v: " / ".join(f"{x:.2f}" for x in v)  # noqa: E731
+    ov = f", openvino {bench.machine['openvino']}" if bench.machine.get("openvino") else ""
     return [f"- CPU: {cpu['model']}, {cpu['cores']} cores; int8 flags (slimq.deploy.cpu_info): {flags}",
-            f"- onnxruntime {bench.machine['onnxruntime']}, slimq {__version__}, Python {sys.version.split()[0]}",
+            f"- onnxruntime {bench.machine['onnxruntime']}{ov}, slimq {__version__}, Python {sys.version.split()[0]}",
             f"- Date: {bench.machine['date']}; the run took {meta['seconds'] / 60:.1f} min"
             + (" (--quick: small data, short timing)" if meta["quick"] else ""),
             f"- Load average (1/5/15 min) at start {la(meta['load_start'])}, at end {la(meta['load_end'])} "
@@ -142,6 +165,9 @@ def case_section(r: CaseResult, profiles_dir: Path, out: Path) -> list[str]:
              f"- slimq static PTQ (hist, x86 u8s8 per-channel): {r.slimq_seconds:.1f} s; int8 share of MACs in "
              f"onnxruntime's graph {r.slimq_report['int8_mac_share'] * 100:.1f} %"]
     lines += [f"  - warning: {w}" for w in r.slimq_report["warnings"]]
+    if r.ov_int8_share is not None:
+        lines.append("- int8 share of MACs in OpenVINO's execution graph of the slimq model: "
+                     f"{r.ov_int8_share * 100:.1f} %")
     for p in r.peers:
         status = f"failed: {p.error}" if p.error else f"{p.seconds:.1f} s"
         lines.append(f"- onnxruntime quantizer {p.name}: {status}" + (f" ({'; '.join(p.notes)})" if p.notes else ""))
@@ -161,6 +187,7 @@ def write_report(results: list[CaseResult], out: Path, profiles_dir: Path, meta:
              f"{b0.settings['rounds']} rounds of >= {b0.settings['min_time']} s per model, after "
              f"{b0.settings['warmup']} warm-up runs); speed-up = samples/s divided by FP32's at the same thread "
              "count. ResNet-50 and MobileNetV2 have random weights.", "",
+             *(OV_METHOD if "openvino" in b0.backends else []),
              "## Summary (batch 1)", "", summary_table(results), ""]
     if meta["skipped"]:
         lines += [f"- Skipped {name}: {why}" for name, why in meta["skipped"].items()] + [""]
@@ -178,6 +205,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="small data and short timing (smoke run)")
     p.add_argument("--min-time", type=float, default=2.0, help="seconds per model and timing round")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--backends", default=",".join(BACKENDS) if openvino_available() else "ort",
+                   help="comma-separated runtimes: ort, openvino (default: both when OpenVINO is installed)")
     return p.parse_args(argv)
 
 
@@ -187,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     for n in names:
         if n not in CASES:
             raise SystemExit(f"unknown case {n}; choose from {', '.join(CASES)}")
+    backends = parse_backends(args.backends)
+    if backends[0] != "ort":
+        raise SystemExit("--backends must start with ort (the FP32-on-onnxruntime reference)")
     profiles_dir = args.profiles or args.out.parent / "profiles"
     work = args.cache / "quantized"
     for d in (profiles_dir, work, args.out.parent):
@@ -197,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     results, skipped = [], {}
     for n in names:
         try:
-            results.append(run_case(n, args.cache, work, timing, args.quick, profiles_dir))
+            results.append(run_case(n, args.cache, work, timing, args.quick, profiles_dir, backends))
         except SlimqError as e:  # e.g. a missing model asset: report it, run the other cases
             say(f"{n}: skipped: {e}")
             skipped[n] = str(e)

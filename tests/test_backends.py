@@ -104,3 +104,32 @@ def test_benchmark_across_backends_labels_rows_and_ratios(pair):
     assert r.accuracy["FP32 (openvino)"] == r.accuracy["FP32 (ort)"]  # same float model: same predictions
     md = r.to_markdown()
     assert "| INT8 | openvino | 1 |" in md and "vs FP32 same backend" in md and "openvino " in md
+
+
+def test_openvino_compile_failure_is_a_backend_error():
+    pytest.importorskip("openvino")
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("NoSuchOp", ["x"], ["y"], domain="com.example")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    with pytest.raises(backends.BackendError, match="OpenVINO cannot compile the model: .*NoSuchOp"):
+        backends.OpenVINOSession(model)
+
+
+def test_a_model_one_backend_cannot_load_is_reported_not_fatal(pair, monkeypatch):
+    pytest.importorskip("openvino")
+    fp32, int8 = pair
+    real = backends.OpenVINOSession.__init__
+
+    def refuse_int8(self, model, *args, **kwargs):
+        if str(model) == str(int8):
+            raise backends.BackendError("OpenVINO cannot compile it: test")
+        real(self, model, *args, **kwargs)
+
+    monkeypatch.setattr(backends.OpenVINOSession, "__init__", refuse_int8)
+    r = benchmark([fp32, int8], threads=(1,), timing=FAST, names=["FP32", "INT8"], backends=("ort", "openvino"))
+    assert r.failed == {"INT8 (openvino)": "OpenVINO cannot compile it: test"}
+    assert [s.model for s in r.speed] == ["FP32 (ort)", "INT8 (ort)", "FP32 (openvino)"]
+    assert "- not run: INT8 (openvino): OpenVINO cannot compile it: test" in r.to_markdown()

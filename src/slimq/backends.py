@@ -22,7 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import onnx
 
-from .errors import ConfigError, unknown_choice
+from .errors import ConfigError, ModelLoadError, unknown_choice
 from .macs import MacCount
 
 BACKENDS = ("ort", "openvino")
@@ -45,6 +45,17 @@ class Session(Protocol):
     def run(self, feeds: Feeds) -> list[np.ndarray]:
         """Outputs in the model's output order."""
         ...
+
+
+class BackendError(ModelLoadError):
+    """A backend cannot load or compile a model that onnxruntime may still run."""
+
+
+def _ov_message(e: BaseException, limit: int = 400) -> str:
+    """OpenVINO's nested 'Exception from <file>:<line>:' lines dropped; the rest on one line."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.startswith("Exception from ")]
+    text = " ".join(lines) or type(e).__name__
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 @dataclass(frozen=True)
@@ -121,10 +132,14 @@ class OpenVINOSession:
     def __init__(self, model: ModelLike, threads: int = 1, config: OpenVINOConfig = OpenVINOConfig(),
                  shapes: Mapping[str, Sequence[int]] | None = None) -> None:
         check_backend("openvino")
-        ov_model = _read_ov_model(model)
-        if shapes:
-            ov_model.reshape({k: list(v) for k, v in shapes.items()})
-        self.compiled = _ov_core().compile_model(ov_model, "CPU", config.properties(threads))
+        try:
+            ov_model = _read_ov_model(model)
+            if shapes:
+                ov_model.reshape({k: list(v) for k, v in shapes.items()})
+            self.compiled = _ov_core().compile_model(ov_model, "CPU", config.properties(threads))
+        except RuntimeError as e:
+            where = "the model" if isinstance(model, onnx.ModelProto) else os.path.basename(model)
+            raise BackendError(f"OpenVINO cannot compile {where}: {_ov_message(e)}") from None
         self.request = self.compiled.create_infer_request()
         self.input_names = [i.get_any_name() for i in self.compiled.inputs]
         self.output_names = [o.get_any_name() for o in self.compiled.outputs]

@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .backends import parse_backends
+from .backends import BackendError, parse_backends
 from .bench_data import BenchInputs, resolve_inputs
 from .data import Feeds, model_inputs, validate_feeds
 from .deploy import Predictor, cpu_info, resolve_threads
@@ -84,6 +84,7 @@ class BenchResult:
     machine: dict = field(default_factory=dict)
     title: str = ""
     backends: list[str] = field(default_factory=lambda: ["ort"])
+    failed: dict[str, str] = field(default_factory=dict)  # row label -> why that backend could not load it
 
     def label(self, model: str, backend: str | None = None) -> str:
         """The row label of `model` on `backend` (default: the first backend) in tables and `accuracy`."""
@@ -183,31 +184,47 @@ def _time_turn(run: Callable[[Feeds], object], feeds: Feeds, timing: TimingConfi
     return times
 
 
-def _entries(models: Sequence[ModelLike], names: Sequence[str],
-             backends: Sequence[str]) -> list[tuple[str, str, ModelLike, str]]:
-    """(label, name, model, backend) for every backend, then every model: the first entry is the reference."""
-    return [(entry_label(n, b, backends), n, m, b) for b in backends for m, n in zip(models, names)]
+def _entries(models: Sequence[ModelLike], names: Sequence[str], backends: Sequence[str],
+             skip: Collection[str] = ()) -> list[tuple[str, str, ModelLike, str]]:
+    """(label, name, model, backend) for every backend, then every model: the first entry is the reference.
+
+    Labels in `skip` (models a backend cannot load) are left out."""
+    entries = [(entry_label(n, b, backends), n, m, b) for b in backends for m, n in zip(models, names)]
+    return [e for e in entries if e[0] not in skip]
+
+
+def probe_backends(models: Sequence[ModelLike], names: Sequence[str], backends: Sequence[str]) -> dict[str, str]:
+    """Load every model on every backend but the first; return {row label: error} for those that fail."""
+    failed = {}
+    for label, _, model, backend in _entries(models, names, backends):
+        if backend != backends[0]:
+            try:
+                Predictor(model, threads=1, backend=backend)
+            except BackendError as e:
+                failed[label] = str(e)
+    return failed
 
 
 def _speed_results(entries: list, times: list[list[float]], threads: int, batch: int) -> list[SpeedResult]:
     out = []
     for (label, name, _, backend), t in zip(entries, times):
         a = np.asarray(t)
-        out.append(SpeedResult(label, threads, batch, len(a), float(a.sum() / 1e3), float(batch * len(a) / a.sum() * 1e3),
-                               float(np.percentile(a, 50)), float(np.percentile(a, 90)), 1.0, backend, name))
+        out.append(SpeedResult(label, threads, batch, len(a), float(a.sum() / 1e3),
+                               float(batch * len(a) / a.sum() * 1e3), float(np.percentile(a, 50)),
+                               float(np.percentile(a, 90)), 1.0, backend, name))
     base = out[0].samples_per_s
-    first = {}
-    for s in out:
-        first.setdefault(s.backend, s.samples_per_s)
+    first = {s.backend: s.samples_per_s for s in out if s.model_name == out[0].model_name}
     return [SpeedResult(**{**asdict(s), "ratio": s.samples_per_s / base,
-                           "backend_ratio": s.samples_per_s / first[s.backend]}) for s in out]
+                           "backend_ratio": s.samples_per_s / first.get(s.backend, float("nan"))}) for s in out]
 
 
 def measure_speed(models: Sequence[ModelLike], names: Sequence[str], feeds: Feeds, threads: int,
                   timing: TimingConfig = TimingConfig(), progress: Progress | None = None,
-                  backends: Sequence[str] = ("ort",)) -> list[SpeedResult]:
-    """Interleaved timing of all models on all backends at one thread count (latencies in ms per batch)."""
-    entries = _entries(models, names, backends)
+                  backends: Sequence[str] = ("ort",), skip: Collection[str] = ()) -> list[SpeedResult]:
+    """Interleaved timing of all models on all backends at one thread count (latencies in ms per batch).
+
+    skip: row labels to leave out (see probe_backends)."""
+    entries = _entries(models, names, backends, skip)
     runs = [Predictor(m, threads=threads, backend=b).run for _, _, m, b in entries]
     for run in runs:
         for _ in range(timing.warmup):
@@ -224,10 +241,10 @@ def measure_speed(models: Sequence[ModelLike], names: Sequence[str], feeds: Feed
 
 def evaluate_models(models: Sequence[ModelLike], names: Sequence[str], evaluator: Evaluator,
                     progress: Progress | None = None,
-                    backends: Sequence[str] = ("ort",)) -> dict[str, dict[str, float]]:
+                    backends: Sequence[str] = ("ort",), skip: Collection[str] = ()) -> dict[str, dict[str, float]]:
     """Task metrics of every model on every backend on the evaluator's data (all cores), keyed by row label."""
     out = {}
-    for label, _, model, backend in _entries(models, names, backends):
+    for label, _, model, backend in _entries(models, names, backends, skip):
         if progress:
             progress(f"  evaluating {label} ({evaluator.name})")
         pred = Predictor(model, threads="all", backend=backend)
@@ -263,18 +280,22 @@ def benchmark(models: Sequence[ModelLike], data=None, threads: Sequence[int | st
     counts = list(dict.fromkeys(resolve_threads(t) for t in threads))
     runnable = [p if isinstance(m, onnx.ModelProto) else m for m, p in zip(models, protos)] if backends != ("ort",) \
         else protos  # OpenVINO reads the files itself; onnxruntime gets the already loaded protos
-    accuracy = (evaluate_models(runnable, names, bi.evaluator, progress, backends)
+    failed = probe_backends(runnable, names, backends) if len(backends) > 1 else {}
+    for label, error in failed.items():
+        if progress:
+            progress(f"  not run: {label}: {error}")
+    accuracy = (evaluate_models(runnable, names, bi.evaluator, progress, backends, failed)
                 if bi.evaluator is not None else None)
     speed: list[SpeedResult] = []
     for t in counts:
         if progress:
             progress(f"timing {len(protos)} models on {', '.join(backends)} at {t} thread(s), batch {batch} "
                      f"({timing.rounds} rounds)")
-        speed += measure_speed(runnable, names, bi.feeds, t, timing, progress, backends)
+        speed += measure_speed(runnable, names, bi.feeds, t, timing, progress, backends, failed)
     infos = [ModelInfo(n, None if isinstance(m, onnx.ModelProto) else str(m),
                        p.ByteSize() if isinstance(m, onnx.ModelProto) else model_size_bytes(m))
              for n, m, p in zip(names, models, protos)]
     ev = None if bi.evaluator is None else {"name": bi.evaluator.name, "primary_metric": bi.evaluator.primary_metric,
                                             "higher_is_better": bi.evaluator.higher_is_better}
     settings = {"batch": batch, "threads": counts, "data": bi.source, "backends": list(backends), **asdict(timing)}
-    return BenchResult(infos, speed, accuracy, ev, settings, machine_info(backends), title, list(backends))
+    return BenchResult(infos, speed, accuracy, ev, settings, machine_info(backends), title, list(backends), failed)

@@ -65,8 +65,8 @@ def speed_table(results: Sequence[BenchResult]) -> str:
     for r in results:
         sizes, order = {m.name: m.size_bytes for m in r.models}, _labels(r)
         for s in sorted(r.speed, key=lambda s: (s.threads, order.index(s.model))):
-            row = [*([s.model_name or s.model, s.backend] if multi else [s.model]), str(s.threads), f"{s.samples_per_s:,.1f}",
-                   f"{s.p50_ms:.3f}", f"{s.p90_ms:.3f}", f"{s.ratio:.2f}x"]
+            row = [*([s.model_name or s.model, s.backend] if multi else [s.model]), str(s.threads),
+                   f"{s.samples_per_s:,.1f}", f"{s.p50_ms:.3f}", f"{s.p90_ms:.3f}", f"{s.ratio:.2f}x"]
             row += [f"{s.backend_ratio:.2f}x"] if multi else []
             rows.append(row + [f"{sizes[s.model_name or s.model] / 1e6:.2f}"])
     first = results[0].models[0].name if results else "first"
@@ -92,6 +92,8 @@ def results_markdown(results: Sequence[BenchResult]) -> str:
     if acc:
         parts += ["### Accuracy", "", acc, ""]
     parts += ["### Speed", "", speed_table(results), "", settings_line(results[0])]
+    failed = [f"- not run: {label}: {why}" for r in results for label, why in r.failed.items()]
+    parts += ["", *failed] if failed else []
     return "\n".join(parts)
 
 

@@ -49,7 +49,8 @@ def run_bench(args: argparse.Namespace) -> int:
     names = _csv(args.names) or None
     timing = TimingConfig(args.warmup, args.iters, args.min_time, args.rounds)
     result = benchmark(args.models, args.data, threads, batch=args.batch, task=args.task, timing=timing,
-                       names=names, limit=args.limit, backends=parse_backends(args.backend), progress=lambda m: print(m, file=sys.stderr, flush=True))
+                       names=names, limit=args.limit, backends=parse_backends(args.backend),
+                       progress=lambda m: print(m, file=sys.stderr, flush=True))
     print(result.to_markdown())
     if args.json:
         print(f"wrote {result.write_json(args.json)}", file=sys.stderr)
