@@ -196,10 +196,15 @@ def test_freeze_bn_step_freezes_running_stats_and_uses_folded_path() -> None:
     assert not torch.equal(history[0], history[1])
     assert torch.equal(history[1], history[2]) and torch.equal(history[2], history[3])
     assert bool(conv.bn_frozen)
-    # Frozen training forward == eval forward == conv with the fake-quantized folded weight.
+    # Frozen training forward == eval forward == conv with the fake-quantized folded weight
+    # and the folded bias rounded to int32 with scale s_in * s_w (what QLinearConv adds).
     x = images(4)
     w, b = conv.folded()
-    expected = F.conv2d(x, conv.weight_quant(w), b, padding=1)
+    assert conv.input_quant is dict(qmodel.quantizers())["act_quant.in_x"]
+    b_scale = conv.input_quant.current_scale() * conv.weight_quant.current_scale(w)
+    b_int = torch.round(b / b_scale)
+    assert float((b_int * b_scale - b).detach().abs().max()) <= float(b_scale.max()) / 2
+    expected = F.conv2d(x, conv.weight_quant(w), b_int * b_scale, padding=1)
     conv.train()
     assert torch.allclose(conv(x), expected, atol=1e-6)
     conv.eval()

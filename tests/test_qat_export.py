@@ -79,6 +79,16 @@ def test_x86_activations_u8_weights_int8_and_ort_uses_integer_kernels(tmp_path) 
     assert len(weights) == result.int8_weights == 6
     assert all(v.dtype == np.int8 and np.abs(v.astype(int)).max() <= 127 for v in weights.values())
     assert not [k for k, v in inits.items() if v.dtype == np.float32 and v.ndim >= 2]
+    # Biases: int32 behind DequantizeLinear with scale s_in * s_w, as QLinearConv/QGemm add them.
+    graph = onnx.load(str(result.path)).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    biased = [n for n in graph.node if n.op_type in ("Conv", "Gemm") and len(n.input) > 2]
+    assert len(biased) == 6
+    for node in biased:
+        dq = producer[node.input[2]]
+        assert dq.op_type == "DequantizeLinear" and inits[dq.input[0]].dtype == np.int32
+        s_in, s_w = (inits[producer[node.input[i]].input[1]] for i in (0, 1))
+        np.testing.assert_array_equal(inits[dq.input[1]], (s_in * s_w).astype(np.float32))
     ops = qat.ort_optimized_ops(result.path)
     assert ops["com.microsoft:QLinearConv"] == 5, ops
     assert ops["com.microsoft:QLinearAdd"] == 2 and ops["com.microsoft:QGemm"] == 1, ops

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from slimq.qat.config import TARGETS, VARIANTS, QATConfig, QATRecipe, TargetRules, load_recipe
-    from slimq.qat.export import ConvertResult, convert
+    from slimq.qat.export import ConvertResult, convert, onnx_io_names
     from slimq.qat.graph import FloatOp, PrepareReport
     from slimq.qat.model import (
         QATModel,
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 _EXPORTS = {
     "slimq.qat.config": ("TARGETS", "VARIANTS", "QATConfig", "QATRecipe", "TargetRules", "load_recipe"),
-    "slimq.qat.export": ("ConvertResult", "convert"),
+    "slimq.qat.export": ("ConvertResult", "convert", "onnx_io_names"),
     "slimq.qat.graph": ("FloatOp", "PrepareReport"),
     "slimq.qat.model": ("QATModel", "QATWarning", "calibrate", "load_checkpoint", "param_groups",
                         "prepare", "save_checkpoint"),

@@ -19,6 +19,7 @@ import logging
 import tempfile
 import warnings
 from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -114,18 +115,44 @@ def _check_learned_scales(qm: QATModel) -> None:
         )
 
 
-def _io_names(net: nn.Module, example: tuple[torch.Tensor, ...]) -> tuple[list[str], list[str]]:
+def _io_names(net: nn.Module, example: tuple[torch.Tensor, ...], input_names: Sequence[str] | None,
+              output_names: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """Graph input/output names: the given ones, else ``input``/``output`` (``_i`` when several)."""
     with torch.no_grad():
         out = net(*example)
     n_out = len(out) if isinstance(out, (tuple, list)) else 1
-    inputs = ["input"] if len(example) == 1 else [f"input_{i}" for i in range(len(example))]
-    outputs = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
+    inputs = _names("input", len(example), input_names)
+    outputs = _names("output", n_out, output_names)
+    if set(inputs) & set(outputs):
+        raise ConfigError(f"Input and output names must differ, got {inputs} and {outputs}.")
     return inputs, outputs
 
 
+def _names(kind: str, count: int, given: Sequence[str] | None) -> list[str]:
+    if given is None:
+        return [kind] if count == 1 else [f"{kind}_{i}" for i in range(count)]
+    names = [given] if isinstance(given, str) else list(given)
+    if len(names) != count or not all(isinstance(n, str) and n for n in names) or len(set(names)) != count:
+        raise ConfigError(f"{kind}_names must be {count} distinct non-empty name(s) (the model has {count} "
+                          f"{kind}(s)), got {given!r}.")
+    return names
+
+
+def onnx_io_names(path: str | Path) -> tuple[list[str], list[str]]:
+    """Input and output names of an ONNX model (e.g. the FP32 model a QAT model came from),
+    to pass as ``convert(..., input_names=, output_names=)``."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise ModelLoadError(f"Cannot read ONNX model {path}: {exc}") from exc
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [i.name for i in model.graph.input if i.name not in initializers]
+    return inputs, [o.name for o in model.graph.output]
+
+
 def _torch_export(net: nn.Module, example: tuple[torch.Tensor, ...], dest: Path, exporter: str,
-                  opset: int) -> None:
-    inputs, outputs = _io_names(net, example)
+                  opset: int, names: tuple[list[str], list[str]]) -> None:
+    inputs, outputs = names
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
@@ -186,10 +213,13 @@ def fold_weight_quantization(model: ir.Model) -> int:
 
 
 def convert(qmodel: nn.Module, path: str | Path, target: str | None = None, *,
-            exporter: str = "legacy", opset: int = 17) -> ConvertResult:
+            exporter: str = "legacy", opset: int = 17, input_names: Sequence[str] | None = None,
+            output_names: Sequence[str] | None = None) -> ConvertResult:
     """Export a trained QAT model (or its DDP wrapper) to a QDQ ONNX file at ``path``.
 
     ``target`` defaults to the one in the model's QATConfig; another target raises ConfigError.
+    ``input_names``/``output_names`` name the graph's inputs/outputs in order (default
+    ``input``/``output``); to keep an FP32 ONNX model's names pass :func:`onnx_io_names` of it.
     """
     qm = unwrap(qmodel)
     target = _check_ready(qm, target)
@@ -202,8 +232,11 @@ def convert(qmodel: nn.Module, path: str | Path, target: str | None = None, *,
     with tempfile.TemporaryDirectory(prefix="slimq-qat-") as tmp:
         raw = Path(tmp) / "raw.onnx"
         try:
+            names = _io_names(net, qm.example_inputs, input_names, output_names)
             with torch.no_grad():
-                _torch_export(net, qm.example_inputs, raw, exporter, opset)
+                _torch_export(net, qm.example_inputs, raw, exporter, opset, names)
+        except ConfigError:
+            raise
         except Exception as exc:
             raise ModelLoadError(
                 f"torch.onnx.export ({exporter} exporter, opset {opset}) cannot export the QAT model: "

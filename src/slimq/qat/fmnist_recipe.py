@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from slimq.datasets.fashion_mnist import load_fashion_mnist, preprocess
 from slimq.errors import ModelLoadError
 from slimq.qat.config import QATRecipe
-from slimq.qat.export import convert
+from slimq.qat.export import convert, onnx_io_names
 from slimq.qat.model import QATModel, calibrate, param_groups, prepare
 from slimq.qat.verify import check_agreement, ort_optimized_ops, ort_session
 from slimq.zoo import asset_path
@@ -114,7 +114,8 @@ def run_qat_recipe(recipe: QATRecipe, output: str | Path | None = None) -> dict[
     train_seconds = time.perf_counter() - start
     with tempfile.TemporaryDirectory(prefix="slimq-qat-recipe-") as tmp:
         path = Path(output) if output is not None else Path(tmp) / default_output_name(recipe)
-        result = convert(qmodel, path)
+        inputs, outputs = onnx_io_names(asset_path(recipe.model, ".onnx"))
+        result = convert(qmodel, path, input_names=inputs, output_names=outputs)
         fp32 = ort_top1(asset_path(recipe.model, ".onnx"), x_test, y_test)
         int8 = ort_top1(path, x_test, y_test)
         agreement = check_agreement(qmodel, path, torch.from_numpy(x_test[:1000]))

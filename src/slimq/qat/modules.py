@@ -6,7 +6,16 @@ PyTorch's ``ConvBn2d``: the weight fake-quantizer always sees the BN-folded weig
 get deployed. While BN statistics are live (training, not frozen), the convolution output
 is divided back by the folding factor and passed through the real BatchNorm (batch
 statistics, running-stat updates). Once frozen (``freeze_bn``) or in eval mode the module
-computes ``conv(x, fq(w_folded)) + b_folded``, which is exactly the exported graph.
+computes ``conv(x, fq(w_folded)) + fq32(b_folded)``, which is exactly the exported graph.
+
+Biases: integer kernels (onnxruntime's QLinearConv/QGemm) add an int32 bias
+``round(b / (s_in * s_w))`` to the integer accumulator. Whenever a bias is used without
+live BatchNorm, the QAT modules add that rounded bias (:func:`fake_quant_bias`, identity
+gradient) and the export stores the same int32 values behind a DequantizeLinear, so the
+PyTorch model, the QDQ graph and the integer kernels all add bit-identical biases. ``s_in``
+is the scale of the activation quantizer feeding the module (bound by :func:`bind_input`).
+Without this the float bias is rounded only in onnxruntime, which moves ~1 % of the
+MobileNet logits by more than one output step.
 """
 
 from __future__ import annotations
@@ -17,8 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimq.qat.qdq_op import quantize_dequantize
-from slimq.qat.quantizers import ActQuantizer, WeightQuantizer, sync_mean_
+from slimq.qat.qdq_op import dequantize_linear, quantize_dequantize
+from slimq.qat.quantizers import (
+    ActQuantizer,
+    WeightQuantizer,
+    bias_scale,
+    fake_quant_bias,
+    quantize_bias,
+    sync_mean_,
+)
 
 ConvType = nn.Conv1d | nn.Conv2d
 BNType = nn.BatchNorm1d | nn.BatchNorm2d
@@ -40,6 +56,7 @@ class QATConv(nn.Module):
         self.weight_quant = weight_quant
         self.register_buffer("bn_frozen", torch.tensor(False))
         weight_quant.init_scale(self.folded()[0])
+        bind_input(self, None)
 
     def folded(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Weight and bias with the BatchNorm (running statistics) folded in."""
@@ -62,7 +79,7 @@ class QATConv(nn.Module):
         if self.bn is not None and self.training and not bool(self.bn_frozen):
             return self._forward_live_bn(x)
         w, b = self.folded()
-        return self.conv._conv_forward(x, self.weight_quant(w), b)
+        return self.conv._conv_forward(x, self.weight_quant(w), _sim_bias(self, b, w))
 
     def _forward_live_bn(self, x: torch.Tensor) -> torch.Tensor:
         assert self.bn is not None
@@ -88,8 +105,8 @@ class QATConv(nn.Module):
             scale = self.weight_quant.current_scale(w)
             w_q = self.weight_quant(w)
         conv = copy.deepcopy(self.conv)
-        conv.bias = None if b is None else nn.Parameter(b.detach().clone())
-        return QDQConv(conv, w_q.detach().clone(), scale)
+        conv.bias = None
+        return QDQConv(conv, w_q.detach().clone(), scale, _export_bias(self, b, w))
 
 
 class QATLinear(nn.Module):
@@ -100,9 +117,11 @@ class QATLinear(nn.Module):
         self.linear = linear
         self.weight_quant = weight_quant
         weight_quant.init_scale(linear.weight)
+        bind_input(self, None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight_quant(self.linear.weight), self.linear.bias)
+        w = self.linear.weight
+        return F.linear(x, self.weight_quant(w), _sim_bias(self, self.linear.bias, w))
 
     def export_module(self) -> "QDQLinear":
         """Inference copy with pre-quantized weights, exported as Q/DQ."""
@@ -110,8 +129,60 @@ class QATLinear(nn.Module):
             w = self.linear.weight
             scale = self.weight_quant.current_scale(w)
             w_q = self.weight_quant(w)
-        bias = None if self.linear.bias is None else self.linear.bias.detach().clone()
-        return QDQLinear(w_q.detach().clone(), scale, bias)
+        return QDQLinear(w_q.detach().clone(), scale, _export_bias(self, self.linear.bias, w))
+
+
+QATLayer = QATConv | QATLinear
+
+
+def bind_input(module: QATLayer, quantizer: ActQuantizer | None) -> None:
+    """Tell ``module`` which activation quantizer produces its input (for the bias scale).
+
+    Stored as a plain attribute, not a submodule: the quantizer belongs to the graph's
+    quantizer container, and ``state_dict``/``deepcopy`` must see it once.
+    """
+    object.__setattr__(module, "input_quant", quantizer)
+
+
+def _bias_scale(module: QATLayer, w: torch.Tensor) -> torch.Tensor | None:
+    """``s_in * s_w`` when the input grid is known, else None (bias stays float)."""
+    q = module.input_quant
+    if q is None or q.calibrating or not bool(q.initialized):
+        return None
+    return bias_scale(q.current_scale(), module.weight_quant.current_scale(w))
+
+
+def _sim_bias(module: QATLayer, b: torch.Tensor | None, w: torch.Tensor) -> torch.Tensor | None:
+    if b is None:
+        return None
+    scale = _bias_scale(module, w)
+    return b if scale is None else fake_quant_bias(b, scale)
+
+
+def _export_bias(module: QATLayer, b: torch.Tensor | None, w: torch.Tensor) -> "ExportBias | None":
+    if b is None:
+        return None
+    with torch.no_grad():
+        scale = _bias_scale(module, w)
+        if scale is None:
+            return ExportBias(b.detach().float().clone(), None)
+        return ExportBias(quantize_bias(b, scale).to(torch.int32), scale.contiguous())
+
+
+class ExportBias(nn.Module):
+    """A bias in export form: int32 values behind DequantizeLinear (scale ``s_in * s_w``),
+    or a plain float tensor (``scale`` None: the module's input grid was unknown)."""
+
+    def __init__(self, values: torch.Tensor, scale: torch.Tensor | None) -> None:
+        super().__init__()
+        self.register_buffer("values", values)
+        self.register_buffer("scale", scale)
+
+    def forward(self) -> torch.Tensor:
+        if self.scale is None:
+            return self.values
+        zero = torch.zeros(self.scale.shape, dtype=torch.int32)
+        return dequantize_linear(self.values, self.scale, zero, 0)
 
 
 def _weight_qdq(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -123,28 +194,31 @@ def _weight_qdq(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 class QDQConv(nn.Module):
     """Export form of :class:`QATConv`: constant quantized weight -> QuantizeLinear/DequantizeLinear."""
 
-    def __init__(self, conv: ConvType, w_q: torch.Tensor, scale: torch.Tensor) -> None:
+    def __init__(self, conv: ConvType, w_q: torch.Tensor, scale: torch.Tensor, bias: ExportBias | None) -> None:
         super().__init__()
         self.conv = conv
         del self.conv.weight
         self.register_buffer("weight_q", w_q)
         self.register_buffer("weight_scale", scale.contiguous())
+        self.bias = bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv._conv_forward(x, _weight_qdq(self.weight_q, self.weight_scale), self.conv.bias)
+        b = None if self.bias is None else self.bias()
+        return self.conv._conv_forward(x, _weight_qdq(self.weight_q, self.weight_scale), b)
 
 
 class QDQLinear(nn.Module):
     """Export form of :class:`QATLinear`."""
 
-    def __init__(self, w_q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
+    def __init__(self, w_q: torch.Tensor, scale: torch.Tensor, bias: ExportBias | None) -> None:
         super().__init__()
         self.register_buffer("weight_q", w_q)
         self.register_buffer("weight_scale", scale.contiguous())
-        self.register_buffer("bias", bias)
+        self.bias = bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, _weight_qdq(self.weight_q, self.weight_scale), self.bias)
+        b = None if self.bias is None else self.bias()
+        return F.linear(x, _weight_qdq(self.weight_q, self.weight_scale), b)
 
 
 class QDQAct(nn.Module):

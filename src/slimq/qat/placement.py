@@ -6,6 +6,7 @@ from torch import fx, nn
 
 from slimq.qat.config import QATConfig
 from slimq.qat.graph import ACT_CONTAINER, FloatOp, _kind, _op_name, is_skipped
+from slimq.qat.modules import QATConv, QATLinear, bind_input
 from slimq.qat.quantizers import ActQuantizer
 
 
@@ -22,6 +23,7 @@ class _Placer:
         self.quantized_ops: list[str] = []
         self.float_ops: list[FloatOp] = []
         self.skipped: list[str] = []
+        self.input_grids: dict[str, set[str]] = {}  # QAT module -> quantizers of its inputs
 
     def _new_quantizer(self, base: str, unsigned: bool) -> str:
         name, i = base, 1
@@ -72,6 +74,19 @@ class _Placer:
             target, unsigned = users[0], True
         self._insert_after(target, self._new_quantizer(node.name, unsigned))
         self.quantized_ops.append(str(node.target) if node.op == "call_module" else node.name)
+        if kind in ("conv", "linear") and node.op == "call_module":
+            self.input_grids.setdefault(str(node.target), set()).add(self.grid_of[node.args[0]])
+
+    def bind_inputs(self) -> None:
+        """Give each QAT Conv/Linear its input quantizer (int32 bias scale ``s_in * s_w``).
+
+        A module called at several places on different grids has no single int32 bias; it
+        keeps a float bias (onnxruntime then rounds it per call site).
+        """
+        for target, grids in self.input_grids.items():
+            module = self.gm.get_submodule(target)
+            if isinstance(module, (QATConv, QATLinear)) and len(grids) == 1:
+                bind_input(module, self.gm.get_submodule(next(iter(grids))))
 
     def run(self) -> None:
         for node in list(self.graph.nodes):
@@ -92,6 +107,7 @@ def insert_quantizers(
     """Insert activation quantizers; returns (quantizer names, quantized ops, float ops, skipped)."""
     placer = _Placer(gm, cfg)
     placer.run()
+    placer.bind_inputs()
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()

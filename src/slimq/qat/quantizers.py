@@ -20,6 +20,7 @@ from torch import nn
 from slimq.errors import CalibrationDataError
 
 MIN_SCALE = 1e-8
+INT32_LIMIT = 2**31 - 128  # largest float32 below 2**31: int32 bias values stay in [-limit, limit]
 
 
 def distributed_world() -> int:
@@ -86,6 +87,28 @@ def fake_quant_pact(x: torch.Tensor, alpha: torch.Tensor, qmin: int, qmax: int) 
     if qmin < 0:
         clipped = torch.maximum(clipped, a * (qmin / qmax))
     return fake_quant_ste(clipped, (a / qmax).detach(), qmin, qmax)
+
+
+def bias_scale(input_scale: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:
+    """Scale of the int32 bias of a Conv/Gemm: ``s_in * s_w`` per channel, in float32.
+
+    Exactly what onnxruntime's QLinearConv/QGemm expect (and what the export stores).
+    """
+    return (input_scale.detach().float() * weight_scale.detach().float()).float()
+
+
+def quantize_bias(b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Integer-valued float tensor ``clamp(round_half_even(b / scale))`` in the int32 range."""
+    return torch.clamp(torch.round(b.detach().float() / scale), -INT32_LIMIT, INT32_LIMIT)
+
+
+def fake_quant_bias(b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The int32 bias ``round(b / scale) * scale`` that integer kernels add; identity gradient.
+
+    Written as ``q * scale + (b - b.detach())`` so the forward value is exactly ``q * scale``
+    in float32, bit for bit what DequantizeLinear of the exported int32 bias gives.
+    """
+    return quantize_bias(b, scale) * scale + (b - b.detach())
 
 
 class ActQuantizer(nn.Module):
