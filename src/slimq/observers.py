@@ -21,16 +21,23 @@ from .errors import CalibrationDataError, unknown_choice
 
 
 class StreamingHistogram:
-    """Histogram of |x| over [0, R] with `bins` bins; R doubles as needed (bins merge pairwise)."""
+    """Histogram of the magnitudes |x| over [0, R] with `bins` bins, kept separately for x >= 0
+    (`counts`) and x < 0 (`neg_counts`); R doubles as needed (bins merge pairwise)."""
 
     def __init__(self, bins: int = 2048) -> None:
         if bins < 16 or bins & (bins - 1):
             raise ValueError(f"histogram bins must be a power of two >= 16, got {bins}")
         self.bins = bins
         self.counts = np.zeros(bins, dtype=np.int64)
+        self.neg_counts = np.zeros(bins, dtype=np.int64)
         self.upper = 0.0
 
-    def update(self, absx: np.ndarray) -> None:
+    @property
+    def abs_counts(self) -> np.ndarray:
+        return self.counts + self.neg_counts
+
+    def update(self, x: np.ndarray) -> None:
+        absx = np.abs(x).ravel()
         m = float(absx.max(initial=0.0))
         if m <= 0.0 and self.upper == 0.0:
             self.counts[0] += absx.size
@@ -40,19 +47,24 @@ class StreamingHistogram:
         elif m > self.upper:
             self._grow(m)
         idx = np.minimum((absx * (self.bins / self.upper)).astype(np.int64), self.bins - 1)
-        self.counts += np.bincount(idx.ravel(), minlength=self.bins)
+        neg = x.ravel() < 0
+        if neg.any():
+            self.neg_counts += np.bincount(idx[neg], minlength=self.bins)
+            idx = idx[~neg]
+        self.counts += np.bincount(idx, minlength=self.bins)
 
     def _grow(self, m: float) -> None:
         factor = 2 ** int(np.ceil(np.log2(m / self.upper)))
         self.upper *= factor
-        if factor >= self.bins:
-            total = self.counts.sum()
-            self.counts[:] = 0
-            self.counts[0] = total
-            return
-        merged = self.counts.reshape(-1, factor).sum(axis=1)
-        self.counts[:] = 0
-        self.counts[: merged.size] = merged
+        for counts in (self.counts, self.neg_counts):
+            if factor >= self.bins:
+                total = counts.sum()
+                counts[:] = 0
+                counts[0] = total
+                continue
+            merged = counts.reshape(-1, factor).sum(axis=1)
+            counts[:] = 0
+            counts[: merged.size] = merged
 
     @property
     def edges(self) -> np.ndarray:
@@ -92,7 +104,7 @@ class TensorObserver:
         self.values += x.size
         self.samples += x.shape[0] if x.ndim >= 2 else 1  # axis 0 is the batch
         if self.hist is not None:
-            self.hist.update(np.abs(x))
+            self.hist.update(x)
 
     @property
     def seen(self) -> bool:
@@ -127,8 +139,12 @@ def _threshold_avg(obs: TensorObserver, _: ObserverSettings) -> float:
 
 def _threshold_percentile(obs: TensorObserver, s: ObserverSettings) -> float:
     h = obs.hist
-    cdf = np.cumsum(h.counts) / max(h.counts.sum(), 1)
-    i = int(np.searchsorted(cdf, s.hist_percent))
+    return _percentile(h, h.abs_counts, s.hist_percent)
+
+
+def _percentile(h: StreamingHistogram, counts: np.ndarray, p: float) -> float:
+    cdf = np.cumsum(counts) / max(counts.sum(), 1)
+    i = int(np.searchsorted(cdf, p))
     return float(h.edges[min(i + 1, h.bins)])
 
 
@@ -139,7 +155,7 @@ def _candidates(h: StreamingHistogram, start: int, count: int = 128) -> np.ndarr
 def _threshold_kl(obs: TensorObserver, s: ObserverSettings) -> float:
     """Entropy calibration: minimise KL(P || Q) over clipping points in the upper half of the
     histogram, as PaddleSlim does; starting lower over-clips spiky (ReLU-zero) histograms."""
-    h, counts = obs.hist, obs.hist.counts.astype(np.float64)
+    h, counts = obs.hist, obs.hist.abs_counts.astype(np.float64)
     levels = min(_levels(obs, s), h.bins)
     best, best_i = np.inf, h.bins
     for i in _candidates(h, max(levels, h.bins // 2)):
@@ -176,7 +192,7 @@ def _qdq_centers(centers: np.ndarray, t: float, levels: int) -> np.ndarray:
 
 def _threshold_mse(obs: TensorObserver, s: ObserverSettings) -> float:
     """Threshold minimising the expected squared quantization error over the histogram."""
-    h, counts, c = obs.hist, obs.hist.counts.astype(np.float64), obs.hist.centers
+    h, counts, c = obs.hist, obs.hist.abs_counts.astype(np.float64), obs.hist.centers
     levels = _levels(obs, s)
     errs = [(np.sum(counts * (c - _qdq_centers(c, h.edges[i], levels)) ** 2), i) for i in _candidates(h, 8)]
     return float(h.edges[min(errs)[1]])
@@ -184,7 +200,7 @@ def _threshold_mse(obs: TensorObserver, s: ObserverSettings) -> float:
 
 def _threshold_emd(obs: TensorObserver, s: ObserverSettings) -> float:
     """PaddleSlim's `emd`: match mean and std of the quantized distribution to the original."""
-    h, counts, c = obs.hist, obs.hist.counts.astype(np.float64), obs.hist.centers
+    h, counts, c = obs.hist, obs.hist.abs_counts.astype(np.float64), obs.hist.centers
     levels = _levels(obs, s)
     n = max(counts.sum(), 1.0)
     mean, std = np.sum(counts * c) / n, np.sqrt(np.sum(counts * c**2) / n - (np.sum(counts * c) / n) ** 2)
@@ -199,13 +215,57 @@ def _threshold_emd(obs: TensorObserver, s: ObserverSettings) -> float:
     return float(h.edges[best_i])
 
 
+def _side_errors(counts: np.ndarray, centers: np.ndarray, steps: np.ndarray, limits: np.ndarray) -> np.ndarray:
+    """Squared rounding + clipping error of one side of the histogram, for each (step, limit) pair."""
+    q = np.minimum(np.rint(centers[None, :] / steps[:, None]) * steps[:, None], limits[:, None])
+    return np.sum(counts[None, :] * (centers[None, :] - q) ** 2, axis=1)
+
+
+def _magnitude_candidates(h: StreamingHistogram, bound: float) -> np.ndarray:
+    c = h.edges[_candidates(h, 8)]
+    return np.append(c[c < bound], bound)
+
+
+def _range_mse_asymmetric(obs: TensorObserver, s: ObserverSettings) -> tuple[float, float]:
+    """[lo, hi] minimising the expected squared error of `levels` levels spread over [lo, hi]
+    (asymmetric grids: the two clipping points are chosen separately, alternating three times)."""
+    h, c = obs.hist, obs.hist.centers
+    pos, neg = h.counts.astype(np.float64), h.neg_counts.astype(np.float64)
+    hi_c, lo_c = _magnitude_candidates(h, max(obs.max, 0.0)), _magnitude_candidates(h, max(-obs.min, 0.0))
+    hi, lo = hi_c[-1], lo_c[-1]
+    if hi + lo <= 0.0:
+        return obs.min, obs.max
+    for _ in range(3):
+        his = hi_c[hi_c + lo > 0]
+        steps = (his + lo) / (s.levels - 1)
+        hi = his[np.argmin(_side_errors(pos, c, steps, his) + _side_errors(neg, c, steps, np.full_like(his, lo)))]
+        los = lo_c[lo_c + hi > 0]
+        steps = (los + hi) / (s.levels - 1)
+        lo = los[np.argmin(_side_errors(neg, c, steps, los) + _side_errors(pos, c, steps, np.full_like(los, hi)))]
+    return -float(lo), float(hi)
+
+
+def _range_percentile_asymmetric(obs: TensorObserver, s: ObserverSettings) -> tuple[float, float]:
+    """The `hist_percent` percentile of each side's magnitudes, for asymmetric grids."""
+    h = obs.hist
+    hi = _percentile(h, h.counts, s.hist_percent) if h.counts.any() else 0.0
+    lo = -_percentile(h, h.neg_counts, s.hist_percent) if h.neg_counts.any() else 0.0
+    return lo, hi
+
+
 @dataclass(frozen=True)
 class Algorithm:
-    """A calibration algorithm: which statistics it needs and how it picks the threshold."""
+    """A calibration algorithm: which statistics it needs and how it picks the range.
+
+    `threshold` gives a clipping magnitude T (range [-T, T] within the observed one);
+    `asymmetric_range`, where given, is used instead for asymmetric integer types (u8),
+    whose grid need not be centred on zero.
+    """
 
     name: str
     needs_histogram: bool
     threshold: Callable[[TensorObserver, ObserverSettings], float] | None  # None: plain min/max
+    asymmetric_range: Callable[[TensorObserver, ObserverSettings], tuple[float, float]] | None = None
 
 
 ALGORITHMS: dict[str, Algorithm] = {
@@ -214,9 +274,9 @@ ALGORITHMS: dict[str, Algorithm] = {
         Algorithm("abs_max", False, _threshold_abs_max),
         Algorithm("min_max", False, None),
         Algorithm("avg", False, _threshold_avg),
-        Algorithm("hist", True, _threshold_percentile),
+        Algorithm("hist", True, _threshold_percentile, _range_percentile_asymmetric),
         Algorithm("KL", True, _threshold_kl),
-        Algorithm("mse", True, _threshold_mse),
+        Algorithm("mse", True, _threshold_mse, _range_mse_asymmetric),
         Algorithm("emd", True, _threshold_emd),
     )
 }
@@ -240,5 +300,8 @@ def compute_range(obs: TensorObserver, algo: Algorithm, settings: ObserverSettin
         raise CalibrationDataError("A tensor was never observed during calibration; is the data set empty?")
     if algo.threshold is None or obs.values < settings.min_values_to_clip * obs.samples:
         return obs.min, obs.max
+    if algo.asymmetric_range is not None and not settings.symmetric:
+        lo, hi = algo.asymmetric_range(obs, settings)
+        return max(obs.min, lo), min(obs.max, hi)
     t = algo.threshold(obs, settings)
     return max(obs.min, -t), min(obs.max, t)

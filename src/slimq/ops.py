@@ -7,8 +7,12 @@ and, where an op stays float, why. The planner reads only this table.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+
+import onnx_ir as ir
 
 
 class Role(Enum):
@@ -31,6 +35,7 @@ class OpInfo:
     float_output_ok: bool = False  # runtime has an int8 kernel with float output (MatMulIntegerToFloat, QGemm)
     weight_axis_attr: str | None = None  # attribute that flips the weight axis (Gemm's transB)
     note: str = ""
+    commutes_with_clip: bool = True  # pass-through ops: clipping the input first gives the same output
 
 
 ALL_INPUTS = (-1,)
@@ -53,7 +58,7 @@ OP_TABLE: dict[str, OpInfo] = {
         OpInfo("Relu", Role.FUSED_ACTIVATION),
         OpInfo("Clip", Role.FUSED_ACTIVATION),
         OpInfo("MaxPool", Role.PASSTHROUGH),
-        OpInfo("Resize", Role.PASSTHROUGH),
+        OpInfo("Resize", Role.PASSTHROUGH, commutes_with_clip=False),  # linear interpolation mixes values
         OpInfo("Reshape", Role.PASSTHROUGH),
         OpInfo("Transpose", Role.PASSTHROUGH),
         OpInfo("Flatten", Role.PASSTHROUGH),
@@ -71,6 +76,47 @@ OP_TABLE: dict[str, OpInfo] = {
         OpInfo("BatchNormalization", Role.FLOAT, note="not preceded by a Conv, so it could not be folded"),
     )
 }
+
+Bounds = tuple[float, float]
+
+
+def _attr_float(node: ir.Node, name: str, default: float) -> float:
+    return node.attributes[name].as_float() if name in node.attributes else default
+
+
+def _hard_sigmoid_bounds(node: ir.Node) -> Bounds | None:
+    alpha, beta = _attr_float(node, "alpha", 0.2), _attr_float(node, "beta", 0.5)
+    return (-beta / alpha, (1 - beta) / alpha) if alpha > 0 else None
+
+
+def _clip_bounds(node: ir.Node) -> Bounds | None:
+    lo, hi = _attr_float(node, "min", -math.inf), _attr_float(node, "max", math.inf)  # opset < 11
+    for i, default in ((1, -math.inf), (2, math.inf)):
+        v = node.inputs[i] if len(node.inputs) > i else None
+        if v is None:
+            continue
+        if v.const_value is None or v.const_value.numpy().size != 1:
+            return None
+        bound = float(v.const_value.numpy().reshape(()))
+        lo, hi = (bound, hi) if i == 1 else (lo, bound)
+    return lo, hi
+
+
+# Ops whose output no longer changes once their data input leaves an interval: a quantized
+# tensor read only by such ops can be calibrated (and clipped) to that interval at no cost.
+INPUT_SATURATION: dict[str, Callable[[ir.Node], Bounds | None]] = {
+    "Relu": lambda n: (0.0, math.inf),
+    "HardSwish": lambda n: (-3.0, math.inf),
+    "HardSigmoid": _hard_sigmoid_bounds,
+    "Clip": _clip_bounds,
+}
+
+
+def input_saturation(node: ir.Node) -> Bounds | None:
+    """Interval outside which `node`'s output does not depend on its data input (None: nowhere)."""
+    rule = INPUT_SATURATION.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+    return rule(node) if rule is not None else None
+
 
 # Inputs of pass-through ops that carry data (the rest are shapes, indices, axes).
 PASSTHROUGH_DATA_INPUT = 0

@@ -8,6 +8,7 @@ nodes with reasons). Calibration fills in activation ranges with
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -15,7 +16,7 @@ import onnx_ir as ir
 
 from . import qmath
 from .config import SkipSpec, TargetRules
-from .ops import ALL_INPUTS, PASSTHROUGH_DATA_INPUT, OpInfo, Role, op_info
+from .ops import ALL_INPUTS, PASSTHROUGH_DATA_INPUT, Bounds, OpInfo, Role, input_saturation, op_info
 
 _FLOATS = {ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE}
 
@@ -64,6 +65,9 @@ class QuantPlan:
     quantized_nodes: dict[str, str]  # node name -> op type
     float_nodes: tuple[FloatNode, ...]
     params: dict[str, ActivationParams] = field(default_factory=dict)  # root -> params
+    # root -> interval outside which no reader's output changes (e.g. HardSwish below -3):
+    # calibration clips to it, so the integer grid is spent where it matters
+    bounds: dict[str, Bounds] = field(default_factory=dict)
 
     @property
     def roots(self) -> list[str]:
@@ -131,7 +135,7 @@ class _Planner:
         floats = tuple(FloatNode(self._name(n), n.op_type, self._reason(n)) for n in self.nodes
                        if self._name(n) not in self.quantized and self._on_data_path(n))
         return QuantPlan(self.rules, dict(self.acts), tuple(self.weights), tuple(self.biases),
-                         dict(self.quantized), floats)
+                         dict(self.quantized), floats, bounds=self._saturation_bounds())
 
     @staticmethod
     def _name(n: ir.Node) -> str:
@@ -249,6 +253,33 @@ class _Planner:
         if info.weight_axis_attr and info.weight_axis_attr in n.attributes:
             axis = 0 if n.attributes[info.weight_axis_attr].as_int() else 1
         return axis % ndim
+
+    def _saturation_bounds(self) -> dict[str, Bounds]:
+        """Per root, the union of its readers' saturation intervals, where every reader has one."""
+        values = {v.name: v for v in self.graph.inputs} | {o.name: o for n in self.nodes for o in n.outputs}
+        union: dict[str, Bounds] = {}
+        for tensor, root in self.acts.items():
+            lo, hi = self._reader_bounds(values.get(tensor))
+            prev = union.get(root, (math.inf, -math.inf))
+            union[root] = (min(prev[0], lo), max(prev[1], hi))
+        return {r: b for r, b in union.items() if b[0] <= b[1] and (b[0] > -math.inf or b[1] < math.inf)}
+
+    def _reader_bounds(self, v: ir.Value | None) -> Bounds:
+        """Union of the saturation intervals of the ops reading `v` ((-inf, inf) if one has none)."""
+        unbounded = (-math.inf, math.inf)
+        if v is None or v.is_graph_output():
+            return unbounded
+        lo, hi = math.inf, -math.inf
+        for use in v.uses():
+            node, info = use.node, op_info(use.node.op_type, use.node.domain)
+            tied = info.role is Role.PASSTHROUGH and use.idx == PASSTHROUGH_DATA_INPUT and self._name(node) in self.quantized
+            if tied and info.commutes_with_clip:
+                continue  # its outputs share the root and are checked themselves
+            b = input_saturation(node) if use.idx == 0 and not tied else None
+            if b is None:
+                return unbounded
+            lo, hi = min(lo, b[0]), max(hi, b[1])
+        return lo, hi
 
     def _plan_passthrough(self, n: ir.Node) -> None:
         name, info = self._name(n), op_info(n.op_type, n.domain)

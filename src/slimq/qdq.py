@@ -42,7 +42,7 @@ class _Inserter:
         self.nodes = {(n.name or n.outputs[0].name): n for n in self.graph}
         self.params_cache: dict[str, tuple[ir.Value, ir.Value]] = {}
         self.weight_dq: dict[tuple[str, int | None, str], ir.Value] = {}
-        self.weight_scales: dict[tuple[str, str], np.ndarray] = {}
+        self.weight_scales: dict[tuple, np.ndarray] = {}
 
     def const(self, base: str, array: np.ndarray, dtype: ir.DataType | None = None) -> ir.Value:
         name = self.names.fresh(base)
@@ -71,7 +71,8 @@ class _Inserter:
             s = self.const(f"{e.tensor}_scale", qt.scale)
             z = self.const(f"{e.tensor}_zero_point", qt.zero_point)
             self.weight_dq[key] = self.dq(q, s, z, qt.axis, e.tensor)
-            self.weight_scales[(e.node, e.tensor)] = qt.scale
+            self.weight_scales[key] = qt.scale
+        self.weight_scales[(e.node, e.tensor)] = self.weight_scales[key]  # shared weights: every reader
         self.nodes[e.node].replace_input_with(e.input_index, self.weight_dq[key])
 
     def bias(self, node_name: str, index: int, tensor: str, activation: str, weight: str) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 
-from .calibrate import calibrate
+from .calibrate import calibrate, channel_means
 from .config import StaticConfig, target_rules
 from .data import SampleSet, load_samples, model_inputs
 from .deploy import cpu_info
@@ -18,6 +18,7 @@ from .errors import FidelityError, NothingToQuantizeError
 from .modelio import check_output_path, load_model, model_size_bytes, save_model
 from .observers import ObserverSettings, get_algorithm
 from .passes import preprocess
+from .passes.bias_correction import bias_sites, correct_biases
 from .plan import QuantPlan, build_plan
 from .qdq import insert_qdq
 from .report import Report, fidelity_warnings, mac_summary, measure_agreement
@@ -77,8 +78,11 @@ def quantize_static(model: str | os.PathLike | onnx.ModelProto, calib_data, conf
                                 - rules.activation_qtype.qmin + 1, rules.activation_symmetric,
                                 min_values_to_clip=1024)
     ranges = calibrate(fp32, plan.roots, lambda: samples.batches(calib_idx, config.batch_size), algo, settings,
-                       config.memory_budget_mb, config.show_progress, _num_batches(samples, calib_idx, config))
+                       config.memory_budget_mb, config.show_progress, _num_batches(samples, calib_idx, config),
+                       plan.bounds)
     plan = plan.with_ranges(ranges)
+    if config.bias_correction:
+        _correct_biases(fp32, irm, plan, lambda: samples.batches(calib_idx, config.batch_size), config)
     insert_qdq(irm, plan)
     int8 = ir.to_proto(irm)
     report = build_report("static", fp32, int8, plan, samples, check_idx, in_sample, config)
@@ -91,6 +95,13 @@ def quantize_static(model: str | os.PathLike | onnx.ModelProto, calib_data, conf
             report.size_bytes["fp32"] = model_size_bytes(model)
         report.write(out.with_name(out.name + ".report.json"))
     return QuantResult(int8, report, plan, out)
+
+
+def _correct_biases(fp32: onnx.ModelProto, irm: ir.Model, plan: QuantPlan, batches, config: StaticConfig) -> None:
+    sites = bias_sites(irm, plan)
+    if sites:
+        means = channel_means(fp32, sorted({s.bias.activation for s in sites}), batches, config.memory_budget_mb)
+        log.info("slimq: bias correction on %d layers", correct_biases(irm, plan, means))
 
 
 def _num_batches(samples: SampleSet, idx: list[int], cfg: StaticConfig) -> int:

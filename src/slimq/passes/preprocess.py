@@ -18,6 +18,7 @@ from onnx_ir.passes.common import LiftConstantsToInitializersPass, RemoveUnusedN
 
 from ..errors import ModelLoadError
 from ..modelio import PROTOBUF_LIMIT, upgrade_opset
+from .fusions import fold_conv_affine, fuse_hardswish
 
 
 def _const(v: ir.Value | None) -> np.ndarray | None:
@@ -100,11 +101,17 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def preprocess(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Opset upgrade to >= 13, constant folding, BatchNorm folding, shape inference."""
+    """Opset upgrade to >= 13, constant folding, BatchNorm and affine folding, HardSwish fusion, shapes.
+
+    Every step is exact in FP32; they remove elementwise ops that would otherwise become
+    requantization points or float islands in the INT8 model.
+    """
     model = upgrade_opset(model)
     model = ort_constant_fold(model)
     irm = ir.from_proto(model)
     LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=0)(irm)
     fold_batchnorm(irm)
+    fold_conv_affine(irm)
+    fuse_hardswish(irm)
     RemoveUnusedOpsetsPass()(irm)
     return infer_shapes(ir.to_proto(irm))

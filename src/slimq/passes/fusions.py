@@ -1,0 +1,182 @@
+"""Exact FP32 rewrites that remove elementwise ops in front of quantization.
+
+Every elementwise op left between two convolutions becomes a requantization point
+(and, for ops without an int8 kernel, a float island) in the QDQ model. These passes
+fold or fuse such ops without changing FP32 results:
+
+* :func:`fold_conv_affine`: ``Conv -> Mul(c) [-> Add(c)]`` with per-channel or scalar
+  constants becomes one Conv with scaled weights and bias (PP-LCNetV3's learnable affine
+  blocks, and any exported ``x * gamma + beta`` after a conv).
+* :func:`fuse_hardswish`: ``x * Clip(x + 3, 0, 6) / 6`` (and ``x * HardSigmoid(x)``)
+  becomes ``HardSwish(x)``.
+
+Each pass mutates the onnx-ir model in place and returns how many sites it rewrote.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+_ONNX = ("", "ai.onnx")
+
+
+def _const(v: ir.Value | None) -> np.ndarray | None:
+    if v is None or v.const_value is None:
+        return None
+    return v.const_value.numpy()
+
+
+def _scalar(v: ir.Value | None) -> float | None:
+    c = _const(v)
+    return float(c.reshape(())) if c is not None and c.size == 1 else None
+
+
+def _initializer(graph: ir.Graph, base: str, array: np.ndarray) -> ir.Value:
+    name, i = base, 1
+    while name in graph.initializers:
+        name, i = f"{base}_{i}", i + 1
+    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
+    graph.register_initializer(value)
+    return value
+
+
+def _sole_use(v: ir.Value) -> ir.Node | None:
+    uses = list(v.uses())
+    if len(uses) != 1 or v.is_graph_output():
+        return None
+    return uses[0].node
+
+
+def _other_input(node: ir.Node, v: ir.Value) -> ir.Value | None:
+    others = [x for x in node.inputs if x is not v]
+    return others[0] if len(others) == 1 else None
+
+
+def _channel_vector(c: np.ndarray, cout: int, out_rank: int) -> np.ndarray | None:
+    """A Mul/Add constant as a per-output-channel vector, if it broadcasts along channels only."""
+    if c.size == 1:
+        return np.full(cout, float(c.reshape(())), np.float64)
+    if c.size != cout or c.ndim > out_rank:
+        return None
+    shape = (1,) * (out_rank - c.ndim) + c.shape
+    if shape[1] != cout:  # channel axis of an NC... tensor
+        return None
+    return c.reshape(cout).astype(np.float64)
+
+
+def _affine_check(conv: ir.Node) -> tuple[ir.Node, np.ndarray] | str:
+    """The Mul/Add to fold into `conv` and its constant as a channel vector, or why nothing fires."""
+    w = _const(conv.inputs[1]) if len(conv.inputs) > 1 else None
+    if w is None:
+        return "weight is not a constant"
+    nxt = _sole_use(conv.outputs[0])
+    if nxt is None or nxt.op_type not in ("Mul", "Add") or nxt.domain not in _ONNX:
+        return "output does not feed exactly one Mul/Add"
+    other = _other_input(nxt, conv.outputs[0])
+    c = _const(other)
+    if c is None:
+        return "Mul/Add operand is not a constant"
+    vec = _channel_vector(c, w.shape[0], w.ndim)
+    if vec is None:
+        return f"constant of shape {c.shape} does not broadcast per output channel"
+    return nxt, vec
+
+
+def _fold_into(graph: ir.Graph, conv: ir.Node, op: ir.Node, vec: np.ndarray) -> None:
+    w = _const(conv.inputs[1]).astype(np.float64)
+    b = _const(conv.inputs[2]) if len(conv.inputs) > 2 else None
+    b = np.zeros(w.shape[0]) if b is None else b.astype(np.float64)
+    if op.op_type == "Mul":
+        w = w * vec.reshape(-1, *[1] * (w.ndim - 1))
+        b = b * vec
+    else:
+        b = b + vec
+    base = conv.name or conv.outputs[0].name
+    dtype = _const(conv.inputs[1]).dtype
+    conv.replace_input_with(1, _initializer(graph, f"{base}.weight_affine", w.astype(dtype)))
+    if len(conv.inputs) < 3:
+        conv.resize_inputs(3)
+    conv.replace_input_with(2, _initializer(graph, f"{base}.bias_affine", b.astype(dtype)))
+    op.outputs[0].replace_all_uses_with(conv.outputs[0], replace_graph_outputs=True)
+    graph.remove(op, safe=True)
+
+
+def fold_conv_affine(model: ir.Model) -> int:
+    """Fold constant per-channel Mul/Add chains that directly follow a Conv into it (in place)."""
+    graph, folds = model.graph, 0
+    for conv in [n for n in graph if n.op_type == "Conv" and n.domain in _ONNX]:
+        while not isinstance(found := _affine_check(conv), str):
+            _fold_into(graph, conv, *found)
+            folds += 1
+    if folds:
+        RemoveUnusedNodesPass()(model)
+    return folds
+
+
+def _producer(v: ir.Value | None, op_type: str) -> ir.Node | None:
+    p = v.producer() if v is not None else None
+    return p if p is not None and p.op_type == op_type and p.domain in _ONNX else None
+
+
+def _gate_input(gate: ir.Node) -> ir.Value | None:
+    """x when `gate` computes relu6(x + 3) (a Clip) or hard_sigmoid(x) with alpha 1/6, beta 1/2."""
+    if gate.op_type == "HardSigmoid":
+        alpha = gate.attributes["alpha"].as_float() if "alpha" in gate.attributes else 0.2
+        beta = gate.attributes["beta"].as_float() if "beta" in gate.attributes else 0.5
+        return gate.inputs[0] if np.isclose(alpha, 1 / 6) and np.isclose(beta, 0.5) else None
+    if len(gate.inputs) < 3 or (_scalar(gate.inputs[1]), _scalar(gate.inputs[2])) != (0.0, 6.0):
+        return None
+    add = _producer(gate.inputs[0], "Add")
+    if add is None or len(add.inputs) != 2:
+        return None
+    for x, three in (add.inputs, add.inputs[::-1]):
+        if _scalar(three) == 3.0 and _const(x) is None:
+            return x
+    return None
+
+
+def _hardswish_site(mul: ir.Node) -> tuple[ir.Value, ir.Value, list[ir.Node]] | None:
+    """(x, output, nodes to remove) when `mul` is the product of x * gate(x) [/ 6]."""
+    for gate_v in mul.inputs:
+        gate = _producer(gate_v, "Clip") or _producer(gate_v, "HardSigmoid")
+        x = _gate_input(gate) if gate is not None else None
+        if x is None or _other_input(mul, gate_v) is not x or _sole_use(gate_v) is not mul:
+            continue
+        if gate.op_type == "HardSigmoid":
+            return x, mul.outputs[0], [mul, gate]
+        div = _sole_use(mul.outputs[0])
+        add = gate.inputs[0].producer()
+        if div is None or div.op_type != "Div" or _scalar(div.inputs[1]) != 6.0 or _sole_use(add.outputs[0]) is not gate:
+            continue
+        return x, div.outputs[0], [div, mul, gate, add]
+    return None
+
+
+def fuse_hardswish(model: ir.Model) -> int:
+    """Replace decomposed HardSwish patterns by the HardSwish op, in place.
+
+    HardSwish needs opset 14. A model at opset 13 is moved to 14 when a site is found: the
+    ops that changed from 13 to 14 only gained types or attributes whose defaults keep the
+    old behaviour (BatchNormalization differs in training mode only).
+    """
+    graph, fused = model.graph, 0
+    opset = model.opset_imports.get("", 0)
+    if opset < 13:
+        return 0
+    for mul in [n for n in graph if n.op_type == "Mul" and n.domain in _ONNX]:
+        if mul.graph is None or (site := _hardswish_site(mul)) is None:
+            continue
+        x, out, dead = site
+        hs = ir.node("HardSwish", [x], name=f"{mul.name or out.name}_hardswish")
+        graph.insert_before(dead[-1], hs)
+        out.replace_all_uses_with(hs.outputs[0], replace_graph_outputs=True)
+        name = out.name
+        out.name = f"{name}_unfused"
+        hs.outputs[0].name = name
+        graph.remove(dead, safe=True)
+        fused += 1
+    if fused and opset == 13:
+        model.opset_imports[""] = 14
+    return fused

@@ -1,0 +1,186 @@
+"""Exact FP32 rewrites (affine folding, HardSwish fusion), bias correction and saturation bounds."""
+
+import math
+
+import numpy as np
+import onnx
+import onnx.numpy_helper as nh
+import onnx.parser
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+
+from slimq import qmath, testing
+from slimq.config import StaticConfig, target_rules
+from slimq.passes import fold_conv_affine, fuse_hardswish, preprocess
+from slimq.passes.bias_correction import output_shift
+from slimq.plan import WeightEntry, build_plan
+from slimq.static import quantize_static
+
+RNG = np.random.default_rng(0)
+
+
+def model_from_text(text: str, arrays: dict[str, np.ndarray]) -> onnx.ModelProto:
+    m = onnx.parser.parse_model(text)
+    m.graph.initializer.extend(nh.from_array(np.asarray(v, np.float32), k) for k, v in arrays.items())
+    onnx.checker.check_model(m)
+    return m
+
+
+def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return s.run(None, {s.get_inputs()[0].name: x})[0]
+
+
+def rewrite(model: onnx.ModelProto, fn) -> tuple[onnx.ModelProto, int]:
+    irm = ir.from_proto(model)
+    n = fn(irm)
+    return ir.to_proto(irm), n
+
+
+AFFINE = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[N, 3, 8, 8] x) => (float[N, 4, 8, 8] y) {{
+    c = Conv <pads = [1, 1, 1, 1], kernel_shape = [3, 3]> (x, w, b)
+    m = Mul (c, {mul})
+    y = Add (m, beta)
+}}
+"""
+
+
+def affine_model(mul_shape=(1, 4, 1, 1), mul_input="gamma") -> onnx.ModelProto:
+    arrays = {"w": RNG.standard_normal((4, 3, 3, 3)), "b": RNG.standard_normal(4),
+              "gamma": RNG.uniform(0.5, 2, mul_shape), "beta": np.float32(0.3)}
+    return model_from_text(AFFINE.format(mul=mul_input), arrays)
+
+
+def test_fold_conv_affine_is_exact_and_removes_ops():
+    m = affine_model()
+    x = RNG.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    folded, n = rewrite(m, fold_conv_affine)
+    assert n == 2
+    assert testing.count_ops(folded) == {"Conv": 1}
+    np.testing.assert_allclose(run(folded, x), run(m, x), rtol=1e-5, atol=1e-5)
+
+
+def test_fold_conv_affine_skips_constants_not_per_channel():
+    folded, n = rewrite(affine_model(mul_shape=(1, 1, 1, 8)), fold_conv_affine)
+    assert n == 0 and testing.count_ops(folded) == {"Conv": 1, "Mul": 1, "Add": 1}  # varies along the width
+
+
+def test_fold_conv_affine_skips_non_constant_operand():
+    m = affine_model(mul_input="x")  # Mul(c, x): the operand is data, not a constant
+    folded, n = rewrite(m, fold_conv_affine)
+    assert n == 0 and testing.count_ops(folded) == {"Conv": 1, "Mul": 1, "Add": 1}
+
+
+HSWISH = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[N, 4, 8, 8] x) => (float[N, 4, 8, 8] y, float[N, 4, 8, 8] z) {{
+    three = Constant <value = float {{3.0}}> ()
+    zero = Constant <value = float {{0.0}}> ()
+    six = Constant <value = float {{6.0}}> ()
+    div = Constant <value = float {{{div}}}> ()
+    a = Add (x, three)
+    c = Clip (a, zero, six)
+    m = Mul (x, c)
+    y = Div (m, div)
+    hs = HardSigmoid <alpha = 0.16666667, beta = 0.5> (x)
+    z = Mul (hs, x)
+}}
+"""
+
+
+def test_fuse_hardswish_both_forms_exact_and_opset_bumped():
+    m = onnx.parser.parse_model(HSWISH.format(div="6.0"))
+    x = (RNG.standard_normal((1, 4, 8, 8)) * 4).astype(np.float32)
+    pre = ir.from_proto(m)
+    from onnx_ir.passes.common import LiftConstantsToInitializersPass
+
+    LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(pre)
+    fused, n = rewrite(ir.to_proto(pre), fuse_hardswish)
+    assert n == 2
+    assert testing.count_ops(fused) == {"HardSwish": 2}
+    assert fused.opset_import[0].version == 14
+    assert [o.name for o in fused.graph.output] == ["y", "z"]
+    for a, b in zip(run(fused, x), run(m, x)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_fuse_hardswish_ignores_other_divisors():
+    m = onnx.parser.parse_model(HSWISH.format(div="5.0"))
+    pre = ir.from_proto(m)
+    from onnx_ir.passes.common import LiftConstantsToInitializersPass
+
+    LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(pre)
+    fused, n = rewrite(ir.to_proto(pre), fuse_hardswish)
+    assert n == 1 and testing.count_ops(fused)["Div"] == 1
+
+
+@pytest.mark.parametrize("group", [1, 4])
+def test_bias_shift_matches_brute_force(group):
+    cin, cout = 8, 8
+    w = RNG.standard_normal((cout, cin // group, 3, 3)).astype(np.float32)
+    entry = WeightEntry("conv", 1, "w", 0, qmath.INT8.narrow())
+    mean_x = RNG.uniform(0.5, 3, cin)
+    qt = qmath.quantize_weight(w, entry.qtype, 0)
+    dw = qmath.dequantize(qt.data, qt.scale, qt.zero_point, 0).astype(np.float64) - w
+    # the change of one interior output pixel for a constant input image with these channel means
+    x = np.broadcast_to(mean_x.reshape(group, cin // group, 1, 1), (group, cin // group, 3, 3))
+    ref = np.array([np.sum(dw[o] * x[o // (cout // group)]) for o in range(cout)])
+    np.testing.assert_allclose(output_shift(w, entry, mean_x, "Conv", group), ref, rtol=1e-9, atol=1e-9)
+
+
+def test_bias_correction_removes_mean_output_error():
+    """A conv on inputs with a large mean: weight rounding shifts the output mean; correction removes it."""
+    m = model_from_text("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[N, 16, 6, 6] x) => (float[N, 16, 6, 6] y) {
+            y = Conv <kernel_shape = [1, 1]> (x, w, b)
+        }""", {"w": RNG.standard_normal((16, 16, 1, 1)) * 0.1, "b": np.zeros(16)})
+    data = (RNG.standard_normal((64, 16, 6, 6)) * 0.2 + 5.0).astype(np.float32)
+    ref = run(m, data).mean(axis=(0, 2, 3))
+    errs = {}
+    for on in (False, True):
+        cfg = StaticConfig(algo="min_max", bias_correction=on, holdout=0, show_progress=False)
+        q = quantize_static(m, data, cfg).model
+        errs[on] = np.abs(run(q, data).mean(axis=(0, 2, 3)) - ref).mean()
+    assert errs[True] < errs[False] / 3, errs
+
+
+BOUNDED = """
+<ir_version: 8, opset_import: ["" : 14]>
+g (float[N, 3, 8, 8] x) => (float[N, 4, 8, 8] y, float[N, 4, 8, 8] z) {
+    c = Conv <kernel_shape = [1, 1]> (x, w, b)
+    h = HardSwish (c)
+    y = Conv <kernel_shape = [1, 1]> (h, w2, b2)
+    c2 = Conv <kernel_shape = [1, 1]> (x, w3, b3)
+    h2 = HardSwish (c2)
+    s = Add (c2, h2)
+    z = Conv <kernel_shape = [1, 1]> (s, w2, b2)
+}
+"""
+
+
+def test_saturation_bounds_only_where_every_reader_saturates():
+    arrays = {k: RNG.standard_normal(s) for k, s in
+              (("w", (4, 3, 1, 1)), ("b", 4), ("w2", (4, 4, 1, 1)), ("b2", 4), ("w3", (4, 3, 1, 1)), ("b3", 4))}
+    arrays["b"] = arrays["b"] - 8  # most of c is far below -3
+    m = model_from_text(BOUNDED, arrays)
+    plan = build_plan(ir.from_proto(m).graph, target_rules("x86"))
+    assert plan.bounds == {"c": (-3.0, math.inf)}  # c2 is also read by Add: no bound
+    x = RNG.standard_normal((16, 3, 8, 8)).astype(np.float32)
+    res = quantize_static(m, x, StaticConfig(algo="min_max", holdout=0, show_progress=False))
+    p = res.plan.params["c"]
+    assert p.rmin >= -3.0 and res.plan.params["c2"].rmin < -3.0
+    # exact: nothing below -3 changes HardSwish, so the clipped grid is finer at no cost
+    y_fp, y_q = run(m, x), run(res.model, x)
+    assert qmath.cosine(y_fp, y_q) > 0.999
+
+
+def test_preprocess_runs_the_rewrites_exactly():
+    m = affine_model()
+    x = RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    pre = preprocess(m)
+    assert "Mul" not in testing.count_ops(pre)
+    np.testing.assert_allclose(run(pre, x), run(m, x), rtol=1e-5, atol=1e-5)
