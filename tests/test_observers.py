@@ -87,3 +87,28 @@ def test_unknown_algorithm_suggests_closest():
         get_algorithm("histo")
     assert set(ALGORITHMS) == {"abs_max", "min_max", "avg", "hist", "KL", "mse", "emd"}
     assert get_algorithm("kl").name == "KL"
+
+
+def test_two_sided_mse_beats_brute_force_on_skewed_data():
+    x = np.concatenate([RNG.exponential(1.0, 20000), -RNG.exponential(0.05, 5000), [40.0]]).astype(np.float32)
+    (lo, hi), _ = observe("mse", [x], two_sided=True)
+
+    def err(a, b):
+        step = (b - a) / 255
+        zp = np.rint(-a / step)
+        q = (np.clip(np.rint(x / step) + zp, 0, 255) - zp) * step
+        return np.mean((x - q) ** 2)
+
+    grid = [(a, b) for a in np.linspace(-0.6, -0.02, 15) for b in np.linspace(2, 40, 60)]
+    best = min(err(a, b) for a, b in grid)
+    assert lo > -1.0 and hi < 40.0  # both sides clipped separately
+    assert err(lo, hi) <= best * 1.15
+    (slo, shi), _ = observe("mse", [x])  # one |x| threshold: the low side is not clipped tighter than -T
+    assert err(lo, hi) <= err(slo, shi)
+
+
+def test_two_sided_hist_takes_each_sides_percentile():
+    x = np.concatenate([RNG.exponential(1.0, 50000), -RNG.exponential(0.1, 50000)]).astype(np.float32)
+    (lo, hi), _ = observe("hist", [x], two_sided=True, hist_percent=0.99)
+    assert hi == pytest.approx(np.quantile(x[x >= 0], 0.99), rel=0.03)
+    assert lo == pytest.approx(-np.quantile(-x[x < 0], 0.99), rel=0.03)

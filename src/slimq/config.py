@@ -94,6 +94,7 @@ class StaticConfig:
     memory_budget_mb: int = 1024  # per calibration run for exposed intermediate tensors
     min_cosine: float = 0.98  # below this the fidelity check warns (or fails with strict)
     strict: bool = False
+    two_sided_ranges: bool = False  # hist/mse with u8: clip the low and high side separately
     bias_correction: bool = True  # subtract the weight-rounding shift from Conv/Gemm biases (calibration means)
     show_progress: bool = True
 

@@ -122,6 +122,9 @@ class ObserverSettings:
     # tensors with fewer values per sample (squeeze-excitation vectors, pooled features) are never
     # clipped: their rare large values are persistent channels, not noise (0: always clip)
     min_values_to_clip: int = 0
+    # hist/mse on asymmetric types: choose the two clipping points separately instead of one
+    # threshold on |x| (off by default: on PP-OCRv4 rec it lost to the |x| threshold)
+    two_sided: bool = False
 
 
 def _levels(obs: "TensorObserver", s: ObserverSettings) -> int:
@@ -258,7 +261,8 @@ class Algorithm:
     """A calibration algorithm: which statistics it needs and how it picks the range.
 
     `threshold` gives a clipping magnitude T (range [-T, T] within the observed one);
-    `asymmetric_range`, where given, is used instead for asymmetric integer types (u8),
+    `asymmetric_range`, where given, is used instead for asymmetric integer types (u8) when
+    `ObserverSettings.two_sided` is set,
     whose grid need not be centred on zero.
     """
 
@@ -300,7 +304,7 @@ def compute_range(obs: TensorObserver, algo: Algorithm, settings: ObserverSettin
         raise CalibrationDataError("A tensor was never observed during calibration; is the data set empty?")
     if algo.threshold is None or obs.values < settings.min_values_to_clip * obs.samples:
         return obs.min, obs.max
-    if algo.asymmetric_range is not None and not settings.symmetric:
+    if algo.asymmetric_range is not None and settings.two_sided and not settings.symmetric:
         lo, hi = algo.asymmetric_range(obs, settings)
         return max(obs.min, lo), min(obs.max, hi)
     t = algo.threshold(obs, settings)

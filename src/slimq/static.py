@@ -76,7 +76,7 @@ def quantize_static(model: str | os.PathLike | onnx.ModelProto, calib_data, conf
     algo = get_algorithm(config.algo)
     settings = ObserverSettings(config.hist_percent, config.bins, rules.activation_qtype.qmax
                                 - rules.activation_qtype.qmin + 1, rules.activation_symmetric,
-                                min_values_to_clip=1024)
+                                min_values_to_clip=1024, two_sided=config.two_sided_ranges)
     ranges = calibrate(fp32, plan.roots, lambda: samples.batches(calib_idx, config.batch_size), algo, settings,
                        config.memory_budget_mb, config.show_progress, _num_batches(samples, calib_idx, config),
                        plan.bounds)
