@@ -184,3 +184,37 @@ def test_preprocess_runs_the_rewrites_exactly():
     pre = preprocess(m)
     assert "Mul" not in testing.count_ops(pre)
     np.testing.assert_allclose(run(pre, x), run(m, x), rtol=1e-5, atol=1e-5)
+
+
+HEAD = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[N, 4, 8, 8] x) => (float[N, 2, 16, 16] up, float[N, 10] p) {
+    c = Conv <kernel_shape = [1, 1]> (x, w, b)
+    r = Relu (c)
+    up = ConvTranspose <kernel_shape = [2, 2], strides = [2, 2]> (r, wt, bt)
+    g = GlobalAveragePool (r)
+    f = Flatten (g)
+    mm = MatMul (f, wfc)
+    logits = Add (mm, bfc)
+    p = Softmax (logits)
+}
+"""
+
+
+def head_model() -> onnx.ModelProto:
+    arrays = {"w": RNG.standard_normal((4, 4, 1, 1)), "b": RNG.standard_normal(4),
+              "wt": RNG.standard_normal((4, 2, 2, 2)), "bt": RNG.standard_normal(2),
+              "wfc": RNG.standard_normal((4, 10)), "bfc": RNG.standard_normal(10)}
+    return model_from_text(HEAD, arrays)
+
+
+def test_target_float_ops_and_float_fed_constant_add():
+    graph = ir.from_proto(head_model()).graph
+    x86 = build_plan(graph, target_rules("x86"))
+    floats = {f.op_type: f.reason for f in x86.float_nodes}
+    assert "ConvTranspose" in floats and "int8 ConvTranspose" in floats["ConvTranspose"]
+    assert "Add" in floats and "float readers" in floats["Add"]  # the logits bias before Softmax
+    assert "MatMul" in x86.quantized_nodes.values() and "mm" not in x86.activations  # int8 in, float out
+    trt = build_plan(graph, target_rules("tensorrt"))
+    assert "ConvTranspose" in trt.quantized_nodes.values()
+

@@ -11,6 +11,8 @@ from .errors import ConfigError, did_you_mean, unknown_choice
 from .observers import ALGORITHMS, get_algorithm
 
 TARGETS = ("x86", "tensorrt", "arm")
+X86_FLOAT_OPS = (("ConvTranspose", "onnxruntime's CPU EP has no int8 ConvTranspose kernel (it would run float "
+                                   "behind DequantizeLinear)"),)
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,8 @@ class TargetRules:
     activation_symmetric: bool
     weight_qtype: qmath.QType
     per_channel: bool = True
+    # op types the target runs no faster in int8, with the reason (they stay float)
+    float_ops: tuple[tuple[str, str], ...] = ()
 
     @property
     def description(self) -> str:
@@ -39,7 +43,7 @@ def target_rules(target: str, reduce_range: bool = False, per_channel: bool = Tr
     weight = qmath.INT8.narrow()
     if target == "x86":
         w = weight.reduced() if reduce_range else weight
-        return TargetRules("x86", qmath.UINT8, False, w, per_channel)
+        return TargetRules("x86", qmath.UINT8, False, w, per_channel, X86_FLOAT_OPS)
     return TargetRules(target, qmath.INT8, True, weight, per_channel)
 
 

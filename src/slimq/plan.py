@@ -127,6 +127,8 @@ class _Planner:
     def run(self) -> QuantPlan:
         for n in self.nodes:
             self._classify(n)
+        for n in reversed(self.nodes):
+            self._drop_float_fed_constant_op(n)
         for n in self.nodes:
             if self._name(n) in self.eligible:
                 self._plan_compute(n)
@@ -167,6 +169,9 @@ class _Planner:
             return "skipped by configuration"
         if info.role is Role.FLOAT:
             return info.note
+        target_reason = dict(self.rules.float_ops).get(n.op_type)
+        if target_reason:
+            return f"{self.rules.name}: {target_reason}"
         if self.op_types is not None and n.op_type not in self.op_types and info.role is Role.COMPUTE:
             return "op type not selected for quantization"
         if info.role is Role.COMPUTE:
@@ -178,6 +183,18 @@ class _Planner:
             if n.op_type == "Gemm" and len(n.inputs) > 2 and n.inputs[2] is not None and not self._bias_ok(n):
                 return "Gemm bias is not a 1-D constant"
         return None
+
+    def _drop_float_fed_constant_op(self, n: ir.Node) -> None:
+        """An Add/Mul with a constant operand whose output only float ops read gains nothing from
+        int8 (e.g. the classifier bias before Softmax) and only adds a rounding step: keep it float."""
+        name = self._name(n)
+        if name not in self.eligible or n.op_type not in ("Add", "Mul") or not any(_is_const(v) for v in n.inputs):
+            return
+        out = n.outputs[0]
+        if self._wants_quantized(out) or self._fused_activation(n) is not None:
+            return
+        self.eligible.discard(name)
+        self.reasons[name] = "constant operand and only float readers: int8 would add rounding, not speed"
 
     def _bias_ok(self, n: ir.Node) -> bool:
         b = n.inputs[2]
