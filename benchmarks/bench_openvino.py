@@ -57,39 +57,51 @@ def _ratio(b: BenchResult, model: str, backend: str, t: int, ref: tuple[str, str
     return f"{q.samples_per_s / r.samples_per_s:.2f}x ({r.p50_ms / q.p50_ms:.2f}x)"
 
 
-def summary_rows(b: BenchResult, name: str, ov_share: float) -> list[list[str]]:
-    """One row per thread count: the three ratios the comparison is about, plus FP32 latencies."""
+def summary_rows(b: BenchResult, name: str, ov_shares: dict[str, float]) -> list[list[str]]:
+    """Per thread count and INT8 variant: the three ratios the comparison is about, FP32 latencies, quality."""
     rows = []
     key = b.evaluator["primary_metric"] if b.evaluator else None
     acc = (lambda m, be: f"{b.accuracy[b.label(m, be)][key]:.2f}") if key else (lambda m, be: "—")  # noqa: E731
     for t in b.settings["threads"]:
-        rows.append([name, str(t), f"{b.speed_of('FP32', t, 'ort').p50_ms:.2f}",
-                     f"{b.speed_of('FP32', t, 'openvino').p50_ms:.2f}",
-                     _ratio(b, 'slimq INT8', 'ort', t, ('FP32', 'ort')),
-                     _ratio(b, 'slimq INT8', 'openvino', t, ('FP32', 'openvino')),
-                     _ratio(b, 'slimq INT8', 'openvino', t, ('FP32', 'ort')),
-                     f"{ov_share * 100:.1f} %",
-                     f"{key}: {acc('FP32', 'ort')} / {acc('slimq INT8', 'ort')} / {acc('slimq INT8', 'openvino')}"
-                     if key else "—"])
+        for q in ov_shares:
+            rows.append([name, str(t), q, f"{b.speed_of('FP32', t, 'ort').p50_ms:.2f}",
+                         f"{b.speed_of('FP32', t, 'openvino').p50_ms:.2f}",
+                         _ratio(b, q, "ort", t, ("FP32", "ort")), _ratio(b, q, "openvino", t, ("FP32", "openvino")),
+                         _ratio(b, q, "openvino", t, ("FP32", "ort")), f"{ov_shares[q] * 100:.1f} %",
+                         f"{key}: {acc('FP32', 'ort')} / {acc(q, 'ort')} / {acc(q, 'openvino')}" if key else "—"])
     return rows
 
 
-SUMMARY_HEADERS = ["model", "threads", "FP32 ORT p50 ms", "FP32 OV p50 ms", "INT8-ORT / FP32-ORT",
+SUMMARY_HEADERS = ["model", "threads", "INT8 model", "FP32 ORT p50 ms", "FP32 OV p50 ms", "INT8-ORT / FP32-ORT",
                    "INT8-OV / FP32-OV", "INT8-OV / FP32-ORT", "int8 MACs in OV",
                    "quality FP32-ORT / INT8-ORT / INT8-OV"]
+PLACED = "slimq INT8, OV placement"
 
 
-def run_case(name: str, args: argparse.Namespace, timing: TimingConfig) -> tuple[BenchResult, float]:
+def ov_placed(int8: Path) -> Path:
+    """The OpenVINO-placement variant of a slimq model (benchmarks/ov_placement.py), next to it."""
+    import onnx
+    from ov_placement import ov_placement
+
+    out = int8.with_name(int8.name.removesuffix(".onnx") + ".ovplace.onnx")
+    model, removed = ov_placement(onnx.load(str(int8)))
+    onnx.save(model, str(out))
+    say(f"  OV placement: removed {removed} Q/DQ pairs that fed only elementwise ops")
+    return out
+
+
+def run_case(name: str, args: argparse.Namespace, timing: TimingConfig) -> tuple[BenchResult, dict[str, float]]:
     say(f"{name}: preparing model and data")
     case = build_case(name, args.cache, args.quick)
-    int8 = slimq_model(case, args.cache / "quantized", args.requantize)
+    int8 = {"slimq INT8": slimq_model(case, args.cache / "quantized", args.requantize)}
+    if args.ov_placement:
+        int8[PLACED] = ov_placed(int8["slimq INT8"])
     feed = {k: v[:1] for k, v in next(iter(case.evaluator.inputs())).items()}
-    share = openvino_mac_count(int8, feed).int8_share
-    say(f"{name}: int8 share of MACs in OpenVINO's graph {share * 100:.1f} %; evaluating and timing")
-    bench = benchmark([case.fp32, int8], threads=args.threads, evaluator=case.evaluator, timing=timing,
-                      names=["FP32", "slimq INT8"], backends=BACKENDS, title=name,
-                      progress=lambda m: say("  " + m.strip()))
-    return bench, share
+    shares = {q: openvino_mac_count(path, feed).int8_share for q, path in int8.items()}
+    say(f"{name}: int8 share of MACs in OpenVINO's graph {shares}; evaluating and timing")
+    bench = benchmark([case.fp32, *int8.values()], threads=args.threads, evaluator=case.evaluator, timing=timing,
+                      names=["FP32", *int8], backends=BACKENDS, title=name, progress=lambda m: say("  " + m.strip()))
+    return bench, shares
 
 
 def report(results: list[tuple[str, BenchResult, float]], meta: dict) -> str:
@@ -103,7 +115,9 @@ def report(results: list[tuple[str, BenchResult, float]], meta: dict) -> str:
              "the QDQ ONNX file is read as is. Batch 1; all four versions interleaved in one process.",
              "- Ratios: samples/s ratio (mean over all timed runs), and in brackets the ratio of median "
              "latencies, which other processes on the machine disturb less.",
-             "- int8 MACs in OV: share of convolution/matmul MACs that OpenVINO's execution graph runs in u8/i8.", "",
+             "- int8 MACs in OV: share of convolution/matmul MACs that OpenVINO's execution graph runs in u8/i8.",
+             f"- {PLACED}: the slimq model without the Q/DQ pairs that feed only elementwise ops "
+             "(benchmarks/ov_placement.py; a prototype for an OpenVINO target).", "",
              format_table(SUMMARY_HEADERS, rows), ""]
     for name, b, _ in results:
         lines += [f"## {name}", "", results_markdown([b]).replace("### ", "#### "), ""]
@@ -117,6 +131,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", default="1,all", help="comma-separated thread counts (default 1,all)")
     p.add_argument("--quick", action="store_true", help="small data and short timing (smoke run)")
     p.add_argument("--requantize", action="store_true", help="quantize the INT8 models again")
+    p.add_argument("--no-ov-placement", dest="ov_placement", action="store_false",
+                   help="skip the OpenVINO-placement variant of the slimq model (benchmarks/ov_placement.py)")
     p.add_argument("--min-time", type=float, default=2.0, help="seconds per model and timing round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", type=Path, help="write the markdown here (and JSON next to it)")
