@@ -133,3 +133,12 @@ def test_a_model_one_backend_cannot_load_is_reported_not_fatal(pair, monkeypatch
     assert r.failed == {"INT8 (openvino)": "OpenVINO cannot compile it: test"}
     assert [s.model for s in r.speed] == ["FP32 (ort)", "INT8 (ort)", "FP32 (openvino)"]
     assert "- not run: INT8 (openvino): OpenVINO cannot compile it: test" in r.to_markdown()
+
+
+def test_openvino_alone_is_the_reference_backend(pair):
+    pytest.importorskip("openvino")
+    fp32, int8 = pair
+    r = benchmark([fp32, int8], threads=(1,), timing=FAST, names=["FP32", "INT8"], backends=("openvino",))
+    assert [(s.model, s.backend) for s in r.speed] == [("FP32", "openvino"), ("INT8", "openvino")]
+    assert r.speed_of("INT8", 1).ratio == pytest.approx(r.speed_of("INT8", 1).backend_ratio)
+    assert "backends: openvino;" in r.to_markdown()
