@@ -181,14 +181,14 @@ class ExportBias(nn.Module):
     def forward(self) -> torch.Tensor:
         if self.scale is None:
             return self.values
-        zero = torch.zeros(self.scale.shape, dtype=torch.int32)
+        zero = torch.zeros(self.scale.shape, dtype=torch.int32, device=self.scale.device)
         return dequantize_linear(self.values, self.scale, zero, 0)
 
 
 def _weight_qdq(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     # w already lies on the grid; the post-export pass folds this QuantizeLinear into an
     # int8 initializer.
-    return quantize_dequantize(w, scale, torch.zeros(scale.shape, dtype=torch.int8), 0)
+    return quantize_dequantize(w, scale, torch.zeros(scale.shape, dtype=torch.int8, device=scale.device), 0)
 
 
 class QDQConv(nn.Module):
