@@ -141,6 +141,18 @@ def test_unquantized_output_uses_fallback_step(tmp_path) -> None:
     assert agreement.fraction_within_step >= 0.999
 
 
+def test_given_io_names_are_used_and_checked(tmp_path) -> None:
+    qmodel = trained("convnet", qat.QATConfig(), steps=1)
+    result = qat.convert(qmodel, tmp_path / "n.onnx", input_names=["image"], output_names=["logits"])
+    assert qat.onnx_io_names(result.path) == (["image"], ["logits"])
+    assert qat.check_agreement(qmodel, result.path, images(32)).ok()
+    with pytest.raises(ConfigError, match="1 distinct non-empty name"):
+        qat.convert(qmodel, tmp_path / "bad.onnx", output_names=["logits", "extra"])
+    with pytest.raises(ConfigError, match="must differ"):
+        qat.convert(qmodel, tmp_path / "bad.onnx", input_names=["x"], output_names=["x"])
+    assert not (tmp_path / "bad.onnx").exists()
+
+
 def test_collapsed_learned_range_is_reported(tmp_path) -> None:
     qmodel = trained("convnet", qat.QATConfig(variant="lsq"), steps=1)
     with torch.no_grad():
