@@ -12,7 +12,7 @@ import pytest
 
 from slimq import qmath, testing
 from slimq.config import StaticConfig, target_rules
-from slimq.passes import fold_conv_affine, fuse_hardswish, preprocess
+from slimq.passes import fold_conv_affine, fold_input_affine, fuse_hardswish, preprocess
 from slimq.passes.bias_correction import output_shift
 from slimq.plan import WeightEntry, build_plan
 from slimq.static import quantize_static
@@ -218,3 +218,38 @@ def test_target_float_ops_and_float_fed_constant_add():
     trt = build_plan(graph, target_rules("tensorrt"))
     assert "ConvTranspose" in trt.quantized_nodes.values()
 
+
+
+INPUT_AFFINE = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[N, 4, 8, 8] x) => (float[N, 6, 8, 8] y, float[N, 4, 6, 6] z) {
+    h = Relu (x)
+    m = Mul (h, a)
+    s = Add (m, beta)
+    y = Conv <kernel_shape = [1, 1], group = 2> (s, w, b)
+    m2 = Mul (h, a)
+    z = Conv <kernel_shape = [3, 3]> (m2, w2, b2)
+}
+"""
+
+
+def test_fold_input_affine_exact_for_unpadded_convs_only():
+    arrays = {"a": RNG.uniform(0.5, 2, (1, 4, 1, 1)), "beta": RNG.standard_normal((4, 1, 1)),
+              "w": RNG.standard_normal((6, 2, 1, 1)), "b": RNG.standard_normal(6),
+              "w2": RNG.standard_normal((4, 4, 3, 3)), "b2": RNG.standard_normal(4)}
+    m = model_from_text(INPUT_AFFINE, arrays)
+    x = RNG.standard_normal((2, 4, 8, 8)).astype(np.float32)
+    folded, n = rewrite(m, fold_input_affine)
+    assert n == 3  # Mul+Add into the grouped 1x1 conv, Mul into the unpadded 3x3 conv
+    assert testing.count_ops(folded) == {"Relu": 1, "Conv": 2}
+    for a, b in zip(run_all(folded, x), run_all(m, x)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    padded = model_from_text(INPUT_AFFINE.replace("kernel_shape = [3, 3]", "kernel_shape = [3, 3], pads = [1, 1, 1, 1]")
+                             .replace("float[N, 4, 6, 6] z", "float[N, 4, 8, 8] z"), arrays)
+    _, n = rewrite(padded, fold_input_affine)
+    assert n == 2  # the padded conv keeps its Mul: padding zeros would not be scaled
+
+
+def run_all(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
+    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return s.run(None, {s.get_inputs()[0].name: x})

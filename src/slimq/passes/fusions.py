@@ -7,6 +7,11 @@ fold or fuse such ops without changing FP32 results:
 * :func:`fold_conv_affine`: ``Conv -> Mul(c) [-> Add(c)]`` with per-channel or scalar
   constants becomes one Conv with scaled weights and bias (PP-LCNetV3's learnable affine
   blocks, and any exported ``x * gamma + beta`` after a conv).
+* :func:`fold_input_affine`: ``Mul(c) [-> Add(c)] -> Conv`` with an unpadded Conv (1x1
+  pointwise convs, typically) becomes one Conv: ``W' = W * a`` per input channel and
+  ``b' = b + sum(W * beta)``. Exact only without padding (padded zeros would become beta).
+  Not part of :func:`slimq.passes.preprocess`: on onnxruntime's CPU EP the INT8 PP-OCRv4 rec
+  model ran slower with it (17.6 vs 16.3 ms at 1 thread, interleaved) and CER did not improve.
 * :func:`fuse_hardswish`: ``x * Clip(x + 3, 0, 6) / 6`` (and ``x * HardSigmoid(x)``)
   becomes ``HardSwish(x)``.
 
@@ -112,6 +117,71 @@ def fold_conv_affine(model: ir.Model) -> int:
             folds += 1
     if folds:
         RemoveUnusedNodesPass()(model)
+    return folds
+
+
+def _unpadded(conv: ir.Node) -> bool:
+    pads = conv.attributes["pads"].as_ints() if "pads" in conv.attributes else ()
+    auto = conv.attributes["auto_pad"].as_string() if "auto_pad" in conv.attributes else "NOTSET"
+    return not any(pads) and auto in ("NOTSET", "VALID")
+
+
+def _const_operand_op(x: ir.Value, op_type: str, reader: ir.Node, cin: int) -> tuple[ir.Node, ir.Value, np.ndarray] | None:
+    """(node, data input, channel vector) when `x` = node(data, constant) is read only by `reader`."""
+    node = _producer(x, op_type)
+    if node is None or _sole_use(x) is not reader or len(node.inputs) != 2:
+        return None
+    data = next((v for v in node.inputs if _const(v) is None), None)
+    c = _const(_other_input(node, data)) if data is not None else None
+    vec = _channel_vector(c, cin, 4) if c is not None and c.ndim <= 4 else None
+    return (node, data, vec) if vec is not None else None
+
+
+def _input_affine(conv: ir.Node, cin: int) -> tuple[ir.Value, np.ndarray, np.ndarray, list[ir.Node]] | None:
+    """(h, a, beta, nodes) when the Conv's input is ``h * a + beta`` (Mul or Add alone too)."""
+    h, a, beta, dead, reader = conv.inputs[0], np.ones(cin), np.zeros(cin), [], conv
+    if (add := _const_operand_op(h, "Add", reader, cin)) is not None:
+        reader, h, beta = add[0], add[1], add[2]
+        dead.append(reader)
+    if (mul := _const_operand_op(h, "Mul", reader, cin)) is not None:
+        h, a = mul[1], mul[2]
+        dead.append(mul[0])
+    return (h, a, beta, dead) if dead else None
+
+
+def _fold_input_into(graph: ir.Graph, conv: ir.Node, h: ir.Value, a: np.ndarray, beta: np.ndarray) -> None:
+    w = _const(conv.inputs[1]).astype(np.float64)
+    group = conv.attributes["group"].as_int() if "group" in conv.attributes else 1
+    cin_g, cout_g = w.shape[1], w.shape[0] // group
+    # input channel of weight [o, j] is (o // cout_g) * cin_g + j
+    chan = (np.arange(w.shape[0])[:, None] // cout_g) * cin_g + np.arange(cin_g)[None, :]
+    shape = (*chan.shape, *[1] * (w.ndim - 2))
+    b = _const(conv.inputs[2]) if len(conv.inputs) > 2 else None
+    b = np.zeros(w.shape[0]) if b is None else b.astype(np.float64)
+    b = b + (w * beta[chan].reshape(shape)).reshape(w.shape[0], -1).sum(axis=1)
+    w = w * a[chan].reshape(shape)
+    base, dtype = conv.name or conv.outputs[0].name, _const(conv.inputs[1]).dtype
+    conv.replace_input_with(0, h)
+    conv.replace_input_with(1, _initializer(graph, f"{base}.weight_inaffine", w.astype(dtype)))
+    if len(conv.inputs) < 3:
+        conv.resize_inputs(3)
+    conv.replace_input_with(2, _initializer(graph, f"{base}.bias_inaffine", b.astype(dtype)))
+
+
+def fold_input_affine(model: ir.Model) -> int:
+    """Fold constant per-channel Mul/Add in front of unpadded Convs into them (in place)."""
+    graph, folds = model.graph, 0
+    for conv in [n for n in graph if n.op_type == "Conv" and n.domain in _ONNX]:
+        w = _const(conv.inputs[1]) if len(conv.inputs) > 1 else None
+        if w is None or not _unpadded(conv):
+            continue
+        group = conv.attributes["group"].as_int() if "group" in conv.attributes else 1
+        if (site := _input_affine(conv, w.shape[1] * group)) is None:
+            continue
+        h, a, beta, dead = site
+        _fold_input_into(graph, conv, h, a, beta)
+        graph.remove(dead, safe=True)
+        folds += len(dead)
     return folds
 
 
