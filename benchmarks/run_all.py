@@ -5,7 +5,7 @@ Every model is quantized by slimq (static PTQ, default settings) and by onnxrunt
 quantizer (default and best settings) on the same calibration data, then all versions
 are evaluated and timed together, interleaved, in this one process on one runtime.
 
-    .venv/bin/python benchmarks/run_all.py            # full run (~20 min on 2 cores)
+    .venv/bin/python benchmarks/run_all.py            # full run (~20 min on 2 cores; --backends ort: ~11 min)
     .venv/bin/python benchmarks/run_all.py --quick --only resnet50 --out /tmp/b.md
 
 With OpenVINO installed (the `bench` extra), every model also runs on OpenVINO, interleaved
