@@ -76,9 +76,11 @@ def stem_nodes(path: str, n_convs: int) -> tuple[str, ...]:
     return tuple(n.name or n.output[0] for n in nodes[: convs[min(n_convs, len(convs) - 1)]])
 
 
-def quantize_rec(path: str, ev: RecEvaluator, algo: str, calib_lines: int, skip: SkipSpec) -> QuantResult:
+def quantize_rec(path: str, ev: RecEvaluator, algo: str, calib_lines: int, skip: SkipSpec,
+                 target: str = "x86") -> QuantResult:
     calib = ev.calibration_batches(-(-(calib_lines + HOLDOUT) // 8), 8)
-    cfg = StaticConfig(algo=algo, max_samples=calib_lines, holdout=HOLDOUT, skip=skip, show_progress=False)
+    cfg = StaticConfig(algo=algo, max_samples=calib_lines, holdout=HOLDOUT, skip=skip, show_progress=False,
+                       target=target)
     return quantize_static(path, calib, cfg)
 
 
@@ -103,9 +105,9 @@ def run_rec(args: argparse.Namespace) -> list[dict]:
     for algo in args.algos:
         for label, skip in variants:
             t = time.perf_counter()
-            res = quantize_rec(path, ev, algo, args.calib_lines, skip)
+            res = quantize_rec(path, ev, algo, args.calib_lines, skip, args.target)
             secs = time.perf_counter() - t
-            m = evaluate(Predictor(res.model, threads=args.threads).run, ev)
+            m = evaluate(Predictor(res.model, threads=args.threads, backend=args.backend).run, ev)
             delta, share = m["cer"] - fp32["cer"], res.report.int8_mac_share
             ok = delta <= MAX_CER_DELTA and share >= MIN_MAC_SHARE
             rows.append({"algo": algo + label, "cer": m["cer"], "line_acc": m["line_acc"], "delta": delta,
@@ -132,8 +134,9 @@ def run_det(args: argparse.Namespace) -> None:
     calib = ev.calibration_batches(8 + 2, 1)
     for algo in args.det_algos:
         t = time.perf_counter()
-        res = quantize_static(path, calib, StaticConfig(algo=algo, max_samples=8, holdout=2, show_progress=False))
-        out = collect_outputs(Predictor(res.model, threads=args.threads).run, ev)
+        res = quantize_static(path, calib, StaticConfig(algo=algo, max_samples=8, holdout=2, show_progress=False,
+                                                        target=args.target))
+        out = collect_outputs(Predictor(res.model, threads=args.threads, backend=args.backend).run, ev)
         m = ev.score(out)
         print(f"det {algo:8s} F1 {m['f1']:.1f} % (P {m['precision']:.1f}, R {m['recall']:.1f}), prob-map IoU vs FP32 "
               f"{mean_prob_map_iou(ref_out, out):.3f}, int8 MACs {res.report.int8_mac_share * 100:.1f} % "
@@ -156,6 +159,8 @@ def main() -> int:
     ap.add_argument("--det-pages", type=int, default=8)
     ap.add_argument("--latency", action="store_true", help="1-thread latency of rec FP32 vs the best INT8")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--target", default="x86", help="slimq target (x86, openvino, ...)")
+    ap.add_argument("--backend", default="ort", help="runtime for the INT8 evaluation (ort, openvino)")
     ap.add_argument("--with-proposed", action="store_true", help="also run the proposed KL fix (KL_fixed)")
     args = ap.parse_args()
     if args.with_proposed:

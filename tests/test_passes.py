@@ -213,10 +213,21 @@ def test_target_float_ops_and_float_fed_constant_add():
     x86 = build_plan(graph, target_rules("x86"))
     floats = {f.op_type: f.reason for f in x86.float_nodes}
     assert "ConvTranspose" in floats and "int8 ConvTranspose" in floats["ConvTranspose"]
-    assert "Add" in floats and "float readers" in floats["Add"]  # the logits bias before Softmax
+    assert "Add" in floats and "constant" in floats["Add"]  # x86: constant affine ops stay float
     assert "MatMul" in x86.quantized_nodes.values() and "mm" not in x86.activations  # int8 in, float out
     trt = build_plan(graph, target_rules("tensorrt"))
     assert "ConvTranspose" in trt.quantized_nodes.values()
+    trt_floats = {f.op_type: f.reason for f in trt.float_nodes}
+    assert "float readers" in trt_floats["Add"]  # the logits bias before Softmax: only Softmax reads it
+
+
+def test_openvino_target_quantizes_only_int8_op_inputs():
+    plan = build_plan(ir.from_proto(head_model()).graph, target_rules("openvino"))
+    assert set(plan.quantized_nodes.values()) >= {"Conv", "ConvTranspose", "MatMul"}
+    assert "up" not in plan.activations  # ConvTranspose output: no quantized reader, stays float
+    assert "r" in plan.activations  # Relu output feeds ConvTranspose and the pool
+    floats = {f.op_type: f.reason for f in plan.float_nodes}
+    assert "OpenVINO" in floats["Add"]
 
 
 

@@ -172,6 +172,8 @@ class _Planner:
         target_reason = dict(self.rules.float_ops).get(n.op_type)
         if target_reason:
             return f"{self.rules.name}: {target_reason}"
+        if self.rules.float_constant_affine and n.op_type in ("Add", "Mul") and any(_is_const(v) for v in n.inputs):
+            return f"{self.rules.name}: Add/Mul with a constant stays float (exact; int8 would add a requantization)"
         if self.op_types is not None and n.op_type not in self.op_types and info.role is Role.COMPUTE:
             return "op type not selected for quantization"
         if info.role is Role.COMPUTE:
@@ -238,7 +240,7 @@ class _Planner:
                 self._mark(v)
         act = self._fused_activation(n)
         out = act.outputs[0] if act is not None else n.outputs[0]
-        if not (info.float_output_ok and not self._wants_quantized(out)):
+        if not ((info.float_output_ok or self.rules.float_outputs) and not self._wants_quantized(out)):
             self._mark(out)
             if act is not None:
                 self.quantized[self._name(act)] = act.op_type

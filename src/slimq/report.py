@@ -140,6 +140,14 @@ def fidelity_warnings(agreement: list[OutputAgreement], min_cosine: float) -> li
     return out
 
 
-def mac_summary(int8_model: onnx.ModelProto, feeds: dict[str, np.ndarray]):
-    """MAC count of the graph onnxruntime builds from the QDQ model."""
+def mac_summary(int8_model: onnx.ModelProto, feeds: dict[str, np.ndarray], target: str = "x86"):
+    """MAC count of the graph the target's runtime builds from the QDQ model (OpenVINO for the
+    openvino target when it is installed, else onnxruntime)."""
+    if target == "openvino":
+        from .backends import BackendError, openvino_mac_count
+
+        try:
+            return openvino_mac_count(int8_model, feeds)
+        except BackendError as e:
+            log.warning("slimq: int8 MAC share measured in onnxruntime, not OpenVINO: %s", e)
     return count_macs(optimized_graph(int8_model, "extended"), feeds)

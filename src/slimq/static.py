@@ -53,7 +53,7 @@ def _split(samples: SampleSet, cfg: StaticConfig) -> tuple[list[int], list[int],
 def resolve_reduce_range(cfg: StaticConfig) -> bool:
     if cfg.reduce_range is not None:
         return cfg.reduce_range
-    return cfg.target == "x86" and not cpu_info().vnni
+    return cfg.target in ("x86", "openvino") and not cpu_info().vnni
 
 
 def quantize_static(model: str | os.PathLike | onnx.ModelProto, calib_data, config: StaticConfig = StaticConfig(),
@@ -110,7 +110,7 @@ def _num_batches(samples: SampleSet, idx: list[int], cfg: StaticConfig) -> int:
 
 def build_report(method: str, fp32: onnx.ModelProto, int8: onnx.ModelProto, plan: QuantPlan, samples: SampleSet,
                  check_idx: list[int], in_sample: bool, config: StaticConfig) -> Report:
-    macs = mac_summary(int8, samples.sample(check_idx[0]))
+    macs = mac_summary(int8, samples.sample(check_idx[0]), config.target)
     agreement = measure_agreement(fp32, int8, (samples.sample(i) for i in check_idx))
     warnings = fidelity_warnings(agreement, config.min_cosine)
     if macs.int8_share < 0.5 and macs.int8_macs + macs.float_macs > 0:
