@@ -64,12 +64,13 @@ def rec_path():
         pytest.skip("rapidocr-onnxruntime models are not installed")
 
 
-def test_ppocr_rec_quantizes_to_int8_kernels(rec_path):
-    ev = RecEvaluator(rec_path, n_lines=16, seed=0)
-    calib = ev.calibration_batches(2, 8)
-    res = quantize_static(str(rec_path), calib, StaticConfig(algo="mse", max_samples=16, holdout=0, **QUIET))
+def test_ppocr_rec_quantizes_to_int8_kernels_and_keeps_cer(rec_path):
+    """benchmarks/static_ppocr.py on 200 of its 400 lines: x86 default settings, 64 calibration lines."""
+    ev = RecEvaluator(rec_path, n_lines=200, seed=0, batch_size=8)
+    calib = ev.calibration_batches(10, 8)
+    res = quantize_static(str(rec_path), calib, StaticConfig(algo="hist", max_samples=64, holdout=16, **QUIET))
     assert res.report.int8_mac_share >= 0.9, res.report.format()
     sess = ort.InferenceSession(res.model.SerializeToString(), providers=["CPUExecutionProvider"])
     fp32 = evaluate(Predictor(rec_path, threads=2).run, ev)
     int8 = evaluate(lambda f: sess.run(None, f), ev)
-    assert int8["cer"] <= fp32["cer"] + 10.0, f"INT8 CER {int8['cer']:.1f} % vs FP32 {fp32['cer']:.1f} %"
+    assert int8["cer"] <= fp32["cer"] + 0.3, f"INT8 CER {int8['cer']:.2f} % vs FP32 {fp32['cer']:.2f} %"
