@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -170,6 +172,8 @@ def test_convert_errors(tmp_path) -> None:
         qat.convert(qmodel, tmp_path / "m.onnx", target="tensorrt")
     with pytest.raises(ConfigError, match='Did you mean "dynamo"'):
         qat.convert(qmodel, tmp_path / "m.onnx", exporter="dynamic")
+    with pytest.raises(ConfigError, match="samples must match"):
+        qat.convert(qmodel, tmp_path / "m.onnx", samples=torch.randn(4, 3, 16, 16))
     assert not list(tmp_path.iterdir())
 
 
@@ -189,3 +193,53 @@ def test_export_failure_names_the_op(tmp_path) -> None:
     with pytest.raises(ModelLoadError, match="aten::cummax"):
         qat.convert(qmodel, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_convert_writes_fidelity_report(tmp_path) -> None:
+    qmodel = trained("convnet", qat.QATConfig(skip=("fc",)), steps=2)
+    result = qat.convert(qmodel, tmp_path / "m.onnx", samples=images(64, seed=5))
+    assert result.report_path == tmp_path / "m.onnx.report.json"
+    data = json.loads(result.report_path.read_text())
+    assert data["method"] == "qat" and data["target"].startswith("x86: uint8")
+    assert data["int8_mac_share"] > 0.9 and data["macs"]["float_macs"] == 64 * 16 * 10  # the batch through fc
+    # The skipped classifier is the only op left in float, named and explained.
+    assert [(f["module"], f["op_type"]) for f in data["float_ops"]] == [("fc", "Gemm")]
+    assert "QATConfig.skip" in data["float_ops"][0]["reason"]
+    assert data["quantized_ops"]["Conv"] == 2 and "Gemm" not in data["quantized_ops"]
+    (agree,) = data["agreement"]
+    assert agree["output"] == "output" and agree["cosine"] > 0.98, data
+    assert agree["top1_agreement"] >= 0.9 and data["agreement_samples"] == 64
+    assert not data["agreement_in_sample"] and not data["warnings"]
+    assert data["size_bytes"]["int8"] == result.size_bytes and data["size_bytes"]["fp32"] > 0
+    assert result.report.to_dict()["float_ops"] == data["float_ops"]
+
+
+def test_report_names_unsupported_and_skipped_layers(tmp_path, caplog) -> None:
+    with pytest.warns(qat.QATWarning):
+        qmodel = qat.prepare(NetWithUnsupported(), torch.randn(2, 1, 8, 8), qat.QATConfig(skip=("head",)))
+    qat.calibrate(qmodel, [torch.randn(4, 1, 8, 8)])
+    with caplog.at_level("WARNING", logger="slimq"):
+        report = qat.convert(qmodel, tmp_path / "u.onnx").report
+    reasons = {(f["module"], f["op_type"]): f["reason"] for f in report.float_ops}
+    assert "ConvTranspose2d has no int8 form" in reasons[("up", "ConvTranspose")]
+    assert "QATConfig.skip" in reasons[("head", "Conv")]
+    assert ("sigmoid", "sigmoid") in {(f["node"], f["op_type"]) for f in report.float_ops}
+    assert report.quantized_ops == {"Conv": 1}
+    # Most MACs stay float: warned in the report and in the log, like static PTQ.
+    assert report.int8_mac_share < 0.5 and "of MACs run in int8" in report.warnings[-1]
+    assert "of MACs run in int8" in caplog.text
+    assert report.agreement_samples == 2 and report.agreement_in_sample
+    assert report.agreement[0]["cosine"] > 0.98
+
+
+def test_report_flags_skipped_layer_that_onnxruntime_quantizes(tmp_path) -> None:
+    # The skipped conv sits between two quantized tensors (conv1's output, the residual add's
+    # input), so onnxruntime quantizes its float weight itself and runs QLinearConv.
+    with pytest.warns(qat.QATWarning, match="layer1.0.bn2"):  # its BatchNorm has no conv to fold into
+        qmodel = qat.prepare(build("resnet"), images(2), qat.QATConfig(skip=("layer1.0.conv2",)))
+    qat.calibrate(qmodel, [images(8)])
+    report = qat.convert(qmodel, tmp_path / "r.onnx").report
+    (conv,) = [f for f in report.float_ops if f["op_type"] == "Conv"]
+    assert conv["module"] == "layer1.0.conv2" and "onnxruntime runs it in int8" in conv["reason"]
+    assert report.int8_mac_share == 1.0
+    assert any("layer1.0.conv2" in w and "never trained for" in w for w in report.warnings)

@@ -127,13 +127,19 @@ class Report:
         return "\n".join(lines)
 
 
-def fidelity_warnings(agreement: list[OutputAgreement], min_cosine: float) -> list[str]:
+STATIC_ADVICE = ("Try another --algo (hist, KL, mse), more calibration data, or leave the guilty layers "
+                 "in float with --skip.")
+
+
+def fidelity_warnings(agreement: list[OutputAgreement], min_cosine: float,
+                      advice: str = STATIC_ADVICE) -> list[str]:
+    """Warnings for outputs whose INT8 cosine or top-1 agreement with FP32 is too low;
+    `advice` ends the cosine warning (what to try; the default is static PTQ's)."""
     out = []
     for a in agreement:
         if a.cosine < min_cosine:
             out.append(f'output "{a.name}": cosine {a.cosine:.4f} < {min_cosine} — INT8 disagrees with FP32. '
-                       "Try another --algo (hist, KL, mse), more calibration data, or leave the guilty layers "
-                       "in float with --skip.")
+                       + advice)
         top1 = a.top1_agreement
         if top1 is not None and top1 < 0.9:
             out.append(f'output "{a.name}": only {top1 * 100:.1f} % top-1 agreement with FP32.')

@@ -64,6 +64,8 @@ def format_result(result: dict[str, Any]) -> str:
         f"  size {result['fp32_size_bytes'] / 1024:.0f} KiB -> {result['int8_size_bytes'] / 1024:.0f} KiB; "
         f"onnxruntime: {result['ort_qlinear_conv']} QLinearConv, {result['ort_float_conv']} float Conv; "
         f"ONNX vs PyTorch within one step: {100 * result['agreement_within_step']:.2f} %",
+        f"  int8 share of MACs in onnxruntime: {100 * result['int8_mac_share']:.1f} %",
+        *(f"  WARNING: {w}" for w in result["fidelity_warnings"]),
     ])
 
 
@@ -85,7 +87,7 @@ def run_qat(args: argparse.Namespace) -> int:
                           f"pip install 'slimq[qat]'.") from exc
     result = run_qat_recipe(recipe, out)
     print(format_result(result))
-    print(f"wrote {out}")
+    print(f"wrote {out} and {out.name}.report.json")
     if args.json:
         _write_text_atomic(Path(args.json), json.dumps(result, indent=2) + "\n")
     return 0 if result["delta_pt"] >= -0.1 else 3

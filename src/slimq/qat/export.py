@@ -9,7 +9,8 @@ because it handles dynamic batch sizes with ``dynamic_axes`` and needs no onnxsc
 torch.export-based exporter (``exporter="dynamo"``) produces the same Q/DQ graph and is
 supported as an option. A small onnx-ir pass then replaces each ``QuantizeLinear`` of a
 constant weight by an int8 initializer feeding ``DequantizeLinear`` (about 4x smaller file;
-onnxruntime fuses the result into QLinearConv / QGemm).
+onnxruntime fuses the result into QLinearConv / QGemm). Next to the model, ``convert`` writes
+the fidelity report static PTQ writes (``<path>.report.json``, :mod:`slimq.qat.fidelity`).
 """
 
 from __future__ import annotations
@@ -38,10 +39,12 @@ from torch import fx, nn
 from slimq.errors import CalibrationDataError, ConfigError, FidelityError, ModelLoadError, unknown_choice
 from slimq.modelio import check_output_path, save_model
 from slimq.qat.config import TARGETS
-from slimq.qat.model import QATModel, unwrap
+from slimq.qat.fidelity import build_qat_report, float_network, sample_feeds
+from slimq.qat.model import QATModel, as_inputs, unwrap
 from slimq.qat.modules import QATConv, QATLinear, export_act
 from slimq.qat.qdq_op import dynamo_translation_table
 from slimq.qat.quantizers import MIN_SCALE, ActQuantizer, WeightQuantizer
+from slimq.report import Report
 
 EXPORTERS = ("legacy", "dynamo")
 _INT_RANGES = {np.dtype(np.int8): (-128, 127), np.dtype(np.uint8): (0, 255)}
@@ -49,7 +52,8 @@ _INT_RANGES = {np.dtype(np.int8): (-128, 127), np.dtype(np.uint8): (0, 255)}
 
 @dataclass(frozen=True)
 class ConvertResult:
-    """Where the QDQ model went and what it holds."""
+    """Where the QDQ model went, what it holds, and its fidelity report (also written to
+    ``<path>.report.json``)."""
 
     path: Path
     target: str
@@ -57,6 +61,17 @@ class ConvertResult:
     size_bytes: int
     int8_weights: int
     quantize_nodes: int
+    report: Report | None = None
+
+    @property
+    def report_path(self) -> Path:
+        """Where the fidelity report was written."""
+        return report_path(self.path)
+
+
+def report_path(path: Path) -> Path:
+    """``<path>.report.json``, next to the model (as static PTQ writes it)."""
+    return path.with_name(path.name + ".report.json")
 
 
 def export_network(qmodel: QATModel, target: str) -> fx.GraphModule:
@@ -212,43 +227,83 @@ def fold_weight_quantization(model: ir.Model) -> int:
     return folded
 
 
-def convert(qmodel: nn.Module, path: str | Path, target: str | None = None, *,
-            exporter: str = "legacy", opset: int = 17, input_names: Sequence[str] | None = None,
-            output_names: Sequence[str] | None = None) -> ConvertResult:
-    """Export a trained QAT model (or its DDP wrapper) to a QDQ ONNX file at ``path``.
+def _export_onnx(net: nn.Module, qm: QATModel, dest: Path, exporter: str, opset: int,
+                 names: tuple[list[str], list[str]]) -> ir.Model:
+    """Export ``net`` on the model's example inputs; failures name the exporter and the op."""
+    try:
+        with torch.no_grad():
+            _torch_export(net, qm.example_inputs, dest, exporter, opset, names)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"torch.onnx.export ({exporter} exporter, opset {opset}) cannot export the QAT model: "
+            f"{type(exc).__name__}: {str(exc)[:800]}. Replace the op named there, or try "
+            f"exporter=\"{'dynamo' if exporter == 'legacy' else 'legacy'}\"."
+        ) from exc
+    model = ir.load(str(dest))
+    if exporter == "dynamo":
+        ClearMetadataAndDocStringPass()(model)
+    return model
 
-    ``target`` defaults to the one in the model's QATConfig; another target raises ConfigError.
-    ``input_names``/``output_names`` name the graph's inputs/outputs in order (default
-    ``input``/``output``); to keep an FP32 ONNX model's names pass :func:`onnx_io_names` of it.
-    """
-    qm = unwrap(qmodel)
-    target = _check_ready(qm, target)
+
+def _check_options(exporter: str, opset: int) -> None:
     if exporter not in EXPORTERS:
         raise unknown_choice("ONNX exporter", exporter, EXPORTERS)
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < 13:
         raise ConfigError(f"opset must be an integer >= 13 (per-channel QuantizeLinear), got {opset!r}.")
+
+
+def _agreement_batch(qm: QATModel, samples: object) -> tuple[torch.Tensor, ...]:
+    """The batch the report's agreement runs on: ``samples``, else the example inputs."""
+    if samples is None:
+        return qm.example_inputs
+    batch = as_inputs(samples, "samples")
+    example = qm.example_inputs
+    if len(batch) != len(example) or any(t.dtype != e.dtype or t.shape[1:] != e.shape[1:]
+                                         for t, e in zip(batch, example)):
+        raise ConfigError(f"samples must match the example inputs given to prepare() except in the batch "
+                          f"size: got {[(tuple(t.shape), t.dtype) for t in batch]}, expected "
+                          f"{[(tuple(e.shape), e.dtype) for e in example]}.")
+    return batch
+
+
+def convert(qmodel: nn.Module, path: str | Path, target: str | None = None, *,
+            exporter: str = "legacy", opset: int = 17, input_names: Sequence[str] | None = None,
+            output_names: Sequence[str] | None = None, samples: object = None) -> ConvertResult:
+    """Export a trained QAT model (or its DDP wrapper) to a QDQ ONNX file at ``path``, and its
+    fidelity report (int8 MAC share, float ops, INT8-vs-FP32 agreement) to ``<path>.report.json``.
+
+    ``target`` defaults to the one in the model's QATConfig; another target raises ConfigError.
+    ``input_names``/``output_names`` name the graph's inputs/outputs in order (default
+    ``input``/``output``); to keep an FP32 ONNX model's names pass :func:`onnx_io_names` of it.
+    ``samples``: a batch (tensor or tuple of tensors) for the agreement check; default the
+    example inputs given to ``prepare``. The FP32 reference is the trained network with fake
+    quantization off (:func:`slimq.qat.fidelity.float_network`).
+    """
+    qm = unwrap(qmodel)
+    target = _check_ready(qm, target)
+    _check_options(exporter, opset)
+    batch = _agreement_batch(qm, samples)
     path = check_output_path(None, path)
     net = export_network(qm, target)
+    try:
+        names = _io_names(net, qm.example_inputs, input_names, output_names)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"The QAT model's export form fails on the example inputs: "
+                             f"{type(exc).__name__}: {str(exc)[:800]}") from exc
     with tempfile.TemporaryDirectory(prefix="slimq-qat-") as tmp:
-        raw = Path(tmp) / "raw.onnx"
-        try:
-            names = _io_names(net, qm.example_inputs, input_names, output_names)
-            with torch.no_grad():
-                _torch_export(net, qm.example_inputs, raw, exporter, opset, names)
-        except ConfigError:
-            raise
-        except Exception as exc:
-            raise ModelLoadError(
-                f"torch.onnx.export ({exporter} exporter, opset {opset}) cannot export the QAT model: "
-                f"{type(exc).__name__}: {str(exc)[:800]}. Replace the op named there, or try "
-                f"exporter=\"{'dynamo' if exporter == 'legacy' else 'legacy'}\"."
-            ) from exc
-        model = ir.load(str(raw))
-    if exporter == "dynamo":
-        ClearMetadataAndDocStringPass()(model)
+        model = _export_onnx(net, qm, Path(tmp) / "int8.onnx", exporter, opset, names)
+        fp32 = ir.serde.serialize_model(_export_onnx(float_network(qm), qm, Path(tmp) / "fp32.onnx",
+                                                     exporter, opset, names))
     folded = fold_weight_quantization(model)
     proto = ir.serde.serialize_model(model)
     onnx.checker.check_model(proto, full_check=True)
+    report = build_qat_report(qm, proto, fp32, sample_feeds(batch, names[0]), target, samples is not None,
+                              extra={"exporter": exporter, "opset": opset})
     save_model(proto, path)
+    size = path.stat().st_size
+    report.size_bytes.update(int8=size, fp32=fp32.ByteSize())
+    report.write(report_path(path))
     n_q = sum(1 for n in proto.graph.node if n.op_type == "QuantizeLinear")
-    return ConvertResult(path, target, exporter, path.stat().st_size, folded, n_q)
+    return ConvertResult(path, target, exporter, size, folded, n_q, report)

@@ -115,7 +115,8 @@ def run_qat_recipe(recipe: QATRecipe, output: str | Path | None = None) -> dict[
     with tempfile.TemporaryDirectory(prefix="slimq-qat-recipe-") as tmp:
         path = Path(output) if output is not None else Path(tmp) / default_output_name(recipe)
         inputs, outputs = onnx_io_names(asset_path(recipe.model, ".onnx"))
-        result = convert(qmodel, path, input_names=inputs, output_names=outputs)
+        result = convert(qmodel, path, input_names=inputs, output_names=outputs,
+                         samples=torch.from_numpy(x_test[:256]))
         fp32 = ort_top1(asset_path(recipe.model, ".onnx"), x_test, y_test)
         int8 = ort_top1(path, x_test, y_test)
         agreement = check_agreement(qmodel, path, torch.from_numpy(x_test[:1000]))
@@ -131,4 +132,6 @@ def run_qat_recipe(recipe: QATRecipe, output: str | Path | None = None) -> dict[
         "ort_qlinear_conv": ops.get("com.microsoft:QLinearConv", 0),
         "ort_float_conv": ops.get("Conv", 0) + ops.get("com.microsoft:FusedConv", 0),
         "float_ops": [f"{u.name} ({u.op})" for u in qmodel.report.unsupported],
+        "int8_mac_share": result.report.int8_mac_share,
+        "fidelity_warnings": result.report.warnings,
     }
