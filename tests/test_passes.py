@@ -264,3 +264,16 @@ def test_fold_input_affine_exact_for_unpadded_convs_only():
 def run_all(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
     s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return s.run(None, {s.get_inputs()[0].name: x})
+
+
+def test_skipped_conv_really_runs_float_in_onnxruntime():
+    """With Q/DQ on both sides onnxruntime would quantize a skipped conv's float weight itself."""
+    from slimq.config import SkipSpec
+    from slimq.deploy import optimized_graph
+
+    m = testing.conv_net()
+    x = testing.random_inputs(m, 4, batch=4)
+    res = quantize_static(m, x, StaticConfig(skip=SkipSpec(names=("c3",)), holdout=0, show_progress=False))
+    ops = testing.count_ops(optimized_graph(res.model, "extended"))
+    assert ops["QLinearConv"] == 2 and ops["Conv"] == 1
+    assert "c3" in " ".join(res.report.macs["float_mac_nodes"])

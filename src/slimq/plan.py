@@ -214,6 +214,16 @@ class _Planner:
                    and all(_is_const(v) for v in act.inputs[1:] if v is not None))
         return act if fusable else None
 
+    def _from_float_mac(self, v: ir.Value) -> bool:
+        """True when `v` comes (through Relu/Clip) from a Conv/MatMul/Gemm kept float. Its output must
+        stay unquantized: with Q/DQ on both sides onnxruntime quantizes the float weight itself and
+        runs the node in int8 anyway, silently undoing a skip."""
+        p = v.producer()
+        while p is not None and op_info(p.op_type, p.domain).role is Role.FUSED_ACTIVATION and p.inputs:
+            p = p.inputs[0].producer() if p.inputs[0] is not None else None
+        return (p is not None and self._name(p) in self.reasons
+                and op_info(p.op_type, p.domain).weight_input is not None)
+
     def _wants_quantized(self, v: ir.Value) -> bool:
         for use in v.uses():
             info = op_info(use.node.op_type, use.node.domain)
@@ -236,7 +246,7 @@ class _Planner:
             v = n.inputs[i]
             if i == weight_idx or _is_const(v):
                 self._add_weight(n, i, v, info if i == weight_idx else None)
-            else:
+            elif not self._from_float_mac(v):
                 self._mark(v)
         act = self._fused_activation(n)
         out = act.outputs[0] if act is not None else n.outputs[0]
