@@ -154,9 +154,10 @@ def test_collapse_is_flagged_and_strict_refuses(conv_model, conv_calib, tmp_path
     out = tmp_path / "bad.onnx"
     from slimq.errors import FidelityError
 
-    with pytest.raises(FidelityError):
+    with pytest.raises(FidelityError) as e:
         quantize_static(conv_model, data, StaticConfig(holdout=12, strict=True, **QUIET), output=out)
     assert not out.exists()
+    assert e.value.exit_code == 4  # same "refused" code as dynamic PTQ
 
 
 def test_optimized_graph_runs_integer_kernels(conv_model, conv_calib, tmp_path):

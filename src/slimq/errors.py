@@ -27,7 +27,10 @@ class OutputPathError(SlimqError):
 
 
 class FidelityError(SlimqError):
-    """The quantized model disagrees with the FP32 model beyond the allowed tolerance."""
+    """The quantized model disagrees with the FP32 model beyond the allowed tolerance (CLI exit code 4,
+    for every method: 0 written, 3 written with warnings, 4 refused)."""
+
+    exit_code = 4
 
 
 class NothingToQuantizeError(SlimqError):
