@@ -318,3 +318,38 @@ def test_nan_activation_raises_during_training() -> None:
     x[0, 0, 0, 0] = float("nan")
     with pytest.raises(CalibrationDataError, match="NaN or Inf"):
         qmodel(x)
+
+
+class FloatMacsNet(nn.Module):
+    """Float MACs feeding quantized layers: an unsupported ConvTranspose (through ReLU and
+    max-pool), a skipped Sequential ending in Conv-BN (through clamp) and a functional conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose2d(1, 4, 2, stride=2)
+        self.conv_a = nn.Conv2d(4, 4, 3, padding=1)
+        self.block = nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4))
+        self.conv_b = nn.Conv2d(4, 4, 1)
+        self.kernel = nn.Parameter(torch.randn(4, 4, 1, 1))
+        self.conv_c = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_a(F.max_pool2d(F.relu(self.up(x)), 2))
+        x = self.conv_b(torch.clamp(self.block(x), 0.0, 6.0))
+        return self.conv_c(F.conv2d(x, self.kernel)) + x
+
+
+def test_float_mac_outputs_get_no_activation_quantizer() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", qat.QATWarning)
+        qmodel = qat.prepare(FloatMacsNet(), images(2), qat.QATConfig(skip=("block",)))
+    net = qmodel.net
+    readers = {str(n.target): n.args[0] for n in net.graph.nodes if n.op == "call_module"}
+    for name in ("conv_a", "conv_b", "conv_c"):
+        source = readers[name]
+        assert not (source.op == "call_module" and str(source.target).startswith("act_quant")), name
+        assert net.get_submodule(name).input_quant is None  # float input: float bias
+    # The residual add still quantizes conv_b's output (a QAT conv) and its own output.
+    assert qmodel.report.quantized == ("conv_a", "conv_b", "conv_c", "add")
+    with torch.no_grad():
+        assert torch.isfinite(qmodel(images(4))).all()

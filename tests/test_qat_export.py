@@ -13,6 +13,7 @@ import torch.nn.functional as F  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
 
 import slimq.qat as qat  # noqa: E402
+from slimq.deploy import optimized_graph  # noqa: E402
 from slimq.errors import CalibrationDataError, ConfigError, FidelityError, ModelLoadError  # noqa: E402
 from slimq.qat.testing_models import NetWithUnsupported, build, teacher_labels  # noqa: E402
 
@@ -232,14 +233,24 @@ def test_report_names_unsupported_and_skipped_layers(tmp_path, caplog) -> None:
     assert report.agreement[0]["cosine"] > 0.98
 
 
-def test_report_flags_skipped_layer_that_onnxruntime_quantizes(tmp_path) -> None:
-    # The skipped conv sits between two quantized tensors (conv1's output, the residual add's
-    # input), so onnxruntime quantizes its float weight itself and runs QLinearConv.
+def test_skipped_layer_stays_float_in_onnxruntime(tmp_path, caplog) -> None:
+    # The skipped conv reads a quantized tensor (conv1's output) and feeds the residual add. Were
+    # its output (after its float BatchNorm) quantized for the add, onnxruntime would fold the BN,
+    # quantize the float weight itself and run QLinearConv; it gets no quantizer, so it stays Conv.
     with pytest.warns(qat.QATWarning, match="layer1.0.bn2"):  # its BatchNorm has no conv to fold into
         qmodel = qat.prepare(build("resnet"), images(2), qat.QATConfig(skip=("layer1.0.conv2",)))
     qat.calibrate(qmodel, [images(8)])
-    report = qat.convert(qmodel, tmp_path / "r.onnx").report
+    with caplog.at_level("WARNING", logger="slimq"):
+        result = qat.convert(qmodel, tmp_path / "r.onnx")
+    report = result.report
     (conv,) = [f for f in report.float_ops if f["op_type"] == "Conv"]
-    assert conv["module"] == "layer1.0.conv2" and "onnxruntime runs it in int8" in conv["reason"]
-    assert report.int8_mac_share == 1.0
-    assert any("layer1.0.conv2" in w and "never trained for" in w for w in report.warnings)
+    assert conv["module"] == "layer1.0.conv2" and conv["reason"].endswith("(QATConfig.skip)")
+    exported = onnx.load(str(result.path))
+    optimized = optimized_graph(exported, "extended").graph.node
+    assert {n.name: n.op_type for n in optimized}[conv["node"]] == "Conv"
+    n_conv = sum(n.op_type == "Conv" for n in exported.graph.node)
+    assert sum(n.op_type == "QLinearConv" for n in optimized) == n_conv - 1
+    assert 0.5 < report.int8_mac_share < 1.0
+    assert not any("never trained for" in w for w in report.warnings) and "never trained for" not in caplog.text
+    agreement = qat.check_agreement(qmodel, result.path, images(200, seed=7))
+    assert agreement.fraction_within_step >= 0.999 and agreement.max_diff_steps <= 2.0, agreement

@@ -1,13 +1,48 @@
-"""Insertion of activation quantizers into a traced graph (rules in :mod:`slimq.qat.graph`)."""
+"""Insertion of activation quantizers into a traced graph (rules in :mod:`slimq.qat.graph`).
+
+Float MAC outputs stay float: the output of a Conv/Linear/MatMul kept in float (skipped by
+``QATConfig.skip`` or unsupported), also after a BatchNorm, ReLU/ReLU6/clamp or a grid-keeping
+op (max-pool, flatten, ...) that directly follows it, gets no activation quantizer, and its
+readers take it in float. With a QuantizeLinear behind it onnxruntime would fold the BatchNorm,
+quantize the float weight itself and run the "float" layer as QLinearConv anyway.
+"""
 
 from __future__ import annotations
 
+import operator
+
+import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from slimq.qat.config import QATConfig
 from slimq.qat.graph import ACT_CONTAINER, FloatOp, _kind, _op_name, is_skipped
 from slimq.qat.modules import QATConv, QATLinear, bind_input
 from slimq.qat.quantizers import ActQuantizer
+
+_MAC_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+                nn.ConvTranspose3d, nn.Linear, nn.Bilinear)
+_MAC_FUNCS = {F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
+              F.linear, F.bilinear, torch.matmul, torch.mm, torch.bmm, operator.matmul}
+_MAC_METHODS = {"matmul", "mm", "bmm"}
+_CLIP_FUNCS = {torch.clamp, torch.clip, F.hardtanh}
+_CLIP_METHODS = {"clamp", "clip", "clamp_", "clip_"}
+# Between a float MAC and its output quantizer onnxruntime would fold or move these ops.
+_SEE_THROUGH = ("act", "pass", "bn")
+
+
+def _ends_in_mac(module: nn.Module) -> bool:
+    """True when ``module`` (a skipped/unsupported leaf) computes a MAC last; a Sequential is
+    followed back through its trailing BatchNorm/activation/grid-keeping children."""
+    if isinstance(module, _MAC_MODULES):
+        return True
+    if isinstance(module, nn.Sequential):
+        for child in reversed(list(module)):
+            if not isinstance(child, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.ReLU, nn.ReLU6,
+                                      nn.Hardtanh, nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, nn.Dropout,
+                                      nn.Identity)):
+                return _ends_in_mac(child)
+    return False
 
 
 class _Placer:
@@ -46,8 +81,31 @@ class _Placer:
         self.grid_of[q] = qname
         return q
 
+    def _is_float_mac(self, node: fx.Node) -> bool:
+        if node.op == "call_module":
+            module = self.gm.get_submodule(str(node.target))
+            return self._kind(node) in ("skipped", "float") and _ends_in_mac(module)
+        if node.op == "call_method":
+            return node.target in _MAC_METHODS
+        return node.op == "call_function" and node.target in _MAC_FUNCS
+
+    def _is_clip(self, node: fx.Node) -> bool:
+        if node.op == "call_module":
+            return isinstance(self.gm.get_submodule(str(node.target)), nn.Hardtanh)
+        if node.op == "call_method":
+            return node.target in _CLIP_METHODS
+        return node.op == "call_function" and node.target in _CLIP_FUNCS
+
+    def from_float_mac(self, value: fx.Node) -> bool:
+        """True when ``value`` is the output of a float MAC (through BN/ReLU/clamp/max-pool...)."""
+        node = value
+        while node not in self.grid_of and node.args and isinstance(node.args[0], fx.Node) and (
+                self._kind(node) in _SEE_THROUGH or self._is_clip(node)):
+            node = node.args[0]
+        return node not in self.grid_of and self._is_float_mac(node)
+
     def _ensure_input(self, value: fx.Node, consumer: fx.Node) -> None:
-        if value in self.grid_of:
+        if value in self.grid_of or self.from_float_mac(value):
             return
         if value not in self.input_q:
             qname = self._new_quantizer(f"in_{value.name}", self._kind(value) == "act")
@@ -69,23 +127,25 @@ class _Placer:
         users = list(node.users)
         target, unsigned = node, False
         if kind == "pool":
-            unsigned = self._unsigned(self.grid_of[node.args[0]])
+            source = node.args[0]
+            unsigned = self._unsigned(self.grid_of[source]) if source in self.grid_of else self._kind(source) == "act"
         if len(users) == 1 and self._kind(users[0]) == "act" and users[0].args[0] is node:
             target, unsigned = users[0], True
         self._insert_after(target, self._new_quantizer(node.name, unsigned))
         self.quantized_ops.append(str(node.target) if node.op == "call_module" else node.name)
         if kind in ("conv", "linear") and node.op == "call_module":
-            self.input_grids.setdefault(str(node.target), set()).add(self.grid_of[node.args[0]])
+            self.input_grids.setdefault(str(node.target), set()).add(self.grid_of.get(node.args[0]))
 
     def bind_inputs(self) -> None:
         """Give each QAT Conv/Linear its input quantizer (int32 bias scale ``s_in * s_w``).
 
-        A module called at several places on different grids has no single int32 bias; it
-        keeps a float bias (onnxruntime then rounds it per call site).
+        A module called at several places on different grids, or reading a float input (the
+        output of a float MAC), has no single int32 bias; it keeps a float bias (onnxruntime
+        then rounds it per call site, or runs the layer in float).
         """
         for target, grids in self.input_grids.items():
             module = self.gm.get_submodule(target)
-            if isinstance(module, (QATConv, QATLinear)) and len(grids) == 1:
+            if isinstance(module, (QATConv, QATLinear)) and len(grids) == 1 and None not in grids:
                 bind_input(module, self.gm.get_submodule(next(iter(grids))))
 
     def run(self) -> None:
