@@ -215,11 +215,12 @@ class _Planner:
         return act if fusable else None
 
     def _from_float_mac(self, v: ir.Value) -> bool:
-        """True when `v` comes (through Relu/Clip) from a Conv/MatMul/Gemm kept float. Its output must
-        stay unquantized: with Q/DQ on both sides onnxruntime quantizes the float weight itself and
-        runs the node in int8 anyway, silently undoing a skip."""
+        """True when `v` comes (through Relu/Clip or pass-through ops) from a Conv/MatMul/Gemm kept float.
+        Its output must stay unquantized: with Q/DQ on both sides onnxruntime quantizes the float weight
+        itself and runs the node in int8 anyway, silently undoing a skip."""
         p = v.producer()
-        while p is not None and op_info(p.op_type, p.domain).role is Role.FUSED_ACTIVATION and p.inputs:
+        see_through = (Role.FUSED_ACTIVATION, Role.PASSTHROUGH)
+        while p is not None and op_info(p.op_type, p.domain).role in see_through and p.inputs:
             p = p.inputs[0].producer() if p.inputs[0] is not None else None
         return (p is not None and self._name(p) in self.reasons
                 and op_info(p.op_type, p.domain).weight_input is not None)
