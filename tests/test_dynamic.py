@@ -439,3 +439,17 @@ def test_ppocr_rec_dynamic_is_never_silently_bad():
     cer_fp32 = evaluate(Predictor(str(rec), threads="all").run, ev)["cer"]
     cer_q = evaluate(Predictor(res.model, threads="all").run, ev)["cer"]
     assert cer_q <= cer_fp32 + 1.0
+
+
+def test_weight_only_convs_are_dequantized_once_at_load():
+    """No weight-only conv kernel exists in onnxruntime: the Predictor folds the weights at load."""
+    from slimq.deploy import Predictor, dequantize_at_load
+
+    fp32 = testing.conv_net()
+    res = quantize_dynamic(fp32, DynamicConfig())
+    assert dequantize_at_load(res.model) and not dequantize_at_load(quantize_dynamic(testing.matmul_net()).model)
+    assert "DequantizeLinear" not in testing.count_ops(optimized_graph(res.model, "all"))
+    x = testing.random_inputs(fp32, 1, batch=2)[0]
+    folded = Predictor(res.model).run(x)[0]
+    every_run = Predictor(res.model, level="disable").run(x)[0]  # DequantizeLinear executed as written
+    np.testing.assert_allclose(folded, every_run, rtol=1e-4, atol=1e-4)

@@ -84,7 +84,28 @@ def resolve_threads(threads: int | str) -> int:
     return n
 
 
-def session_options(threads: int | str = 1, level: str = "all", optimized_path: str | None = None) -> ort.SessionOptions:
+_ACTIVATION_QUANT_OPS = {"QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QLinearConv",
+                         "QLinearMatMul"}
+
+
+def dequantize_at_load(model: str | os.PathLike | onnx.ModelProto) -> bool:
+    """True for weight-only QDQ models whose convolutions read DequantizeLinear'd weights.
+
+    onnxruntime has no weight-only convolution kernel and would dequantize those weights on every
+    run; they are meant to be dequantized once, at load (the size win of dynamic PTQ's weight-only
+    mode). MatMul-only models keep onnxruntime's weight-only MatMulNBits kernel instead.
+    """
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    ops = {n.op_type for n in model.graph.node}
+    if "DequantizeLinear" not in ops or ops & _ACTIVATION_QUANT_OPS:
+        return False
+    dq_out = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    return any(n.op_type in ("Conv", "ConvTranspose") and n.input[1] in dq_out for n in model.graph.node)
+
+
+def session_options(threads: int | str = 1, level: str = "all", optimized_path: str | None = None,
+                    fold_weights: bool = False) -> ort.SessionOptions:
     levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
               "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
     so = ort.SessionOptions()
@@ -95,6 +116,8 @@ def session_options(threads: int | str = 1, level: str = "all", optimized_path: 
     so.log_severity_level = 3
     if optimized_path:
         so.optimized_model_filepath = optimized_path
+    if fold_weights:  # constant-fold DequantizeLinear of weights at load (no QDQ fusion is wanted)
+        so.add_session_config_entry("session.disable_quant_qdq", "1")
     return so
 
 
@@ -117,7 +140,7 @@ class Predictor:
             self._run = self.session.run
             return
         src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-        self.session = ort.InferenceSession(src, session_options(threads, level),
+        self.session = ort.InferenceSession(src, session_options(threads, level, fold_weights=dequantize_at_load(model)),
                                             providers=providers or ["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -135,7 +158,8 @@ def optimized_graph(model: str | os.PathLike | onnx.ModelProto, level: str = "ex
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     with tempfile.TemporaryDirectory(prefix="slimq-opt-") as tmp:
         path = os.path.join(tmp, "optimized.onnx")
-        ort.InferenceSession(src, session_options(1, level, path), providers=["CPUExecutionProvider"])
+        so = session_options(1, level, path, fold_weights=dequantize_at_load(model))
+        ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
         return onnx.load(path)
 
 
