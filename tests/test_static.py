@@ -177,6 +177,7 @@ def test_openvino_target_reports_int8_share_from_openvino(conv_model, conv_calib
     pytest.importorskip("openvino")
     res = quantize_static(conv_model, conv_calib, StaticConfig(target="openvino", holdout=8, **QUIET))
     assert res.report.int8_mac_share > 0.9, res.report.format()  # onnxruntime itself would run these convs float
+    assert "int8 share of MACs in OpenVINO's" in res.report.format()
     x86 = quantize_static(conv_model, conv_calib, StaticConfig(holdout=8, **QUIET))
     assert 0 < len(q_nodes(res.model)) < len(q_nodes(x86.model))  # Q/DQ only on int8-op inputs
     assert res.report.agreement[0]["cosine"] > 0.98

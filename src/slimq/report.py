@@ -93,6 +93,7 @@ class Report:
     size_bytes: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    mac_runtime: str = "onnxruntime"  # whose optimized graph the int8 MAC share was measured in
 
     @property
     def ok(self) -> bool:
@@ -111,10 +112,10 @@ class Report:
 
     def format(self) -> str:
         lines = [f"slimq {self.method} report ({self.target})",
-                 f"  int8 share of MACs in onnxruntime's optimized graph: {self.int8_mac_share * 100:.1f} %"]
+                 f"  int8 share of MACs in {self.mac_runtime}'s optimized graph: {self.int8_mac_share * 100:.1f} %"]
         if self.size_bytes:
             lines.append("  size: " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in self.size_bytes.items()))
-        where = "calibration samples (no held-back data)" if self.agreement_in_sample else "held-back samples"
+        where = "samples also used to build the model (none held back)" if self.agreement_in_sample else "held-back samples"
         lines.append(f"  FP32 vs INT8 on {self.agreement_samples} {where}:")
         for a in self.agreement:
             top1 = "" if a["top1_agreement"] is None else f", top-1 agreement {a['top1_agreement'] * 100:.1f} %"

@@ -10,6 +10,7 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 
+from .backends import openvino_available
 from .calibrate import calibrate, channel_means
 from .config import StaticConfig, target_rules
 from .data import SampleSet, load_samples, model_inputs
@@ -121,7 +122,8 @@ def build_report(method: str, fp32: onnx.ModelProto, int8: onnx.ModelProto, plan
         ops[op] = ops.get(op, 0) + 1
     report = Report(method, plan.rules.description, macs.int8_share, macs.to_dict(), ops,
                     [f.__dict__ for f in plan.float_nodes], [a.to_dict() for a in agreement], len(check_idx),
-                    in_sample, warnings=warnings, extra={"algo": config.algorithm_name, "plan": plan.summary()})
+                    in_sample, warnings=warnings, extra={"algo": config.algorithm_name, "plan": plan.summary()},
+                    mac_runtime="OpenVINO" if config.target == "openvino" and openvino_available() else "onnxruntime")
     for w in warnings:
         log.warning("slimq: %s", w)
     return report
