@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 
 from slimq import backends
@@ -11,23 +10,15 @@ from slimq.backends import OPENVINO_INSTALL, check_backend, parse_backends
 from slimq.bench import TimingConfig, benchmark
 from slimq.bench_data import LabeledEvaluator
 from slimq.cli import main
-from slimq.config import StaticConfig
 from slimq.deploy import Predictor
 from slimq.errors import ConfigError
-from slimq.static import quantize_static
-from slimq.testing import conv_net, random_inputs
 
 FAST = TimingConfig(warmup=1, min_iters=3, min_time=0.01, rounds=2)
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    d = tmp_path_factory.mktemp("backends")
-    fp32 = d / "conv.onnx"
-    model = conv_net()
-    onnx.save(model, fp32)
-    quantize_static(fp32, random_inputs(model, 24), StaticConfig(show_progress=False), output=d / "conv.int8.onnx")
-    return fp32, d / "conv.int8.onnx"
+def pair(conv_int8_files):
+    return conv_int8_files
 
 
 def test_unknown_backend_names_the_closest_one():

@@ -13,25 +13,20 @@ from slimq.bench import BenchResult, TimingConfig, benchmark
 from slimq.bench_data import LabeledEvaluator
 from slimq.bench_profile import profile_markdown, profile_model, summarize
 from slimq.cli import main
-from slimq.config import StaticConfig
 from slimq.errors import CalibrationDataError, ConfigError
-from slimq.static import quantize_static
-from slimq.testing import conv_net, matmul_net, random_inputs
+from slimq.testing import matmul_net
 
 FAST = TimingConfig(warmup=1, min_iters=3, min_time=0.01, rounds=2)
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory):
+def pair(tmp_path_factory, conv_int8_files):
     d = tmp_path_factory.mktemp("bench")
-    fp32 = d / "conv.onnx"
-    model = conv_net()
-    onnx.save(model, fp32)
-    quantize_static(fp32, random_inputs(model, 24), StaticConfig(show_progress=False), output=d / "conv.int8.onnx")
+    fp32, int8 = conv_int8_files
     rng = np.random.default_rng(1)
     images = rng.standard_normal((40, 3, 16, 16)).astype(np.float32)
     np.savez(d / "data.npz", input=images, labels=np.arange(40) % 10)
-    return d, fp32, d / "conv.int8.onnx", d / "data.npz"
+    return d, fp32, int8, d / "data.npz"
 
 
 def test_benchmark_measures_accuracy_speed_and_ratios(pair):

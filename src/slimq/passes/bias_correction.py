@@ -24,7 +24,7 @@ class BiasSite:
 
     bias: BiasEntry
     weight: WeightEntry
-    op_type: str
+    node: ir.Node
 
 
 def _attr(node: ir.Node, name: str, default: float | int) -> float | int:
@@ -46,7 +46,7 @@ def bias_sites(model: ir.Model, plan: QuantPlan) -> list[BiasSite]:
         plain_gemm = node.op_type == "Gemm" and _attr(node, "transA", 0) == 0 and \
             _attr(node, "alpha", 1.0) == 1.0 and _attr(node, "beta", 1.0) == 1.0
         if node.op_type == "Conv" or plain_gemm:
-            sites.append(BiasSite(b, w, node.op_type))
+            sites.append(BiasSite(b, w, node))
     return sites
 
 
@@ -74,13 +74,12 @@ def correct_biases(model: ir.Model, plan: QuantPlan, means: dict[str, np.ndarray
     """
     corrected = 0
     for site in bias_sites(model, plan):
-        x_mean = means.get(site.bias.activation)
-        node = next(n for n in model.graph if (n.name or n.outputs[0].name) == site.bias.node)
+        x_mean, node = means.get(site.bias.activation), site.node
         b_val = node.inputs[site.bias.input_index]
         w = node.inputs[site.weight.input_index].const_value.numpy()
         if x_mean is None or len(list(b_val.uses())) != 1:
             continue
-        shift = output_shift(w, site.weight, x_mean.astype(np.float64), site.op_type,
+        shift = output_shift(w, site.weight, x_mean.astype(np.float64), node.op_type,
                              int(_attr(node, "group", 1)), bool(_attr(node, "transB", 0)))
         b = b_val.const_value.numpy()
         b_val.const_value = ir.tensor((b.astype(np.float64) - shift).astype(b.dtype), name=b_val.name)

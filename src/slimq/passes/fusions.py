@@ -24,27 +24,14 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
+from .common import add_initializer, const_array
+
 _ONNX = ("", "ai.onnx")
 
 
-def _const(v: ir.Value | None) -> np.ndarray | None:
-    if v is None or v.const_value is None:
-        return None
-    return v.const_value.numpy()
-
-
 def _scalar(v: ir.Value | None) -> float | None:
-    c = _const(v)
+    c = const_array(v)
     return float(c.reshape(())) if c is not None and c.size == 1 else None
-
-
-def _initializer(graph: ir.Graph, base: str, array: np.ndarray) -> ir.Value:
-    name, i = base, 1
-    while name in graph.initializers:
-        name, i = f"{base}_{i}", i + 1
-    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
-    graph.register_initializer(value)
-    return value
 
 
 def _sole_use(v: ir.Value) -> ir.Node | None:
@@ -73,14 +60,14 @@ def _channel_vector(c: np.ndarray, cout: int, out_rank: int) -> np.ndarray | Non
 
 def _affine_check(conv: ir.Node) -> tuple[ir.Node, np.ndarray] | str:
     """The Mul/Add to fold into `conv` and its constant as a channel vector, or why nothing fires."""
-    w = _const(conv.inputs[1]) if len(conv.inputs) > 1 else None
+    w = const_array(conv.inputs[1]) if len(conv.inputs) > 1 else None
     if w is None:
         return "weight is not a constant"
     nxt = _sole_use(conv.outputs[0])
     if nxt is None or nxt.op_type not in ("Mul", "Add") or nxt.domain not in _ONNX:
         return "output does not feed exactly one Mul/Add"
     other = _other_input(nxt, conv.outputs[0])
-    c = _const(other)
+    c = const_array(other)
     if c is None:
         return "Mul/Add operand is not a constant"
     vec = _channel_vector(c, w.shape[0], w.ndim)
@@ -90,8 +77,8 @@ def _affine_check(conv: ir.Node) -> tuple[ir.Node, np.ndarray] | str:
 
 
 def _fold_into(graph: ir.Graph, conv: ir.Node, op: ir.Node, vec: np.ndarray) -> None:
-    w = _const(conv.inputs[1]).astype(np.float64)
-    b = _const(conv.inputs[2]) if len(conv.inputs) > 2 else None
+    w = const_array(conv.inputs[1]).astype(np.float64)
+    b = const_array(conv.inputs[2]) if len(conv.inputs) > 2 else None
     b = np.zeros(w.shape[0]) if b is None else b.astype(np.float64)
     if op.op_type == "Mul":
         w = w * vec.reshape(-1, *[1] * (w.ndim - 1))
@@ -99,11 +86,11 @@ def _fold_into(graph: ir.Graph, conv: ir.Node, op: ir.Node, vec: np.ndarray) -> 
     else:
         b = b + vec
     base = conv.name or conv.outputs[0].name
-    dtype = _const(conv.inputs[1]).dtype
-    conv.replace_input_with(1, _initializer(graph, f"{base}.weight_affine", w.astype(dtype)))
+    dtype = const_array(conv.inputs[1]).dtype
+    conv.replace_input_with(1, add_initializer(graph, f"{base}.weight_affine", w.astype(dtype)))
     if len(conv.inputs) < 3:
         conv.resize_inputs(3)
-    conv.replace_input_with(2, _initializer(graph, f"{base}.bias_affine", b.astype(dtype)))
+    conv.replace_input_with(2, add_initializer(graph, f"{base}.bias_affine", b.astype(dtype)))
     op.outputs[0].replace_all_uses_with(conv.outputs[0], replace_graph_outputs=True)
     graph.remove(op, safe=True)
 
@@ -131,8 +118,8 @@ def _const_operand_op(x: ir.Value, op_type: str, reader: ir.Node, cin: int) -> t
     node = _producer(x, op_type)
     if node is None or _sole_use(x) is not reader or len(node.inputs) != 2:
         return None
-    data = next((v for v in node.inputs if _const(v) is None), None)
-    c = _const(_other_input(node, data)) if data is not None else None
+    data = next((v for v in node.inputs if const_array(v) is None), None)
+    c = const_array(_other_input(node, data)) if data is not None else None
     vec = _channel_vector(c, cin, 4) if c is not None and c.ndim <= 4 else None
     return (node, data, vec) if vec is not None else None
 
@@ -150,29 +137,29 @@ def _input_affine(conv: ir.Node, cin: int) -> tuple[ir.Value, np.ndarray, np.nda
 
 
 def _fold_input_into(graph: ir.Graph, conv: ir.Node, h: ir.Value, a: np.ndarray, beta: np.ndarray) -> None:
-    w = _const(conv.inputs[1]).astype(np.float64)
+    w = const_array(conv.inputs[1]).astype(np.float64)
     group = conv.attributes["group"].as_int() if "group" in conv.attributes else 1
     cin_g, cout_g = w.shape[1], w.shape[0] // group
     # input channel of weight [o, j] is (o // cout_g) * cin_g + j
     chan = (np.arange(w.shape[0])[:, None] // cout_g) * cin_g + np.arange(cin_g)[None, :]
     shape = (*chan.shape, *[1] * (w.ndim - 2))
-    b = _const(conv.inputs[2]) if len(conv.inputs) > 2 else None
+    b = const_array(conv.inputs[2]) if len(conv.inputs) > 2 else None
     b = np.zeros(w.shape[0]) if b is None else b.astype(np.float64)
     b = b + (w * beta[chan].reshape(shape)).reshape(w.shape[0], -1).sum(axis=1)
     w = w * a[chan].reshape(shape)
-    base, dtype = conv.name or conv.outputs[0].name, _const(conv.inputs[1]).dtype
+    base, dtype = conv.name or conv.outputs[0].name, const_array(conv.inputs[1]).dtype
     conv.replace_input_with(0, h)
-    conv.replace_input_with(1, _initializer(graph, f"{base}.weight_inaffine", w.astype(dtype)))
+    conv.replace_input_with(1, add_initializer(graph, f"{base}.weight_inaffine", w.astype(dtype)))
     if len(conv.inputs) < 3:
         conv.resize_inputs(3)
-    conv.replace_input_with(2, _initializer(graph, f"{base}.bias_inaffine", b.astype(dtype)))
+    conv.replace_input_with(2, add_initializer(graph, f"{base}.bias_inaffine", b.astype(dtype)))
 
 
 def fold_input_affine(model: ir.Model) -> int:
     """Fold constant per-channel Mul/Add in front of unpadded Convs into them (in place)."""
     graph, folds = model.graph, 0
     for conv in [n for n in graph if n.op_type == "Conv" and n.domain in _ONNX]:
-        w = _const(conv.inputs[1]) if len(conv.inputs) > 1 else None
+        w = const_array(conv.inputs[1]) if len(conv.inputs) > 1 else None
         if w is None or not _unpadded(conv):
             continue
         group = conv.attributes["group"].as_int() if "group" in conv.attributes else 1
@@ -202,7 +189,7 @@ def _gate_input(gate: ir.Node) -> ir.Value | None:
     if add is None or len(add.inputs) != 2:
         return None
     for x, three in (add.inputs, add.inputs[::-1]):
-        if _scalar(three) == 3.0 and _const(x) is None:
+        if _scalar(three) == 3.0 and const_array(x) is None:
             return x
     return None
 

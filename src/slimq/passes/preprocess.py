@@ -18,19 +18,8 @@ from onnx_ir.passes.common import LiftConstantsToInitializersPass, RemoveUnusedN
 
 from ..errors import ModelLoadError
 from ..modelio import PROTOBUF_LIMIT, upgrade_opset
+from .common import add_initializer, const_array
 from .fusions import fold_conv_affine, fuse_hardswish
-
-
-def _const(v: ir.Value | None) -> np.ndarray | None:
-    if v is None or v.const_value is None:
-        return None
-    return v.const_value.numpy()
-
-
-def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
-    graph.register_initializer(value)
-    return value
 
 
 def _fold_one_bn(graph: ir.Graph, bn: ir.Node) -> str | None:
@@ -42,22 +31,22 @@ def _fold_one_bn(graph: ir.Graph, bn: ir.Node) -> str | None:
         return "Conv output has other consumers"
     if len([o for o in bn.outputs if o.uses() or o.is_graph_output()]) > 1:
         return "BatchNormalization in training mode"
-    params = [_const(v) for v in bn.inputs[1:5]]
-    w = _const(conv.inputs[1])
+    params = [const_array(v) for v in bn.inputs[1:5]]
+    w = const_array(conv.inputs[1])
     if w is None or any(p is None for p in params):
         return "weights or BN statistics are not constants"
     scale, beta, mean, var = (p.astype(np.float64) for p in params)
     eps = bn.attributes["epsilon"].as_float() if "epsilon" in bn.attributes else 1e-5
     k = scale / np.sqrt(var + eps)
-    b = _const(conv.inputs[2]) if len(conv.inputs) > 2 else None
+    b = const_array(conv.inputs[2]) if len(conv.inputs) > 2 else None
     b = np.zeros_like(mean) if b is None else b.astype(np.float64)
     w_new = (w.astype(np.float64) * k.reshape(-1, *([1] * (w.ndim - 1)))).astype(w.dtype)
     b_new = ((b - mean) * k + beta).astype(w.dtype)
     base = conv.name or conv.outputs[0].name
-    conv.replace_input_with(1, _initializer(graph, f"{base}.weight_bnfold", w_new))
+    conv.replace_input_with(1, add_initializer(graph, f"{base}.weight_bnfold", w_new))
     if len(conv.inputs) < 3:
         conv.resize_inputs(3)
-    conv.replace_input_with(2, _initializer(graph, f"{base}.bias_bnfold", b_new))
+    conv.replace_input_with(2, add_initializer(graph, f"{base}.bias_bnfold", b_new))
     bn.outputs[0].replace_all_uses_with(conv.outputs[0], replace_graph_outputs=True)
     graph.remove(bn, safe=True)
     return None
