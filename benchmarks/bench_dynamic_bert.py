@@ -1,7 +1,7 @@
 """Dynamic PTQ of a BERT-style encoder (6 layers, hidden 384; random weights), FP32 vs slimq vs onnxruntime.
 
 Exports the encoder with torch.onnx.export(dynamo=True) into the cache folder, quantizes it with
-``slimq.dynamic.quantize_dynamic`` (weight-only int8, weight-only int4 group:128, dynamic-activation int8)
+``slimq.quantize_dynamic`` (weight-only int8, weight-only int4 group:128, dynamic-activation int8)
 and, as a peer row, with ``onnxruntime.quantization.quantize_dynamic`` (QInt8 defaults). Then times every
 model in one process at 1 thread, batch 1, sequence 128: runs are interleaved (FP32, INT8, ... in turn),
 warmed up, and the median of many runs is reported. "cosine" is the cosine of the encoder's output
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from slimq.deploy import Predictor
-from slimq.dynamic import DynamicConfig, quantize_dynamic
-from slimq.modelio import model_size_bytes
-from slimq.qmath import cosine
+from slimq.core.qmath import cosine
+from slimq.dynamic.method import DynamicConfig, quantize_dynamic
+from slimq.io.model import model_size_bytes
+from slimq.runtime.session import Predictor
 
 ARCH_VERSION = 1
 
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     measure(rows, bench, checks, args.runs, args.warmup, args.threads)
     import onnxruntime
 
-    from slimq.deploy import cpu_info
+    from slimq.runtime.cpu import cpu_info
 
     cpu = cpu_info()
     print(table(rows, f"BERT-style encoder ({fp32.name}), batch {args.batch}, sequence {args.seq}, "

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from slimq.deploy import Predictor
-from slimq.dynamic import DynamicConfig, quantize_dynamic
+from slimq.dynamic.method import DynamicConfig, quantize_dynamic
+from slimq.runtime.session import Predictor
 from slimq.tasks.base import evaluate
 from slimq.tasks.ocr_rec import RecEvaluator, rapidocr_model_path
 
@@ -57,8 +57,8 @@ def peer_row(rec: Path, tmp: Path) -> Row:
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
 
-    from slimq.modelio import load_model
-    from slimq.passes import preprocess
+    from slimq.graph.passes import preprocess
+    from slimq.io.model import load_model
 
     pre, out = tmp / "rec_pre.onnx", tmp / "rec_ort.onnx"
     onnx.save(preprocess(load_model(rec)), pre)

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from slimq.calibrate import ExposedRunner
-from slimq.deploy import optimized_graph
-from slimq.macs import count_macs
-from slimq.modelio import load_model
-from slimq.passes import preprocess
+from slimq.graph.passes import preprocess
+from slimq.io.model import load_model
+from slimq.runtime.exposed import ExposedRunner
+from slimq.runtime.macs import count_macs
+from slimq.runtime.session import optimized_graph
 
 Feeds = dict[str, np.ndarray]
 
@@ -57,7 +57,7 @@ def layer_sqnr(fp32: onnx.ModelProto, qdq: onnx.ModelProto, feeds: list[Feeds],
                budget_mb: int = 512) -> list[TensorError]:
     """Cumulative SQNR of every tensor present in both graphs, in FP32 topological order.
 
-    ``fp32`` must be the preprocessed model (``slimq.passes.preprocess``) the QDQ model was built from."""
+    ``fp32`` must be the preprocessed model (``slimq.graph.passes.preprocess``) the QDQ model was built from."""
     qdq_names = {o for n in qdq.graph.node for o in n.output}
     shared = [(t, op, i) for t, op, i in _float_outputs(fp32) if t in qdq_names]
     names = [t for t, _, _ in shared]

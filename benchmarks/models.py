@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from slimq.bench_data import AgreementEvaluator, fashion_mnist_arrays
-from slimq.data import Feeds
-from slimq.deploy import Predictor
+from slimq.bench.data import AgreementEvaluator, fashion_mnist_arrays
+from slimq.io.spec import Feeds
+from slimq.runtime.session import Predictor
 from slimq.tasks.base import Evaluator, collect_outputs
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -177,7 +177,7 @@ def export_onnx(model, path: Path, size: int = 224) -> Path:
 
 def imagenet_like(split: str, start: int, n: int, size: int = 224) -> np.ndarray:
     """Fashion-MNIST images upscaled to size x size, as RGB, ImageNet-normalised NCHW float32."""
-    from slimq.datasets.fashion_mnist import load_fashion_mnist
+    from slimq.io.fashion_mnist import load_fashion_mnist
     from slimq.tasks.ocr_rec import resize_bilinear
 
     images, _ = load_fashion_mnist(split)
@@ -280,6 +280,6 @@ def build_case(name: str, cache: Path, quick: bool = False) -> BenchModel:
         return ocr_rec_case(40 if quick else 200, 4 if quick else 32)
     if name == "ppocrv4_det":
         return ocr_det_case(4 if quick else 16, 2 if quick else 8)
-    from slimq.errors import unknown_choice
+    from slimq.core.errors import unknown_choice
 
     raise unknown_choice("benchmark case", name, CASES)

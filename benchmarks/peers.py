@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slimq.data import Feeds
+from slimq.io.spec import Feeds
 
 PEERS = ("ort-default", "ort-best")
 
@@ -93,8 +93,8 @@ def _opset13(src: Path, out_dir: Path, notes: list[str]) -> Path:
     """Per-channel QDQ needs opset >= 13 (DequantizeLinear axis); upgrade older models first, like slimq does."""
     import onnx
 
-    from slimq.errors import ModelLoadError
-    from slimq.modelio import default_opset, upgrade_opset
+    from slimq.core.errors import ModelLoadError
+    from slimq.io.model import default_opset, upgrade_opset
 
     model = onnx.load(str(src))
     if default_opset(model) >= 13:
@@ -122,7 +122,12 @@ def quantize_peer(kind: str, fp32: Path, out_dir: Path, calib: Sequence[Feeds]) 
     """Quantize `fp32` with onnxruntime's quantizer; `kind` is "ort-default" or "ort-best"."""
     import time
 
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     out = out_dir / f"{fp32.stem}.{kind}.onnx"
     notes: list[str] = []

@@ -132,7 +132,7 @@ def prune_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def rewrite(model: onnx.ModelProto, cle: bool = False) -> tuple[onnx.ModelProto, dict[str, int]]:
     """Affine folding and HardSwish fusion (and optionally CLE) on a copy of ``model``
-    (run after slimq.passes.preprocess)."""
+    (run after slimq.graph.passes.preprocess)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     m, folds = fold_conv_affine(m)
@@ -151,8 +151,8 @@ def bias_correct(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> 
     input over ``feeds``; the expected output shift of weight rounding is then zero.
     Groups are handled (depthwise included); padding is ignored (interior positions).
     """
-    from slimq import qmath
-    from slimq.calibrate import ExposedRunner
+    from slimq.core import qmath
+    from slimq.runtime.exposed import ExposedRunner
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -236,7 +236,7 @@ def smooth_conv_inputs(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]
     per-channel vectors. Returns the model and the names of those Mul/Add nodes, which must stay
     float (skip them) so that only the equalized Conv input is quantized.
     """
-    from slimq.calibrate import ExposedRunner
+    from slimq.runtime.exposed import ExposedRunner
 
     m = onnx.ModelProto()
     m.CopyFrom(model)

@@ -1,6 +1,6 @@
 """Prototype of the proposed KL fix, registered at run time as the extra algorithm "KL_fixed".
 
-Nothing in slimq is edited: ``register()`` adds an entry to ``slimq.observers.ALGORITHMS``
+Nothing in slimq is edited: ``register()`` adds an entry to ``slimq.core.observers.ALGORITHMS``
 in this process only, so the benchmarks can show the fix next to the shipped KL with the
 same command. The fix (see docs/static_ptq.md, "KL collapses"):
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from slimq import observers
-from slimq.observers import Algorithm, ObserverSettings, TensorObserver
+from slimq.core import observers
+from slimq.core.observers import Algorithm, ObserverSettings, TensorObserver
 
 MIN_VALUES_TO_CLIP = 1024  # per sample
 

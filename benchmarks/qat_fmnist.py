@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from slimq import StaticConfig, quantize_static
-from slimq.datasets.fashion_mnist import load_fashion_mnist, preprocess
 from slimq.demo import calibration_images
+from slimq.io.fashion_mnist import load_fashion_mnist, preprocess
 from slimq.qat.config import load_recipe
 from slimq.qat.fmnist_recipe import ort_top1, run_qat_recipe
 from slimq.zoo import asset_path

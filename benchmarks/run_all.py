@@ -27,13 +27,20 @@ from models import CASES, BenchModel, build_case, default_cache  # noqa: E402
 from peers import PEERS, PeerResult, quantize_peer  # noqa: E402
 
 from slimq import __version__  # noqa: E402
-from slimq.backends import BACKENDS, openvino_available, openvino_mac_count, parse_backends  # noqa: E402
-from slimq.bench import BenchResult, TimingConfig, benchmark, write_json  # noqa: E402
-from slimq.bench_report import format_table, results_markdown  # noqa: E402
-from slimq.bench_profile import Profile, profile_markdown, profile_model, write_text  # noqa: E402
-from slimq.config import StaticConfig  # noqa: E402
-from slimq.errors import SlimqError  # noqa: E402
-from slimq.static import quantize_static  # noqa: E402
+from slimq.bench.profile import Profile, profile_markdown, profile_model, write_text  # noqa: E402
+from slimq.bench.results import BenchResult, TimingConfig
+from slimq.bench.results import write_json  # noqa: E402
+from slimq.bench.runner import benchmark  # noqa: E402
+from slimq.bench.tables import format_table, results_markdown  # noqa: E402
+from slimq.core.config import StaticConfig  # noqa: E402
+from slimq.core.errors import SlimqError  # noqa: E402
+from slimq.runtime.backends import (  # noqa: E402
+    BACKENDS,
+    openvino_available,
+    openvino_mac_count,
+    parse_backends,
+)
+from slimq.static.method import quantize_static  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OV_MODEL = "slimq openvino-target INT8"
@@ -161,7 +168,7 @@ def machine_lines(bench: BenchResult, meta: dict) -> list[str]:
     flags = ", ".join(f"{k} {'yes' if cpu[k] else 'no'}" for k in ("avx2", "avx512", "vnni", "amx", "arm_dot"))
     la = lambda v: " / ".join(f"{x:.2f}" for x in v)  # noqa: E731
     ov = f", openvino {bench.machine['openvino']}" if bench.machine.get("openvino") else ""
-    return [f"- CPU: {cpu['model']}, {cpu['cores']} cores; int8 flags (slimq.deploy.cpu_info): {flags}",
+    return [f"- CPU: {cpu['model']}, {cpu['cores']} cores; int8 flags (slimq.runtime.session.cpu_info): {flags}",
             f"- onnxruntime {bench.machine['onnxruntime']}{ov}, slimq {__version__}, Python {sys.version.split()[0]}",
             f"- Date: {bench.machine['date']}; the run took {meta['seconds'] / 60:.1f} min"
             + (" (--quick: small data, short timing)" if meta["quick"] else ""),

@@ -18,11 +18,11 @@ import time
 
 import numpy as np
 
-from slimq.config import StaticConfig
-from slimq.datasets.fashion_mnist import load_fashion_mnist, preprocess
-from slimq.deploy import Predictor
-from slimq.errors import ModelLoadError
-from slimq.static import quantize_static
+from slimq.core.config import StaticConfig
+from slimq.core.errors import ModelLoadError
+from slimq.io.fashion_mnist import load_fashion_mnist, preprocess
+from slimq.runtime.session import Predictor
+from slimq.static.method import quantize_static
 from slimq.tasks import ClassificationEvaluator, evaluate
 from slimq.zoo import ZOO_MODELS, asset_path
 

@@ -28,12 +28,19 @@ import onnx
 from ppocr_rewrite import bias_correct, rewrite
 from static_resnet_shape import time_side_by_side
 
-from slimq.config import SkipSpec, StaticConfig
-from slimq.deploy import Predictor
-from slimq.modelio import load_model, save_model
-from slimq.passes import preprocess
-from slimq.static import QuantResult, quantize_static
-from slimq.tasks import DetEvaluator, RecEvaluator, collect_outputs, evaluate, mean_prob_map_iou, rapidocr_model_path
+from slimq.core.config import SkipSpec, StaticConfig
+from slimq.graph.passes import preprocess
+from slimq.io.model import load_model, save_model
+from slimq.runtime.session import Predictor
+from slimq.static.method import QuantResult, quantize_static
+from slimq.tasks import (
+    DetEvaluator,
+    RecEvaluator,
+    collect_outputs,
+    evaluate,
+    mean_prob_map_iou,
+    rapidocr_model_path,
+)
 
 ALGOS = ("hist", "KL", "mse", "emd", "avg", "abs_max", "min_max")
 MAX_CER_DELTA = 0.3

@@ -27,10 +27,11 @@ import onnx
 import torch
 from torch import nn
 
-from slimq.config import StaticConfig
-from slimq.deploy import Predictor, cpu_info, optimized_graph
-from slimq.macs import count_macs
-from slimq.static import quantize_static
+from slimq.core.config import StaticConfig
+from slimq.runtime.cpu import cpu_info
+from slimq.runtime.macs import count_macs
+from slimq.runtime.session import Predictor, optimized_graph
+from slimq.static.method import quantize_static
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "slimq" / "bench"
 SEED = 0

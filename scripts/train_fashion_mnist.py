@@ -26,7 +26,12 @@ import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 
-from slimq.datasets.fashion_mnist import FMNIST_MEAN, FMNIST_STD, load_fashion_mnist, preprocess
+from slimq.io.fashion_mnist import (
+    FMNIST_MEAN,
+    FMNIST_STD,
+    load_fashion_mnist,
+    preprocess,
+)
 from slimq.zoo import ZOO_MODELS
 from slimq.zoo.fmnist import build_model, export_onnx
 

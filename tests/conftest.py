@@ -23,8 +23,8 @@ def conv_int8_files(tmp_path_factory):
     """conv_net saved as FP32 ONNX and its static-PTQ INT8 model: (fp32 path, int8 path)."""
     import onnx
 
-    from slimq.config import StaticConfig
-    from slimq.static import quantize_static
+    from slimq.core.config import StaticConfig
+    from slimq.static.method import quantize_static
 
     d = tmp_path_factory.mktemp("conv_pair")
     fp32, int8 = d / "conv.onnx", d / "conv.int8.onnx"

@@ -1,17 +1,18 @@
-"""slimq.backends: backend names and errors, the OpenVINO session, and benchmarks across backends."""
+"""slimq.runtime.backends: backend names and errors, the OpenVINO session, and benchmarks across backends."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from slimq import backends
-from slimq.backends import OPENVINO_INSTALL, check_backend, parse_backends
-from slimq.bench import TimingConfig, benchmark
-from slimq.bench_data import LabeledEvaluator
-from slimq.cli import main
-from slimq.deploy import Predictor
-from slimq.errors import ConfigError
+from slimq.runtime import backends
+from slimq.bench.data import LabeledEvaluator
+from slimq.bench.results import TimingConfig
+from slimq.bench.runner import benchmark
+from slimq.cli.main import main
+from slimq.core.errors import ConfigError
+from slimq.runtime.backends import OPENVINO_INSTALL, check_backend, parse_backends
+from slimq.runtime.session import Predictor
 
 FAST = TimingConfig(warmup=1, min_iters=3, min_time=0.01, rounds=2)
 

@@ -1,4 +1,4 @@
-"""`slimq bench` and slimq.bench on tiny models: tables, ratios, JSON/PNG, and bad-input errors."""
+"""`slimq bench` and slimq.bench.runner on tiny models: tables, ratios, JSON/PNG, and bad-input errors."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import numpy as np
 import onnx
 import pytest
 
-from slimq.bench import BenchResult, TimingConfig, benchmark
-from slimq.bench_data import LabeledEvaluator
-from slimq.bench_profile import profile_markdown, profile_model, summarize
-from slimq.cli import main
-from slimq.errors import CalibrationDataError, ConfigError
+from slimq.bench.data import LabeledEvaluator
+from slimq.bench.profile import profile_markdown, profile_model, summarize
+from slimq.bench.results import BenchResult, TimingConfig
+from slimq.bench.runner import benchmark
+from slimq.cli.main import main
+from slimq.core.errors import CalibrationDataError, ConfigError
 from slimq.testing import matmul_net
 
 FAST = TimingConfig(warmup=1, min_iters=3, min_time=0.01, rounds=2)

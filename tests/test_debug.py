@@ -1,9 +1,9 @@
 import onnx.numpy_helper as nh
 
-from slimq.config import StaticConfig
-from slimq.debug import format_errors, layer_errors
-from slimq.passes import preprocess
-from slimq.static import quantize_static
+from slimq.core.config import StaticConfig
+from slimq.graph.passes import preprocess
+from slimq.report.agreement import format_errors, layer_errors
+from slimq.static.method import quantize_static
 
 
 def test_layer_errors_point_at_the_damaged_layer(conv_model, conv_calib):

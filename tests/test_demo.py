@@ -7,9 +7,9 @@ import json
 import pytest
 
 import slimq.zoo as zoo
-from slimq.cli import main
+from slimq.cli.main import main
+from slimq.core.errors import ConfigError, ModelLoadError
 from slimq.demo import DemoConfig, run_demo
-from slimq.errors import ConfigError, ModelLoadError
 
 
 def _assets_present() -> bool:

@@ -10,15 +10,22 @@ import onnx.helper as oh
 import onnx.numpy_helper as nh
 import pytest
 
-from slimq import dynamic, testing
-from slimq.cli import main
-from slimq.deploy import Predictor, optimized_graph
-from slimq.dynamic import DynamicConfig, FidelityRefusedError, quantize_dynamic
-from slimq.dynamic_check import index_ranges, synthesize_feeds
-from slimq.dynamic_graph import Choice, quantize_blocked
-from slimq.errors import ConfigError, ModelLoadError, NothingToQuantizeError, OutputPathError, RuntimeTooOldError
-from slimq.modelio import load_model
-from slimq.qmath import INT4, cosine
+from slimq import testing
+from slimq.dynamic import method as dynamic
+from slimq.cli.main import main
+from slimq.core.errors import (
+    ConfigError,
+    ModelLoadError,
+    NothingToQuantizeError,
+    OutputPathError,
+    RuntimeTooOldError,
+)
+from slimq.core.qmath import INT4, cosine
+from slimq.dynamic.check import index_ranges, synthesize_feeds
+from slimq.dynamic.graph import Choice, quantize_blocked
+from slimq.dynamic.method import DynamicConfig, FidelityRefusedError, quantize_dynamic
+from slimq.io.model import load_model
+from slimq.runtime.session import Predictor, optimized_graph
 
 DYN = DynamicConfig(mode="dynamic-activation", measure_kernels=False)
 
@@ -308,7 +315,7 @@ def test_external_data_round_trip(tmp_path):
 
 
 def test_models_over_the_protobuf_limit_are_checked_through_external_data(monkeypatch):
-    from slimq import dynamic_check
+    from slimq.dynamic import check as dynamic_check
 
     monkeypatch.setattr(dynamic_check, "PROTOBUF_LIMIT", 1000)  # matmul_net's weights count as "over 2 GB"
     fp32 = testing.matmul_net()
@@ -443,7 +450,7 @@ def test_ppocr_rec_dynamic_is_never_silently_bad():
 
 def test_weight_only_convs_are_dequantized_once_at_load():
     """No weight-only conv kernel exists in onnxruntime: the Predictor folds the weights at load."""
-    from slimq.deploy import Predictor, dequantize_at_load
+    from slimq.runtime.session import Predictor, dequantize_at_load
 
     fp32 = testing.conv_net()
     res = quantize_dynamic(fp32, DynamicConfig())

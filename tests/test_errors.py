@@ -9,10 +9,15 @@ import onnx
 import pytest
 
 from slimq import testing
-from slimq.config import StaticConfig
-from slimq.errors import CalibrationDataError, ConfigError, ModelLoadError, OutputPathError
-from slimq.modelio import load_model, save_model
-from slimq.static import quantize_static
+from slimq.core.config import StaticConfig
+from slimq.core.errors import (
+    CalibrationDataError,
+    ConfigError,
+    ModelLoadError,
+    OutputPathError,
+)
+from slimq.io.model import load_model, save_model
+from slimq.static.method import quantize_static
 
 QUIET = StaticConfig(show_progress=False)
 
@@ -27,7 +32,7 @@ def files(tmp_path, conv_model, conv_calib):
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "slimq.cli", *map(str, args)], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "slimq.cli.main", *map(str, args)], capture_output=True, text=True)
 
 
 def digest(path):

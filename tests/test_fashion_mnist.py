@@ -11,9 +11,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from slimq.datasets import fashion_mnist as fm
-from slimq.datasets import FMNIST_MEAN, FMNIST_STD, load_fashion_mnist, preprocess
-from slimq.errors import CalibrationDataError, ConfigError
+from slimq.core.errors import CalibrationDataError, ConfigError
+from slimq.io.fashion_mnist import (
+    FMNIST_MEAN,
+    FMNIST_STD,
+    load_fashion_mnist,
+    preprocess,
+)
+from slimq.io import fashion_mnist as fm
 from slimq.zoo import ZOO_MODELS, asset_path
 
 

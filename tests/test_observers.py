@@ -1,8 +1,15 @@
 import numpy as np
 import pytest
 
-from slimq.errors import CalibrationDataError, ConfigError
-from slimq.observers import ALGORITHMS, ObserverSettings, StreamingHistogram, TensorObserver, compute_range, get_algorithm
+from slimq.core.errors import CalibrationDataError, ConfigError
+from slimq.core.observers import (
+    ALGORITHMS,
+    ObserverSettings,
+    StreamingHistogram,
+    TensorObserver,
+    compute_range,
+    get_algorithm,
+)
 
 RNG = np.random.default_rng(0)
 BATCHES = [RNG.standard_normal((4, 64)).astype(np.float32) * (1 + i) for i in range(6)]

@@ -10,12 +10,18 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
-from slimq import qmath, testing
-from slimq.config import StaticConfig, target_rules
-from slimq.passes import fold_conv_affine, fold_input_affine, fuse_hardswish, preprocess
-from slimq.passes.bias_correction import output_shift
-from slimq.plan import WeightEntry, build_plan
-from slimq.static import quantize_static
+from slimq import testing
+from slimq.core import qmath
+from slimq.core.config import StaticConfig, target_rules
+from slimq.graph.passes import (
+    fold_conv_affine,
+    fold_input_affine,
+    fuse_hardswish,
+    preprocess,
+)
+from slimq.graph.passes.bias_correction import output_shift
+from slimq.graph.plan import WeightEntry, build_plan
+from slimq.static.method import quantize_static
 
 RNG = np.random.default_rng(0)
 
@@ -268,8 +274,8 @@ def run_all(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
 
 def test_skipped_conv_really_runs_float_in_onnxruntime():
     """With Q/DQ on both sides onnxruntime would quantize a skipped conv's float weight itself."""
-    from slimq.config import SkipSpec
-    from slimq.deploy import optimized_graph
+    from slimq.core.config import SkipSpec
+    from slimq.runtime.session import optimized_graph
 
     m = testing.conv_net()
     x = testing.random_inputs(m, 4, batch=4)

@@ -13,10 +13,15 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 import slimq.qat as qat  # noqa: E402
-from slimq.errors import CalibrationDataError, ConfigError, ModelLoadError  # noqa: E402
+from slimq.core.errors import CalibrationDataError, ConfigError, ModelLoadError  # noqa: E402
 from slimq.qat.modules import QATConv, QATLinear  # noqa: E402
 from slimq.qat.quantizers import ActQuantizer, WeightQuantizer  # noqa: E402
-from slimq.qat.testing_models import NetWithUnsupported, UntraceableNet, build, teacher_labels  # noqa: E402
+from slimq.qat.testing_models import (  # noqa: E402
+    NetWithUnsupported,
+    UntraceableNet,
+    build,
+    teacher_labels,
+)
 
 X = torch.Generator().manual_seed(1)
 

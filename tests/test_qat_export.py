@@ -13,9 +13,14 @@ import torch.nn.functional as F  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
 
 import slimq.qat as qat  # noqa: E402
-from slimq.deploy import optimized_graph  # noqa: E402
-from slimq.errors import CalibrationDataError, ConfigError, FidelityError, ModelLoadError  # noqa: E402
+from slimq.core.errors import (  # noqa: E402
+    CalibrationDataError,
+    ConfigError,
+    FidelityError,
+    ModelLoadError,
+)
 from slimq.qat.testing_models import NetWithUnsupported, build, teacher_labels  # noqa: E402
+from slimq.runtime.session import optimized_graph  # noqa: E402
 
 
 def images(n: int, seed: int = 0) -> torch.Tensor:

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from slimq.cli import main
-from slimq.errors import SlimqError
+from slimq.cli.main import main
+from slimq.core.errors import SlimqError
 from slimq.qat.config import load_recipe
 
 
@@ -15,7 +15,7 @@ def _assets_available() -> bool:
     try:
         import torch  # noqa: F401
 
-        from slimq.datasets.fashion_mnist import find_split_dir
+        from slimq.io.fashion_mnist import find_split_dir
         from slimq.zoo import asset_path
 
         for name in ("fmnist_resnet", "fmnist_mobilenet"):
@@ -75,7 +75,7 @@ def test_shipped_models_export_agrees_with_fake_quant_on_test_images(tmp_path, n
     import torch
 
     import slimq.qat as qat
-    from slimq.datasets.fashion_mnist import load_fashion_mnist, preprocess
+    from slimq.io.fashion_mnist import load_fashion_mnist, preprocess
     from slimq.qat.fmnist_recipe import load_fp32_model, train_qat
     from slimq.zoo import asset_path
 
@@ -103,7 +103,7 @@ def test_cli_module_and_config_import_without_torch() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, argparse; import slimq.qat.cli as c, slimq.qat as q; q.QATConfig(); "
+    code = ("import sys, argparse; import slimq.cli.qat as c, slimq.qat as q; q.QATConfig(); "
             "p = argparse.ArgumentParser(); s = p.add_subparsers(); c.register(s, s); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

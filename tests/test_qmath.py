@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from slimq import qmath
+from slimq.core import qmath
 
 
 def test_asymmetric_uint8_matches_reference():

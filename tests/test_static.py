@@ -6,11 +6,11 @@ import onnxruntime as ort
 import pytest
 
 from slimq import testing
-from slimq.config import SkipSpec, StaticConfig, target_rules
-from slimq.errors import ConfigError, NothingToQuantizeError
-from slimq.passes import fold_batchnorm, preprocess
-from slimq.plan import build_plan
-from slimq.static import quantize_static
+from slimq.core.config import SkipSpec, StaticConfig, target_rules
+from slimq.core.errors import ConfigError, NothingToQuantizeError
+from slimq.graph.passes import fold_batchnorm, preprocess
+from slimq.graph.plan import build_plan
+from slimq.static.method import quantize_static
 
 QUIET = dict(show_progress=False)
 
@@ -152,7 +152,7 @@ def test_collapse_is_flagged_and_strict_refuses(conv_model, conv_calib, tmp_path
     r = quantize_static(conv_model, data, StaticConfig(holdout=12, **QUIET))
     assert r.report.warnings
     out = tmp_path / "bad.onnx"
-    from slimq.errors import FidelityError
+    from slimq.core.errors import FidelityError
 
     with pytest.raises(FidelityError) as e:
         quantize_static(conv_model, data, StaticConfig(holdout=12, strict=True, **QUIET), output=out)
@@ -161,8 +161,8 @@ def test_collapse_is_flagged_and_strict_refuses(conv_model, conv_calib, tmp_path
 
 
 def test_optimized_graph_runs_integer_kernels(conv_model, conv_calib, tmp_path):
-    from slimq.deploy import Predictor, save_optimized
-    from slimq.modelio import save_model
+    from slimq.io.model import save_model
+    from slimq.runtime.session import Predictor, save_optimized
 
     r = quantize_static(conv_model, conv_calib, StaticConfig(**QUIET))
     q = save_model(r.model, tmp_path / "q.onnx")

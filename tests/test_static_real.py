@@ -6,12 +6,17 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from slimq.config import StaticConfig
-from slimq.datasets.fashion_mnist import load_fashion_mnist, preprocess
-from slimq.deploy import Predictor
-from slimq.errors import CalibrationDataError, ModelLoadError
-from slimq.static import quantize_static
-from slimq.tasks import ClassificationEvaluator, RecEvaluator, evaluate, rapidocr_model_path
+from slimq.core.config import StaticConfig
+from slimq.core.errors import CalibrationDataError, ModelLoadError
+from slimq.io.fashion_mnist import load_fashion_mnist, preprocess
+from slimq.runtime.session import Predictor
+from slimq.static.method import quantize_static
+from slimq.tasks import (
+    ClassificationEvaluator,
+    RecEvaluator,
+    evaluate,
+    rapidocr_model_path,
+)
 from slimq.zoo import asset_path
 
 QUIET = dict(show_progress=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slimq.errors import CalibrationDataError, ConfigError, ModelLoadError
+from slimq.core.errors import CalibrationDataError, ConfigError, ModelLoadError
 from slimq.tasks import render
 from slimq.tasks.base import collect_outputs, degradation, evaluate
 from slimq.tasks.classification import ClassificationEvaluator, topk_accuracy

@@ -1,9 +1,10 @@
 """slimq: quantize FP32 ONNX models to INT8 (static PTQ, dynamic PTQ, QAT) and deploy them with onnxruntime."""
 
-from .config import SkipSpec, StaticConfig, target_rules
-from .deploy import Predictor, cpu_info
-from .errors import SlimqError
-from .static import QuantResult, quantize_static
+from slimq.core.config import SkipSpec, StaticConfig, target_rules
+from slimq.core.errors import SlimqError
+from slimq.runtime.cpu import cpu_info
+from slimq.runtime.session import Predictor
+from slimq.static.method import QuantResult, quantize_static
 
 __version__ = "0.1.0"
 

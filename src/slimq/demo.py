@@ -7,7 +7,6 @@ interleaved speed at 1 thread and all threads. Every file goes to the `--out` fo
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import importlib.util
 import sys
@@ -18,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .bench import BenchResult, TimingConfig, benchmark, write_json
-from .errors import ConfigError, unknown_choice
-from .zoo import ZOO_MODELS
+from slimq.bench.results import BenchResult, TimingConfig, write_json
+from slimq.bench.runner import benchmark
+from slimq.core.errors import unknown_choice
+from slimq.zoo import ZOO_MODELS
 
 METHODS = ("static", "dynamic", "qat")
 CALIB_IMAGES = 256
@@ -57,7 +57,7 @@ def _say(msg: str) -> None:
 
 def calibration_images(n: int = CALIB_IMAGES + HOLDOUT_IMAGES, seed: int = 0) -> np.ndarray:
     """`n` preprocessed training images drawn with a fixed seed (classes mixed)."""
-    from .datasets.fashion_mnist import load_fashion_mnist, preprocess
+    from slimq.io.fashion_mnist import load_fashion_mnist, preprocess
 
     images, _ = load_fashion_mnist("train")
     idx = np.random.default_rng(seed).choice(len(images), n, replace=False)
@@ -65,8 +65,8 @@ def calibration_images(n: int = CALIB_IMAGES + HOLDOUT_IMAGES, seed: int = 0) ->
 
 
 def quantize_static_demo(fp32: Path, out: Path, calib: np.ndarray, cfg: DemoConfig) -> Path:
-    from .config import StaticConfig
-    from .static import quantize_static
+    from slimq.core.config import StaticConfig
+    from slimq.static.method import quantize_static
 
     sc = StaticConfig(algo="hist", max_samples=CALIB_IMAGES, holdout=HOLDOUT_IMAGES, show_progress=not cfg.quick)
     result = quantize_static(fp32, calib, sc, output=out)
@@ -76,7 +76,7 @@ def quantize_static_demo(fp32: Path, out: Path, calib: np.ndarray, cfg: DemoConf
 
 
 def quantize_dynamic_demo(fp32: Path, out: Path, calib: np.ndarray, cfg: DemoConfig) -> Path:
-    from .dynamic import DynamicConfig, quantize_dynamic  # optional module
+    from slimq.dynamic.method import DynamicConfig, quantize_dynamic  # optional module
 
     cfg_d = DynamicConfig()
     result = quantize_dynamic(fp32, cfg_d, output=out, check_data=calib[:8])
@@ -101,7 +101,7 @@ def _qat_entry() -> Callable | None:
 def quantize_qat_demo(fp32: Path, out: Path, calib: np.ndarray, cfg: DemoConfig) -> Path:
     from dataclasses import replace
 
-    from .qat.config import load_recipe
+    from slimq.qat.config import load_recipe
 
     run = _qat_entry()
     if run is None:
@@ -124,8 +124,8 @@ LABELS = {"static": "INT8 static PTQ", "dynamic": "INT8 dynamic PTQ", "qat": "IN
 
 def method_missing(method: str) -> str | None:
     """Why a method cannot run in this checkout, or None when it can."""
-    if method == "dynamic" and importlib.util.find_spec("slimq.dynamic") is None:
-        return "slimq.dynamic is not part of this installation"
+    if method == "dynamic" and importlib.util.find_spec("slimq.dynamic.method") is None:
+        return "slimq.dynamic.method is not part of this installation"
     if method == "qat":
         if importlib.util.find_spec("torch") is None:
             return "torch is not installed (pip install 'slimq[qat]')"
@@ -135,7 +135,7 @@ def method_missing(method: str) -> str | None:
 
 
 def _fp32_path(name: str) -> Path:
-    from . import zoo
+    from slimq import zoo
 
     return zoo.asset_path(name, ".onnx")
 
@@ -161,10 +161,10 @@ def run_model(name: str, cfg: DemoConfig, calib: np.ndarray, evaluator, methods:
 
 def run_demo(cfg: DemoConfig = DemoConfig()) -> list[BenchResult]:
     """Run the demo; writes the INT8 models, demo.md, demo.json and demo.png into `cfg.out`."""
-    from .bench_data import fashion_mnist_arrays
-    from .bench_profile import write_text
-    from .bench_report import plot_results, results_markdown
-    from .tasks.classification import ClassificationEvaluator
+    from slimq.bench.data import fashion_mnist_arrays
+    from slimq.bench.profile import write_text
+    from slimq.bench.tables import plot_results, results_markdown
+    from slimq.tasks.classification import ClassificationEvaluator
 
     start = time.perf_counter()
     for m in cfg.methods:
@@ -198,31 +198,3 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> list[BenchResult]:
          f"demo.png to {cfg.out.resolve()}/")
     return results
 
-
-def register(sub: argparse._SubParsersAction, methods: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="quantize the built-in Fashion-MNIST models and print FP32 vs INT8 tables")
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: ./{DEFAULT_OUT})")
-    p.add_argument("--quick", action="store_true", help="500 test images and short timing (smoke test)")
-    p.add_argument("--models", help=f"comma-separated subset of {', '.join(ZOO_MODELS)}")
-    p.add_argument("--methods", help=f"comma-separated subset of {', '.join(METHODS)} (default: all available)")
-    p.add_argument("--batch", type=int, default=1, help="batch size of the timed runs (default 1)")
-    p.add_argument("--min-time", type=float, default=1.5, help="seconds per model and timing round (default 1.5)")
-    p.set_defaults(func=run_demo_cli)
-
-
-def _csv(text: str | None, default: tuple[str, ...], kind: str, valid: tuple[str, ...]) -> tuple[str, ...]:
-    items = tuple(t.strip() for t in text.split(",") if t.strip()) if text else default
-    for t in items:
-        if t not in valid:
-            raise unknown_choice(kind, t, valid)
-    if not items:
-        raise ConfigError(f"Give at least one {kind}.")
-    return items
-
-
-def run_demo_cli(args: argparse.Namespace) -> int:
-    cfg = DemoConfig(Path(args.out), _csv(args.models, ZOO_MODELS, "demo model", ZOO_MODELS),
-                     _csv(args.methods, METHODS, "demo method", METHODS), args.quick, args.batch,
-                     min_time=args.min_time)
-    run_demo(cfg)
-    return 0

@@ -17,7 +17,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from slimq.qat.config import TARGETS, VARIANTS, QATConfig, QATRecipe, TargetRules, load_recipe
+    from slimq.qat.config import (
+        TARGETS,
+        VARIANTS,
+        QATConfig,
+        QATRecipe,
+        TargetRules,
+        load_recipe,
+    )
     from slimq.qat.export import ConvertResult, convert, onnx_io_names
     from slimq.qat.graph import FloatOp, PrepareReport
     from slimq.qat.model import (

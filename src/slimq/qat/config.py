@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from slimq.errors import ConfigError, did_you_mean, unknown_choice
+from slimq.core.errors import ConfigError, did_you_mean, unknown_choice
 
 Variant = Literal["ste", "pact", "lsq"]
 Target = Literal["x86", "tensorrt", "arm"]

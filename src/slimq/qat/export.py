@@ -19,8 +19,8 @@ import copy
 import logging
 import tempfile
 import warnings
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,15 +36,21 @@ from onnx_ir.passes.common import (
 )
 from torch import fx, nn
 
-from slimq.errors import CalibrationDataError, ConfigError, FidelityError, ModelLoadError, unknown_choice
-from slimq.modelio import check_output_path, save_model
+from slimq.core.errors import (
+    CalibrationDataError,
+    ConfigError,
+    FidelityError,
+    ModelLoadError,
+    unknown_choice,
+)
+from slimq.io.model import check_output_path, save_model
 from slimq.qat.config import TARGETS
 from slimq.qat.fidelity import build_qat_report, float_network, sample_feeds
 from slimq.qat.model import QATModel, as_inputs, unwrap
 from slimq.qat.modules import QATConv, QATLinear, export_act
 from slimq.qat.qdq_op import dynamo_translation_table
 from slimq.qat.quantizers import MIN_SCALE, ActQuantizer, WeightQuantizer
-from slimq.report import Report
+from slimq.report.fidelity import Report
 
 EXPORTERS = ("legacy", "dynamo")
 _INT_RANGES = {np.dtype(np.int8): (-128, 127), np.dtype(np.uint8): (0, 255)}

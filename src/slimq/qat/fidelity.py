@@ -1,6 +1,6 @@
-"""The fidelity report of a QAT export: the same :class:`slimq.report.Report` static PTQ writes.
+"""The fidelity report of a QAT export: the same :class:`slimq.report.fidelity.Report` static PTQ writes.
 
-- int8 share of MACs: measured in onnxruntime's optimized graph (:func:`slimq.report.mac_summary`).
+- int8 share of MACs: measured in onnxruntime's optimized graph (:func:`slimq.report.fidelity.mac_summary`).
 - ops left in float: Conv/ConvTranspose/Gemm/MatMul nodes of the exported graph whose inputs do
   not come from DequantizeLinear, named after their module where the exporter's scope says so,
   plus the non-MAC ops :func:`slimq.qat.prepare` listed as unsupported.
@@ -22,15 +22,16 @@ import onnx
 import torch
 from torch import fx, nn
 
-from slimq import macs as macs_module
-from slimq.config import StaticConfig
-from slimq.deploy import optimized_graph
+from slimq.core.config import StaticConfig
 from slimq.qat.config import TARGETS
 from slimq.qat.graph import PrepareReport
 from slimq.qat.model import QATModel
 from slimq.qat.modules import QATConv, QATLinear, bind_input
 from slimq.qat.quantizers import ActQuantizer
-from slimq.report import Report, fidelity_warnings, mac_summary, measure_agreement
+from slimq.report.agreement import measure_agreement
+from slimq.report.fidelity import Report, fidelity_warnings, mac_summary
+from slimq.runtime import macs as macs_module
+from slimq.runtime.session import optimized_graph
 
 log = logging.getLogger("slimq")
 

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from slimq.datasets.fashion_mnist import load_fashion_mnist, preprocess
-from slimq.errors import ModelLoadError
+from slimq.core.errors import ModelLoadError
+from slimq.io.fashion_mnist import load_fashion_mnist, preprocess
 from slimq.qat.config import QATRecipe
 from slimq.qat.export import convert, onnx_io_names
 from slimq.qat.model import QATModel, calibrate, param_groups, prepare

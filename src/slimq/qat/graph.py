@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from slimq.errors import ModelLoadError
+from slimq.core.errors import ModelLoadError
 from slimq.qat.config import QATConfig
 from slimq.qat.modules import QATConv, QATLinear
 from slimq.qat.quantizers import ActQuantizer, WeightQuantizer

@@ -15,7 +15,7 @@ import torch
 from torch import fx, nn
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
-from slimq.errors import (
+from slimq.core.errors import (
     CalibrationDataError,
     ConfigError,
     ModelLoadError,

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from slimq.errors import CalibrationDataError
+from slimq.core.errors import CalibrationDataError
 
 MIN_SCALE = 1e-8
 INT32_LIMIT = 2**31 - 128  # largest float32 below 2**31: int32 bias values stay in [-limit, limit]

@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from slimq.errors import CalibrationDataError, ConfigError
+from slimq.core.errors import CalibrationDataError, ConfigError
 
 Feeds = dict[str, np.ndarray]
 SessionRun = Callable[[Feeds], Sequence[np.ndarray]]

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from slimq.errors import CalibrationDataError
+from slimq.core.errors import CalibrationDataError
 from slimq.tasks.base import Feeds, batch_slices, check_batch_count
 
 

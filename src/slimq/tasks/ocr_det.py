@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slimq.errors import CalibrationDataError, unknown_choice
+from slimq.core.errors import CalibrationDataError, unknown_choice
 from slimq.tasks.base import Feeds, batch_slices, check_batch_count
 from slimq.tasks.ocr_rec import load_model_proto, resize_bilinear
 from slimq.tasks.render import build_charset, find_cjk_fonts, render_pages

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from slimq.errors import CalibrationDataError, ModelLoadError, unknown_choice
+from slimq.core.errors import CalibrationDataError, ModelLoadError, unknown_choice
 from slimq.tasks.base import Feeds, batch_slices, check_batch_count
 from slimq.tasks.render import build_charset, find_cjk_fonts, render_lines
 

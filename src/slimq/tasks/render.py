@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from slimq.errors import ConfigError
+from slimq.core.errors import ConfigError
 
 FONT_ENV = "SLIMQ_CJK_FONT"
 FONT_CANDIDATES = (

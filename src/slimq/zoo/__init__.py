@@ -8,7 +8,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from slimq.errors import ModelLoadError, unknown_choice
+from slimq.core.errors import ModelLoadError, unknown_choice
 
 ZOO_MODELS: tuple[str, ...] = ("fmnist_resnet", "fmnist_mobilenet")
 ASSET_SUFFIXES: tuple[str, ...] = (".onnx", ".pt", ".json")

@@ -26,7 +26,7 @@ import onnx
 import torch
 from torch import nn
 
-from slimq.errors import ConfigError
+from slimq.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 This module imports torch; import it only when torch is installed (``slimq[qat]``).
 Both models take normalised float32 input of shape (N, 1, 28, 28) (see
-:func:`slimq.datasets.fashion_mnist.preprocess`) and return (N, 10) logits.
+:func:`slimq.io.fashion_mnist.preprocess`) and return (N, 10) logits.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from slimq.errors import unknown_choice
+from slimq.core.errors import unknown_choice
 
 NUM_CLASSES = 10
 

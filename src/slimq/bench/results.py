@@ -1,0 +1,111 @@
+"""Benchmark result types: timing settings, per-model info, speed and accuracy results."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from slimq.core.errors import ConfigError
+
+
+def entry_label(model: str, backend: str, backends: Sequence[str]) -> str:
+    """A model's row label: its name alone with one backend, "name (backend)" with several."""
+    return model if len(backends) <= 1 else f"{model} ({backend})"
+
+
+@dataclass(frozen=True)
+class TimingConfig:
+    """How long to time: per model and round, at least `min_time` seconds and `min_iters` runs."""
+
+    warmup: int = 5
+    min_iters: int = 10
+    min_time: float = 2.0
+    rounds: int = 3
+
+    def __post_init__(self) -> None:
+        if self.warmup < 0 or self.min_iters < 1 or self.rounds < 1 or self.min_time < 0:
+            raise ConfigError(f"Invalid timing settings {self}: warmup >= 0, iters >= 1, rounds >= 1, "
+                              "min_time >= 0.")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    path: str | None
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class SpeedResult:
+    """Throughput and batch latency of one model at one thread count."""
+
+    model: str
+    threads: int
+    batch: int
+    iterations: int
+    seconds: float
+    samples_per_s: float
+    p50_ms: float
+    p90_ms: float
+    ratio: float  # samples/s relative to the first model (on the first backend) at the same thread count
+    backend: str = "ort"
+    model_name: str = ""  # the model's name without the backend suffix ("" = same as model)
+    backend_ratio: float = 1.0  # samples/s relative to the first model on the same backend and thread count
+
+
+@dataclass
+class BenchResult:
+    """Everything `benchmark` measured; `to_markdown()` gives the accuracy and speed tables."""
+
+    models: list[ModelInfo]
+    speed: list[SpeedResult]
+    accuracy: dict[str, dict[str, float]] | None = None
+    evaluator: dict | None = None  # name, primary_metric, higher_is_better
+    settings: dict = field(default_factory=dict)
+    machine: dict = field(default_factory=dict)
+    title: str = ""
+    backends: list[str] = field(default_factory=lambda: ["ort"])
+    failed: dict[str, str] = field(default_factory=dict)  # row label -> why that backend could not load it
+
+    def label(self, model: str, backend: str | None = None) -> str:
+        """The row label of `model` on `backend` (default: the first backend) in tables and `accuracy`."""
+        return entry_label(model, backend or self.backends[0], self.backends)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_markdown(self) -> str:
+        from slimq.bench.tables import result_markdown
+
+        return result_markdown(self)
+
+    def write_json(self, path: str | os.PathLike) -> Path:
+        return write_json([self], path)
+
+    def plot(self, path: str | os.PathLike) -> Path:
+        from slimq.bench.tables import plot_results
+
+        return plot_results([self], path)
+
+    def speed_of(self, model: str, threads: int, backend: str | None = None) -> SpeedResult:
+        """The timing of a row label, or of a model name on `backend` (default: the first backend)."""
+        label = self.label(model, backend)
+        for s in self.speed:
+            if s.threads == threads and (s.model == label or (backend is None and s.model == model)):
+                return s
+        raise KeyError((model, threads, backend))
+
+
+def write_json(results: Sequence[BenchResult], path: str | os.PathLike) -> Path:
+    """Write one or more results as JSON, atomically."""
+    path = Path(path)
+    payload = results[0].to_dict() if len(results) == 1 else {"results": [r.to_dict() for r in results]}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=2, default=str)
+    os.replace(tmp, path)
+    return path

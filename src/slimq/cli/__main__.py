@@ -1,0 +1,5 @@
+import sys
+
+from slimq.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,87 @@
+"""`slimq quantize static`, `slimq inspect` and `slimq cpu`."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+from slimq.core.config import TARGETS, SkipSpec, StaticConfig
+from slimq.core.errors import ConfigError
+from slimq.core.observers import ALGORITHMS
+
+
+def _csv(text: str | None) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip()) if text else ()
+
+
+def _floats(text: str | None) -> tuple[float, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(float(t) for t in _csv(text))
+    except ValueError:
+        raise ConfigError(f'Expected comma-separated numbers, got "{text}".') from None
+
+
+def register(sub: argparse._SubParsersAction, methods: argparse._SubParsersAction) -> None:
+    p = methods.add_parser("static", help="static post-training quantization with calibration data")
+    p.add_argument("model", help="FP32 ONNX model")
+    p.add_argument("--calib", required=True, help="calibration data: image folder, .npy/.npz file or folder")
+    p.add_argument("-o", "--output", required=True, help="output .onnx path (never the input)")
+    p.add_argument("--algo", help=f"calibration algorithm: {', '.join(ALGORITHMS)} (default hist)")
+    p.add_argument("--target", help=f"deployment target: {', '.join(TARGETS)} (default x86)")
+    p.add_argument("--recipe", help="YAML recipe with `static:` and `preprocess:` sections")
+    p.add_argument("--skip-nodes", help="comma-separated node names to keep in float")
+    p.add_argument("--skip-ops", help="comma-separated op types to keep in float")
+    p.add_argument("--skip-regex", help="comma-separated regexes over node names to keep in float")
+    p.add_argument("--max-samples", type=int, help="calibration samples to use (default 256)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--per-tensor", action="store_true", help="per-tensor instead of per-channel weights")
+    p.add_argument("--strict", action="store_true", help="fail (write nothing) when the fidelity check fails")
+    p.add_argument("--size", help="image H,W for image folders")
+    p.add_argument("--resize-short", type=int, help="resize the short side then center-crop (images)")
+    p.add_argument("--mean", help="per-channel mean, e.g. 0.485,0.456,0.406")
+    p.add_argument("--std", help="per-channel std")
+    p.add_argument("--layout", choices=("NCHW", "NHWC"))
+    p.add_argument("--color", choices=("RGB", "BGR", "GRAY"))
+    p.set_defaults(func=run_static)
+
+
+def _static_config(args: argparse.Namespace, recipe: dict) -> StaticConfig:
+    cfg = StaticConfig.from_dict(recipe)
+    overrides = {k: v for k, v in {"algo": args.algo, "target": args.target, "max_samples": args.max_samples,
+                                   "batch_size": args.batch_size}.items() if v is not None}
+    if args.per_tensor:
+        overrides["per_channel"] = False
+    if args.strict:
+        overrides["strict"] = True
+    if args.skip_nodes or args.skip_ops or args.skip_regex:
+        overrides["skip"] = SkipSpec(_csv(args.skip_nodes) + cfg.skip.names, _csv(args.skip_ops) + cfg.skip.op_types,
+                                     _csv(args.skip_regex) + cfg.skip.patterns)
+    return replace(cfg, **overrides)
+
+
+def _preprocess_spec(args: argparse.Namespace, recipe: dict):
+    from slimq.io.recipe import preprocess_from_dict
+
+    d = dict(recipe)
+    size = _floats(args.size)
+    for key, val in {"size": tuple(int(s) for s in size) if size else None, "resize_short": args.resize_short,
+                     "mean": _floats(args.mean), "std": _floats(args.std), "layout": args.layout,
+                     "color": args.color}.items():
+        if val is not None:
+            d[key] = val
+    return preprocess_from_dict(d)
+
+
+def run_static(args: argparse.Namespace) -> int:
+    from slimq.io.recipe import load_static_recipe
+    from slimq.static.method import quantize_static
+
+    static_d, pre_d = load_static_recipe(args.recipe) if args.recipe else ({}, {})
+    cfg = _static_config(args, static_d)
+    result = quantize_static(args.model, args.calib, cfg, args.output, _preprocess_spec(args, pre_d))
+    print(result.report.format())
+    print(f"wrote {result.path} and {result.path.name}.report.json")
+    return 3 if result.report.warnings else 0
+

@@ -1,0 +1,156 @@
+"""Frozen configuration dataclasses and the per-target quantization rules."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
+
+from slimq.core import qmath
+from slimq.core.errors import ConfigError, did_you_mean, unknown_choice
+from slimq.core.observers import ALGORITHMS, get_algorithm
+
+TARGETS = ("x86", "tensorrt", "arm", "openvino")
+X86_FLOAT_OPS = (("ConvTranspose", "onnxruntime's CPU EP has no int8 ConvTranspose kernel (it would run float "
+                                   "behind DequantizeLinear)"),)
+_OV_ELEMENTWISE = "OpenVINO fuses elementwise ops into the convolution epilogue in float; Q/DQ here would add kernels"
+OPENVINO_FLOAT_OPS = tuple((op, _OV_ELEMENTWISE) for op in ("Add", "Mul", "Sigmoid", "LeakyRelu"))
+
+
+@dataclass(frozen=True)
+class TargetRules:
+    """Integer types a deployment target runs fast."""
+
+    name: str
+    activation_qtype: qmath.QType
+    activation_symmetric: bool
+    weight_qtype: qmath.QType
+    per_channel: bool = True
+    # op types the target runs no faster in int8, with the reason (they stay float)
+    float_ops: tuple[tuple[str, str], ...] = ()
+    # int8 conv/matmul kernels may write float: outputs are quantized only for quantized readers
+    float_outputs: bool = False
+    # Add/Mul with a constant operand (BN-like affine, scalar scales) run in float: exact, and an
+    # int8 version would only add a requantization step
+    float_constant_affine: bool = False
+
+    @property
+    def description(self) -> str:
+        sym = "symmetric" if self.activation_symmetric else "asymmetric"
+        return (f"{self.name}: {self.activation_qtype.name} {sym} activations x {self.weight_qtype.name} "
+                f"[{self.weight_qtype.qmin},{self.weight_qtype.qmax}] weights, "
+                f"{'per-channel' if self.per_channel else 'per-tensor'}")
+
+
+def target_rules(target: str, reduce_range: bool = False, per_channel: bool = True) -> TargetRules:
+    """x86: u8 activations x s8 weights (VNNI path; reduce_range without VNNI).
+    tensorrt: symmetric s8 activations. arm: s8 activations, weights in [-127, 127].
+    openvino: x86's types, but Q/DQ only on the inputs of int8 ops (NNCF-style placement):
+    elementwise ops stay float, which OpenVINO fuses into its int8 convolutions."""
+    if target not in TARGETS:
+        raise unknown_choice("target", target, TARGETS)
+    weight = qmath.INT8.narrow()
+    if target == "x86":
+        w = weight.reduced() if reduce_range else weight
+        return TargetRules("x86", qmath.UINT8, False, w, per_channel, X86_FLOAT_OPS, float_constant_affine=True)
+    if target == "openvino":
+        w = weight.reduced() if reduce_range else weight
+        return TargetRules("openvino", qmath.UINT8, False, w, per_channel, OPENVINO_FLOAT_OPS, float_outputs=True)
+    return TargetRules(target, qmath.INT8, True, weight, per_channel)
+
+
+@dataclass(frozen=True)
+class SkipSpec:
+    """Nodes to leave in float: exact node names, op types, or regexes over node names."""
+
+    names: tuple[str, ...] = ()
+    op_types: tuple[str, ...] = ()
+    patterns: tuple[str, ...] = ()
+
+    def validate(self, node_names: Iterable[str], op_types: Iterable[str]) -> None:
+        """Every listed name must exist; an unknown one is an error with a suggestion."""
+        node_names, op_types = list(node_names), set(op_types)
+        known = set(node_names)
+        for n in self.names:
+            if n not in known:
+                raise ConfigError(f'Skip list names node "{n}", which is not in the model.'
+                                  f"{did_you_mean(n, known)} Run `slimq inspect MODEL` to list node names.")
+        for t in self.op_types:
+            if t not in op_types:
+                raise ConfigError(f'Skip list names op type "{t}", which the model does not use.'
+                                  f"{did_you_mean(t, op_types)} Op types present: {', '.join(sorted(op_types))}.")
+        for p in self.patterns:
+            try:
+                rx = re.compile(p)
+            except re.error as e:
+                raise ConfigError(f'Skip pattern "{p}" is not a valid regular expression: {e}.') from None
+            if not any(rx.search(n) for n in node_names):
+                raise ConfigError(f'Skip pattern "{p}" matches no node name. Run `slimq inspect MODEL` to list them.')
+
+    def matches(self, name: str, op_type: str) -> bool:
+        return (name in self.names or op_type in self.op_types
+                or any(re.search(p, name) for p in self.patterns))
+
+
+@dataclass(frozen=True)
+class StaticConfig:
+    """Settings of static post-training quantization."""
+
+    algo: str = "hist"
+    hist_percent: float = 0.9999
+    bins: int = 2048
+    target: str = "x86"
+    reduce_range: bool | None = None  # None: decided from the CPU (True without VNNI on x86)
+    per_channel: bool = True
+    batch_size: int = 8
+    max_samples: int = 256
+    holdout: int = 16  # samples kept back to measure FP32-vs-INT8 agreement
+    op_types: tuple[str, ...] | None = None  # restrict quantization to these op types
+    skip: SkipSpec = field(default_factory=SkipSpec)
+    memory_budget_mb: int = 1024  # per calibration run for exposed intermediate tensors
+    min_cosine: float = 0.98  # below this the fidelity check warns (or fails with strict)
+    strict: bool = False
+    two_sided_ranges: bool = False  # hist/mse with u8: clip the low and high side separately
+    bias_correction: bool = True  # subtract the weight-rounding shift from Conv/Gemm biases (calibration means)
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        get_algorithm(self.algo)
+        if self.target not in TARGETS:
+            raise unknown_choice("target", self.target, TARGETS)
+        if not 0.0 < self.hist_percent <= 1.0:
+            raise ConfigError(f"hist_percent must be in (0, 1], got {self.hist_percent}; the usual value is 0.9999.")
+        for name in ("batch_size", "max_samples", "memory_budget_mb"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.holdout < 0:
+            raise ConfigError(f"holdout must be >= 0, got {self.holdout}.")
+
+    @property
+    def algorithm_name(self) -> str:
+        return get_algorithm(self.algo).name
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StaticConfig":
+        """Build from a recipe mapping; unknown keys are an error with a suggestion."""
+        valid = {f.name for f in fields(cls)}
+        for k in d:
+            if k not in valid:
+                raise ConfigError(f'Unknown recipe key "{k}".{did_you_mean(k, valid)} Valid keys: {", ".join(sorted(valid))}.')
+        d = dict(d)
+        if isinstance(d.get("skip"), dict):
+            d["skip"] = skip_from_dict(d["skip"])
+        if d.get("op_types") is not None:
+            d["op_types"] = tuple(d["op_types"])
+        return cls(**d)
+
+
+def skip_from_dict(d: dict) -> SkipSpec:
+    valid = {f.name for f in fields(SkipSpec)}
+    for k in d:
+        if k not in valid:
+            raise ConfigError(f'Unknown skip key "{k}".{did_you_mean(k, valid)} Valid keys: {", ".join(sorted(valid))}.')
+    return SkipSpec(**{k: tuple(v) for k, v in d.items()})
+
+
+__all__ = ["ALGORITHMS", "SkipSpec", "StaticConfig", "TARGETS", "TargetRules", "target_rules"]

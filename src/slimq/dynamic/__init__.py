@@ -1,0 +1,1 @@
+"""Dynamic post-training quantization: weights ahead of time, activations (optionally) at run time."""

@@ -1,0 +1,304 @@
+"""Label-free fidelity check for dynamic PTQ, kernel timing, and the layer-by-layer fallback.
+
+The check runs FP32 and the quantized model on a handful of inputs (given, or
+synthesised from the model's input spec: random token ids within the vocabulary
+of the embedding table they index, attention masks of ones, standard-normal
+floats) and compares every output by cosine and SQNR. When agreement collapses,
+:func:`search_fallback` ranks the quantized nodes by the damage each does alone
+and demotes the worst ones (dynamic -> weight-only -> float) until it recovers.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import onnx
+import onnx.helper as oh
+import onnx.numpy_helper as nh
+
+from slimq.core.errors import CalibrationDataError
+from slimq.dynamic.graph import Choice, Decision, node_name
+from slimq.io.model import PROTOBUF_LIMIT
+from slimq.io.spec import Feeds, model_inputs
+from slimq.report.agreement import OutputAgreement
+from slimq.runtime.exposed import expose
+from slimq.runtime.session import Predictor
+
+log = logging.getLogger("slimq")
+_SHAPE_OPS = ("Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity")
+
+
+def predictor(model: onnx.ModelProto, threads: int | str = "all", level: str = "all") -> Predictor:
+    """An onnxruntime session for an in-memory model, also over protobuf's 2 GB limit (via external data)."""
+    if sum(t.ByteSize() for t in model.graph.initializer) <= PROTOBUF_LIMIT:
+        return Predictor(model, threads=threads, level=level)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # saving with external data rewrites the tensors it saves
+    with tempfile.TemporaryDirectory(prefix="slimq-large-") as tmp:
+        path = f"{tmp}/model.onnx"
+        onnx.save_model(copy, path, save_as_external_data=True, location="model.onnx.data", size_threshold=1024)
+        return Predictor(path, threads=threads, level=level)  # initializers are loaded at session creation
+
+
+def index_ranges(model: onnx.ModelProto) -> dict[str, int]:
+    """Integer graph inputs that index a constant Gather table (directly or through Cast/Reshape/...): table rows."""
+    inits = {t.name: t for t in model.graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    out: dict[str, int] = {}
+    for inp in model.graph.input:
+        frontier, seen = [inp.name], set()
+        while frontier:
+            t = frontier.pop()
+            seen.add(t)
+            for n in consumers.get(t, []):
+                if n.op_type == "Gather" and len(n.input) > 1 and n.input[1] == t and n.input[0] in inits:
+                    rows = inits[n.input[0]].dims[0] if inits[n.input[0]].dims else 0
+                    out[inp.name] = min(out.get(inp.name, rows), rows)
+                elif n.op_type in _SHAPE_OPS and n.input[0] == t:
+                    frontier += [o for o in n.output if o not in seen]
+    return out
+
+
+def synthesize_feeds(model: onnx.ModelProto, n: int, seed: int = 0, dim: int = 64) -> list[Feeds]:
+    """`n` check inputs from the model's input spec (dynamic batch -> 1, other dynamic dims -> `dim`)."""
+    rng = np.random.default_rng(seed)
+    vocab = index_ranges(model)
+    feeds = []
+    for _ in range(n):
+        f: Feeds = {}
+        for spec in model_inputs(model):
+            shape = tuple(d if isinstance(d, int) and d > 0 else (1 if i == 0 else dim)
+                          for i, d in enumerate(spec.shape))
+            if np.issubdtype(spec.dtype, np.floating):
+                f[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+            elif spec.name in vocab:
+                f[spec.name] = rng.integers(0, max(1, vocab[spec.name]), shape).astype(spec.dtype)
+            else:  # attention masks and other flags: ones
+                f[spec.name] = np.ones(shape, spec.dtype)
+        feeds.append(f)
+    return feeds
+
+
+class Checker:
+    """FP32 reference outputs on fixed feeds, computed once; compares any candidate model against them."""
+
+    def __init__(self, fp32: onnx.ModelProto, feeds: Sequence[Feeds]) -> None:
+        if not feeds:
+            raise CalibrationDataError("The fidelity check needs at least one input sample.")
+        self.feeds = list(feeds)
+        try:
+            ref = predictor(fp32)
+            self.names = ref.output_names
+            self.reference = [ref.run(f) for f in self.feeds]
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidArgument types
+            raise CalibrationDataError(
+                f"The FP32 model does not run on the check inputs ({str(e).splitlines()[0][:300]}). "
+                "Pass real inputs with --check-data (an .npz with one array per model input).") from None
+        self.counter = [0]  # models checked (shared with subsets)
+
+    @classmethod
+    def subset(cls, other: "Checker", n: int) -> "Checker":
+        """A checker over the first `n` feeds of `other`, reusing its reference outputs."""
+        c = cls.__new__(cls)
+        c.feeds, c.reference, c.names, c.counter = other.feeds[:n], other.reference[:n], other.names, other.counter
+        return c
+
+    @property
+    def runs(self) -> int:
+        return self.counter[0]
+
+    def __call__(self, model: onnx.ModelProto) -> list[OutputAgreement]:
+        self.counter[0] += 1
+        test = predictor(model)
+        agree = [OutputAgreement(n) for n in self.names]
+        for f, ref in zip(self.feeds, self.reference):
+            for a, r, t in zip(agree, ref, test.run(f)):
+                a.update(np.asarray(r), np.asarray(t))
+        return agree
+
+
+def worst_cosine(agree: Sequence[OutputAgreement]) -> float:
+    return min((a.cosine for a in agree), default=1.0)
+
+
+# -- kernel timing ------------------------------------------------------------------------------
+
+def activation_rows(model: onnx.ModelProto, tensors: Sequence[str], feeds: Feeds) -> dict[str, int]:
+    """Rows M (product of all but the last dim) of each activation tensor on `feeds`."""
+    if not tensors:
+        return {}
+    outs = predictor(expose(model, list(tensors)), level="basic").run(feeds)
+    return {t: int(np.prod(o.shape[:-1])) for t, o in zip(tensors, outs)}
+
+
+def _matmul_model(m: int, k: int, n: int, dynamic: bool, seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    x = oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [m, k])
+    y = oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+    if not dynamic:
+        inits = [nh.from_array(rng.standard_normal((k, n)).astype(np.float32), "w")]
+        nodes = [oh.make_node("MatMul", ["x", "w"], ["y"])]
+    else:
+        inits = [nh.from_array(rng.integers(-127, 128, (k, n)).astype(np.int8), "w"),
+                 nh.from_array(np.full(n, 0.01, np.float32), "s"), nh.from_array(np.zeros(n, np.int8), "z")]
+        nodes = [oh.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+                 oh.make_node("MatMulInteger", ["xq", "w", "xz", "z"], ["acc"]),
+                 oh.make_node("Cast", ["acc"], ["accf"], to=onnx.TensorProto.FLOAT),
+                 oh.make_node("Mul", ["xs", "s"], ["ss"]), oh.make_node("Mul", ["accf", "ss"], ["y"])]
+    graph = oh.make_graph(nodes, "kernel", [x], [y], inits)
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 13)])
+
+
+@dataclass(frozen=True)
+class KernelTiming:
+    """Median single-thread time of one MatMul shape, float vs dynamic int8, in microseconds."""
+
+    m: int
+    k: int
+    n: int
+    float_us: float
+    dynamic_us: float
+
+    @property
+    def speedup(self) -> float:
+        return self.float_us / max(self.dynamic_us, 1e-9)
+
+
+def time_matmul(m: int, k: int, n: int, budget_s: float = 0.3) -> KernelTiming:
+    """Interleaved, warmed-up timing of FP32 MatMul vs DynamicQuantizeLinear+MatMulInteger in onnxruntime."""
+    runs = {d: Predictor(_matmul_model(m, k, n, d), threads=1) for d in (False, True)}
+    x = {"x": np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)}
+    times: dict[bool, list[float]] = {False: [], True: []}
+    start = time.perf_counter()
+    for i in range(400):
+        for d, p in runs.items():
+            t = time.perf_counter()
+            p.run(x)
+            times[d].append(time.perf_counter() - t)
+        if i >= 10 and time.perf_counter() - start > budget_s:
+            break
+    med = {d: float(np.median(v[3:])) * 1e6 for d, v in times.items()}
+    return KernelTiming(m, k, n, med[False], med[True])
+
+
+# -- fallback search ----------------------------------------------------------------------------
+
+
+
+@dataclass(frozen=True)
+class Demotion:
+    node: str
+    op_type: str
+    before: Choice
+    after: Choice
+    damage: float  # 1 - worst output cosine with only this node quantized
+
+    def to_dict(self) -> dict:
+        return {"node": self.node, "op_type": self.op_type, "from": self.before.value, "to": self.after.value,
+                "damage": round(self.damage, 6)}
+
+
+Builder = Callable[[Sequence[Decision]], onnx.ModelProto]
+
+
+def _demote(d: Decision, weight_only_fmt: Callable[[Decision], Decision]) -> Decision:
+    if d.choice is Choice.DYNAMIC:
+        return replace(weight_only_fmt(d), reason="demoted by the fidelity fallback: " + d.reason)
+    return replace(d, choice=Choice.FLOAT, fmt=None, reason="demoted to float by the fidelity fallback")
+
+
+def _damage(check: Checker, build: Builder, decisions: list[Decision], tolerance: float) -> list[tuple[int, float]]:
+    """Damage (1 - worst cosine) of each quantized node alone, everything else float; most damaging first.
+
+    Group testing: a set of nodes is quantized together; a set that does less than `tolerance` damage is
+    harmless and its members share that damage; a more damaging set is halved and each half tested, down to
+    single nodes. A few culprits among n nodes cost O(log n) model builds instead of n.
+    """
+    floats = [replace(d, choice=Choice.FLOAT) for d in decisions]
+
+    def probe(idx: list[int]) -> float:
+        ds = list(floats)
+        for i in idx:
+            ds[i] = decisions[i]
+        return 1.0 - worst_cosine(check(build(ds)))
+
+    out: dict[int, float] = {}
+    todo = [i for i, d in enumerate(decisions) if d.choice is not Choice.FLOAT]
+    stack = [(todo, probe(todo))] if todo else []
+    while stack:
+        idx, dmg = stack.pop()
+        if len(idx) == 1 or dmg < tolerance:
+            out.update({i: dmg / len(idx) for i in idx})
+            continue
+        half = len(idx) // 2
+        stack += [(part, probe(part)) for part in (idx[:half], idx[half:])]
+    return sorted(out.items(), key=lambda t: -t[1])
+
+
+def search_fallback(check: Checker, rank_check: Checker, build: Builder, decisions: list[Decision],
+                    min_cosine: float, weight_only_fmt: Callable[[Decision], Decision]
+                    ) -> tuple[list[Decision], list[Demotion]]:
+    """Demote the most damaging nodes one step (dynamic -> weight-only -> float) until cosine >= `min_cosine`.
+
+    Each round ranks the quantized nodes by the damage each does alone (measured with `rank_check`, a few
+    samples), then finds the fewest top-ranked nodes whose demotion recovers the worst output cosine (measured
+    with `check`): doubling, then bisection. A round that cannot recover demotes all of them and the next
+    round ranks again (at most two rounds: the ladder has two steps). Returns new decisions and the demotions.
+    """
+    current, demoted = list(decisions), []
+    tolerance = 0.1 * (1.0 - min_cosine)
+    for _ in range(2):
+        ranked = _damage(rank_check, build, current, tolerance)
+        if not ranked:
+            break
+
+        trial = functools.partial(_trial, check, build, current, weight_only_fmt)
+        k = _smallest_k(lambda k, r=ranked, t=trial: t(r[:k]), len(ranked), min_cosine)
+        chosen = ranked[:k]
+        ds, cos = trial(chosen)
+        if cos < min_cosine:  # one step down is not enough: move only the culprits on to the next round
+            chosen = [r for r in ranked if r[1] >= tolerance] or ranked
+            ds, cos = trial(chosen)
+        demoted += [Demotion(current[i].node, current[i].candidate.op_type, current[i].choice, ds[i].choice, dmg)
+                    for i, dmg in chosen]
+        current = ds
+        log.info("slimq: fallback demoted %d node(s) one step; worst cosine now %.4f", len(chosen), cos)
+        if cos >= min_cosine:
+            break
+    return current, demoted
+
+
+def _trial(check: Checker, build: Builder, current: list[Decision], weight_only_fmt,
+           chosen: list[tuple[int, float]]) -> tuple[list[Decision], float]:
+    """`current` with the chosen nodes demoted one step, and its worst output cosine."""
+    ds = list(current)
+    for i, _ in chosen:
+        ds[i] = _demote(ds[i], weight_only_fmt)
+    return ds, worst_cosine(check(build(ds)))
+
+
+def _smallest_k(trial: Callable[[int], tuple[list[Decision], float]], n: int, min_cosine: float) -> int:
+    """Smallest prefix length k in [1, n] whose trial reaches min_cosine (n if none does): doubling, then bisection."""
+    lo, hi = 0, 1
+    while hi < n and trial(hi)[1] < min_cosine:
+        lo, hi = hi, min(n, hi * 2)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if trial(mid)[1] >= min_cosine:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+__all__ = ["Checker", "Demotion", "KernelTiming", "activation_rows", "index_ranges", "node_name",
+           "search_fallback", "synthesize_feeds", "time_matmul", "worst_cosine"]

@@ -1,0 +1,348 @@
+"""Dynamic PTQ graph work: find weights worth quantizing, decide per node, rewrite the graph.
+
+Three rewrites, each self-contained per node so that the fidelity fallback can
+revert any single node:
+
+* weight-only: the weight becomes an int8 (per-channel or block-wise) or packed
+  int4 (block-wise, opset 21) initializer followed by DequantizeLinear; compute
+  stays FP32. onnxruntime fuses DequantizeLinear -> MatMul into MatMulNBits.
+* embedding: a Gather over a constant table gathers int8 rows and per-row scales
+  and multiplies them, so only the looked-up rows are dequantized.
+* dynamic-activation: MatMul(x, W) becomes DynamicQuantizeLinear ->
+  MatMulInteger (u8 x s8) -> Cast -> Mul(scale_x * scale_w), standard ONNX that
+  onnxruntime fuses into com.microsoft DynamicQuantizeMatMul.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedNodesPass, TopologicalSortPass
+
+from slimq.core import qmath
+from slimq.core.ops import op_info
+from slimq.graph.qdq import UniqueNames
+
+WEIGHT_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose", "Gather")
+INT8_W = qmath.INT8.narrow()  # symmetric [-127, 127]
+INT4_W = qmath.INT4.narrow()  # symmetric [-7, 7]
+BLOCK_OPSET = 21  # DequantizeLinear with block_size and INT4 inputs
+
+
+class Choice(str, Enum):
+    """What happens to one node."""
+
+    DYNAMIC = "dynamic-activation"
+    WEIGHT_ONLY = "weight-only"
+    FLOAT = "float"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A node whose weight (a constant float32 input) can be quantized."""
+
+    node: str
+    op_type: str
+    weight: str
+    input_index: int
+    channel_axis: int
+    block_axis: int | None  # reduction axis that blocks run along (None: blocks not supported)
+    dynamic_ok: bool  # MatMul with a 2-D weight and a float32 activation
+    shape: tuple[int, ...]
+
+    @property
+    def activation_input(self) -> int:
+        return 1 - self.input_index
+
+
+@dataclass(frozen=True)
+class WeightFormat:
+    """How one weight is stored."""
+
+    qtype: qmath.QType
+    axis: int
+    block: int | None = None
+
+    @property
+    def label(self) -> str:
+        gran = f"group:{self.block}" if self.block else "per-channel"
+        return f"int{self.qtype.bits} {gran}"
+
+    @property
+    def needs_opset21(self) -> bool:
+        return self.block is not None or self.qtype.bits == 4
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The choice made for one candidate node, and why."""
+
+    candidate: Candidate
+    choice: Choice
+    fmt: WeightFormat | None
+    reason: str
+
+    @property
+    def node(self) -> str:
+        return self.candidate.node
+
+    def to_dict(self) -> dict:
+        c = self.candidate
+        return {"node": c.node, "op_type": c.op_type, "weight": c.weight, "shape": list(c.shape),
+                "choice": self.choice.value, "format": self.fmt.label if self.fmt else "float32",
+                "reason": self.reason}
+
+
+def node_name(n: ir.Node) -> str:
+    return n.name or n.outputs[0].name
+
+
+def _float32_const(v: ir.Value | None) -> bool:
+    return v is not None and v.const_value is not None and v.const_value.dtype == ir.DataType.FLOAT
+
+
+def _embedding(n: ir.Node) -> Candidate | None:
+    axis = n.attributes["axis"].as_int() if "axis" in n.attributes else 0
+    data = n.inputs[0]
+    if axis != 0 or not _float32_const(data) or len(data.const_value.shape) != 2 or n.inputs[1].const_value is not None:
+        return None
+    return Candidate(node_name(n), "Gather", data.name, 0, 0, 1, False, tuple(data.const_value.shape))
+
+
+def _weight_axes(n: ir.Node, ndim: int) -> tuple[int, int | None]:
+    """(channel axis, block axis) of a MatMul/Gemm/Conv weight, from the op table."""
+    info = op_info(n.op_type, n.domain)
+    axis = info.weight_axis
+    if info.weight_axis_attr and info.weight_axis_attr in n.attributes:
+        axis = 0 if n.attributes[info.weight_axis_attr].as_int() else 1
+    axis %= ndim
+    if n.op_type in ("MatMul", "Gemm"):
+        return axis, (ndim - 2 if n.op_type == "MatMul" else 1 - axis) if ndim >= 2 else None
+    return axis, (1 - axis if ndim > 1 else None)  # Conv: (Cout, Cin, ...), ConvTranspose: (Cin, Cout, ...)
+
+
+def candidate_for(n: ir.Node) -> tuple[Candidate | None, str | None]:
+    """The candidate for node `n`, or None with the reason it stays float (None: not a weight op)."""
+    if n.domain not in ("", "ai.onnx") or n.op_type not in WEIGHT_OPS:
+        return None, None
+    if n.op_type == "Gather":
+        return _embedding(n), None
+    idx = op_info(n.op_type).weight_input
+    w = n.inputs[idx] if idx is not None and idx < len(n.inputs) else None
+    if w is None or w.const_value is None:
+        return None, "both inputs are activations (e.g. attention scores): no weight to quantize, stays float"
+    if not _float32_const(w):
+        return None, f"weight is {w.const_value.dtype.name}, not float32"
+    shape = tuple(w.const_value.shape)
+    if not shape:
+        return None, "scalar weight"
+    channel, block = _weight_axes(n, len(shape))
+    x = n.inputs[1 - idx] if n.op_type == "MatMul" else None
+    dyn = n.op_type == "MatMul" and len(shape) == 2 and x is not None and x.dtype in (None, ir.DataType.FLOAT)
+    return Candidate(node_name(n), n.op_type, w.name, idx, channel, block, dyn, shape), None
+
+
+def find_candidates(graph: ir.Graph) -> tuple[list[Candidate], list[tuple[str, str, str]]]:
+    """Every quantizable weight op, plus (node, op_type, reason) of weight ops that must stay float."""
+    found, floats = [], []
+    for n in graph:
+        cand, reason = candidate_for(n)
+        if cand is not None:
+            found.append(cand)
+        elif reason:
+            floats.append((node_name(n), n.op_type, reason))
+    return found, floats
+
+
+# -- Gemm -> MatMul (+ Add) so that Gemm weights get the MatMul kernels -------------------------
+
+def _attr(n: ir.Node, name: str, default: float) -> float:
+    return n.attributes[name].value if name in n.attributes else default
+
+
+def gemm_to_matmul(model: ir.Model) -> list[str]:
+    """Rewrite plain Gemm nodes (alpha=beta=1, no transA, constant B) as MatMul (+ Add), in place."""
+    graph, done, transposed = model.graph, [], {}
+    for n in list(graph):
+        if n.op_type != "Gemm" or n.domain not in ("", "ai.onnx") or not _float32_const(n.inputs[1]):
+            continue
+        if _attr(n, "alpha", 1.0) != 1.0 or _attr(n, "beta", 1.0) != 1.0 or _attr(n, "transA", 0):
+            continue
+        name, wv = node_name(n), n.inputs[1]
+        if _attr(n, "transB", 0) and wv.name not in transposed:
+            wt, tname = np.ascontiguousarray(wv.const_value.numpy().T), f"{wv.name}_kn"
+            while tname in graph.initializers:
+                tname += "_"
+            transposed[wv.name] = ir.Value(name=tname, const_value=ir.tensor(wt, name=tname))
+            graph.register_initializer(transposed[wv.name])
+        wv = transposed.get(wv.name, wv) if _attr(n, "transB", 0) else wv
+        mm = ir.node("MatMul", [n.inputs[0], wv], name=name)
+        new = [mm]
+        c = n.inputs[2] if len(n.inputs) > 2 else None
+        if c is not None:
+            new.append(ir.node("Add", [mm.outputs[0], c], name=f"{name}_bias"))
+        graph.insert_after(n, new)
+        replace_output(graph, n.outputs[0], new[-1].outputs[0])
+        graph.remove(n, safe=True)
+        done.append(name)
+    return done
+
+
+def replace_output(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
+    """Route every use of `old` to `new`; a graph output keeps its name."""
+    name = old.name
+    was_output = old.is_graph_output()
+    old.replace_all_uses_with(new, replace_graph_outputs=True)
+    if was_output:
+        old.name = f"{name}__replaced"
+        new.name = name
+
+
+# -- weight quantization ---------------------------------------------------------------------
+
+def quantize_blocked(w: np.ndarray, qtype: qmath.QType, axis: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric block-wise quantization along `axis` (blocks of `block` elements, last one may be short).
+
+    Returns (q, scale); scale has w's shape with ceil(D / block) along `axis` (DequantizeLinear-21 layout).
+    """
+    wt = np.moveaxis(np.asarray(w, np.float32), axis, 0)
+    d, nb = wt.shape[0], -(-wt.shape[0] // block)
+    padded = np.concatenate([wt, np.zeros((nb * block - d, *wt.shape[1:]), np.float32)])
+    absmax = np.abs(padded.reshape(nb, block, *wt.shape[1:])).max(axis=1)
+    scale, zp = qmath.scale_zero_point(-absmax, absmax, qtype, symmetric=True)
+    q = qmath.quantize(wt, np.repeat(scale, block, axis=0)[:d], np.repeat(zp, block, axis=0)[:d], qtype)
+    return np.moveaxis(q, 0, axis), np.moveaxis(scale, 0, axis)
+
+
+class WeightCache:
+    """Quantized weights by (tensor, format), computed once and shared by every rewrite attempt."""
+
+    def __init__(self) -> None:
+        self._data: dict[tuple[str, WeightFormat], tuple[np.ndarray, np.ndarray]] = {}
+
+    def get(self, name: str, w: np.ndarray, fmt: WeightFormat) -> tuple[np.ndarray, np.ndarray]:
+        key = (name, fmt)
+        if key not in self._data:
+            if fmt.block:
+                self._data[key] = quantize_blocked(w, fmt.qtype, fmt.axis, fmt.block)
+            else:
+                qt = qmath.quantize_weight(w, fmt.qtype, fmt.axis)
+                self._data[key] = (qt.data, qt.scale)
+        return self._data[key]
+
+
+def int_tensor(q: np.ndarray, qtype: qmath.QType, name: str) -> ir.TensorProtocol:
+    if qtype.bits == 4:
+        return ir.PackedTensor(qmath.pack_int4(q), ir.DataType(qtype.onnx_dtype), shape=q.shape, name=name)
+    return ir.tensor(q.astype(qtype.np_dtype), name=name)
+
+
+# -- the rewriter ----------------------------------------------------------------------------
+
+class _Rewriter:
+    def __init__(self, model: ir.Model, cache: WeightCache) -> None:
+        self.graph, self.cache = model.graph, cache
+        g = self.graph
+        self.fresh = UniqueNames(g).fresh
+        self.nodes = {node_name(n): n for n in g}
+        self.done: dict[tuple[str, str, WeightFormat], list[ir.Value]] = {}
+
+    def const(self, base: str, tensor_or_array) -> ir.Value:
+        name = self.fresh(base)
+        t = tensor_or_array if not isinstance(tensor_or_array, np.ndarray) else ir.tensor(tensor_or_array, name=name)
+        t.name = name
+        v = ir.Value(name=name, const_value=t)
+        self.graph.register_initializer(v)
+        return v
+
+    def op(self, op_type: str, inputs: Sequence[ir.Value | None], base: str, attrs: dict | None = None,
+           num_outputs: int = 1) -> list[ir.Value]:
+        outs = [ir.Value(name=self.fresh(f"{base}_{op_type}_out{i}")) for i in range(num_outputs)]
+        self.graph.append(ir.node(op_type, inputs, attrs or {}, outputs=outs, name=self.fresh(f"{base}_{op_type}")))
+        return outs
+
+    def _weight(self, d: Decision) -> tuple[np.ndarray, np.ndarray]:
+        w = self.graph.initializers[d.candidate.weight].const_value.numpy()
+        return self.cache.get(d.candidate.weight, w, d.fmt)
+
+    def weight_only(self, d: Decision) -> None:
+        c, key = d.candidate, (d.candidate.weight, "dq", d.fmt)
+        if key not in self.done:
+            q, s = self._weight(d)
+            qv = self.const(f"{c.weight}_quantized", int_tensor(q, d.fmt.qtype, ""))
+            sv = self.const(f"{c.weight}_scale", s.astype(np.float32))
+            attrs = {"axis": d.fmt.axis, **({"block_size": d.fmt.block} if d.fmt.block else {})}
+            self.done[key] = self.op("DequantizeLinear", [qv, sv], c.weight, attrs)
+        self.nodes[c.node].replace_input_with(c.input_index, self.done[key][0])
+
+    def embedding(self, d: Decision) -> None:
+        c, key = d.candidate, (d.candidate.weight, "rows", d.fmt)
+        if key not in self.done:
+            q, s = self._weight(d)
+            self.done[key] = [self.const(f"{c.weight}_quantized", q.astype(np.int8)),
+                              self.const(f"{c.weight}_row_scale", s.astype(np.float32).reshape(-1, 1))]
+        qv, sv = self.done[key]
+        node = self.nodes[c.node]
+        ids = node.inputs[1]
+        rows = self.op("Gather", [qv, ids], c.node, {"axis": 0})[0]
+        scales = self.op("Gather", [sv, ids], f"{c.node}_scale", {"axis": 0})[0]
+        rows_f = self.op("Cast", [rows], c.node, {"to": ir.DataType.FLOAT})[0]
+        out = self.op("Mul", [rows_f, scales], c.node)[0]
+        replace_output(self.graph, node.outputs[0], out)
+
+    def dynamic(self, d: Decision) -> None:
+        c, key = d.candidate, (d.candidate.weight, "dyn", d.fmt)
+        if key not in self.done:
+            q, s = self._weight(d)
+            self.done[key] = [self.const(f"{c.weight}_quantized", q.astype(np.int8)),
+                              self.const(f"{c.weight}_scale", s.astype(np.float32)),
+                              self.const(f"{c.weight}_zero_point", np.zeros(q.shape[1], np.int8))]
+        qv, sv, zv = self.done[key]
+        node = self.nodes[c.node]
+        xq, xs, xz = self.op("DynamicQuantizeLinear", [node.inputs[c.activation_input]], c.node, num_outputs=3)
+        acc = self.op("MatMulInteger", [xq, qv, xz, zv], c.node)[0]
+        acc_f = self.op("Cast", [acc], c.node, {"to": ir.DataType.FLOAT})[0]
+        scale = self.op("Mul", [xs, sv], f"{c.node}_scales")[0]
+        out = self.op("Mul", [acc_f, scale], c.node)[0]
+        replace_output(self.graph, node.outputs[0], out)
+
+
+def apply_decisions(base: onnx.ModelProto, decisions: Iterable[Decision], cache: WeightCache) -> onnx.ModelProto:
+    """A new model: `base` with every non-float decision applied (base is not modified)."""
+    model = ir.from_proto(base)
+    rw = _Rewriter(model, cache)
+    for d in decisions:
+        if d.choice is Choice.DYNAMIC:
+            rw.dynamic(d)
+        elif d.choice is Choice.WEIGHT_ONLY and d.candidate.op_type == "Gather":
+            rw.embedding(d)
+        elif d.choice is Choice.WEIGHT_ONLY:
+            rw.weight_only(d)
+    RemoveUnusedNodesPass()(model)
+    TopologicalSortPass()(model)
+    return ir.to_proto(model)
+
+
+def weight_bytes(decisions: Iterable[Decision], cache: WeightCache, base: onnx.ModelProto) -> dict[str, dict]:
+    """FP32 vs stored bytes of the quantized weights, by op type (scales included)."""
+    inits = {t.name: t for t in base.graph.initializer}
+    out: dict[str, dict] = {}
+    seen: set[tuple[str, WeightFormat]] = set()
+    for d in decisions:
+        if d.choice is Choice.FLOAT or (d.candidate.weight, d.fmt) in seen:
+            continue
+        seen.add((d.candidate.weight, d.fmt))
+        w = onnx.numpy_helper.to_array(inits[d.candidate.weight])
+        q, s = cache.get(d.candidate.weight, w, d.fmt)
+        row = out.setdefault(d.candidate.op_type, {"tensors": 0, "fp32_bytes": 0, "quantized_bytes": 0})
+        row["tensors"] += 1
+        row["fp32_bytes"] += w.size * 4
+        row["quantized_bytes"] += -(-q.size * d.fmt.qtype.bits // 8) + s.size * 4
+    for row in out.values():
+        row["ratio"] = round(row["quantized_bytes"] / max(1, row["fp32_bytes"]), 4)
+    return out

@@ -1,0 +1,379 @@
+"""Dynamic post-training quantization: no calibration data, weights quantized ahead of time.
+
+Two modes:
+
+* ``weight-only``: weights are stored as int8 (per-channel) or int4/int8 block-wise
+  (``group:N``) with their scales and dequantized by DequantizeLinear; compute is
+  FP32 in ONNX terms (onnxruntime fuses DequantizeLinear -> MatMul into MatMulNBits,
+  which by default computes with int8 activations). Embedding tables (Gather over a
+  constant) are stored int8 per row. The file shrinks about 4x (int8) or 8x (int4
+  MatMul weights).
+* ``dynamic-activation``: MatMul/Gemm with constant weights quantize their input at
+  run time (DynamicQuantizeLinear -> MatMulInteger, u8 activations x s8 weights, fused
+  by onnxruntime into DynamicQuantizeMatMul) where a timing of that shape in
+  onnxruntime shows it is faster; Conv stays float (ConvInteger is slower than float
+  Conv in onnxruntime, onnxruntime#12854, and wrecks PP-OCR; a weight-only
+  DequantizeLinear would run at every inference). Activation x activation MatMuls,
+  LayerNorm, Softmax and GELU stay float.
+
+Every result is checked against FP32 on a few inputs; when agreement collapses the
+worst nodes are demoted layer by layer (or, with ``on_collapse="refuse"``, nothing
+is written). Every decision is recorded per node in the report.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+
+from slimq.core.config import SkipSpec
+from slimq.core.errors import (
+    ConfigError,
+    FidelityError,
+    NothingToQuantizeError,
+    RuntimeTooOldError,
+    unknown_choice,
+)
+from slimq.dynamic.check import (
+    Checker,
+    Demotion,
+    activation_rows,
+    search_fallback,
+    synthesize_feeds,
+    time_matmul,
+    worst_cosine,
+)
+from slimq.dynamic.graph import (
+    BLOCK_OPSET,
+    INT4_W,
+    INT8_W,
+    Candidate,
+    Choice,
+    Decision,
+    WeightCache,
+    WeightFormat,
+    apply_decisions,
+    find_candidates,
+    gemm_to_matmul,
+    int_tensor,
+)
+from slimq.dynamic.report import (
+    CONV_REASON,
+    build_report,
+    format_report,
+    node_name_proto,
+)
+from slimq.graph.passes import preprocess
+from slimq.io.model import (
+    check_output_path,
+    default_opset,
+    load_model,
+    model_size_bytes,
+    save_model,
+    upgrade_opset,
+)
+from slimq.io.samples import load_samples
+from slimq.io.spec import model_inputs
+from slimq.report.fidelity import Report
+from slimq.runtime.cpu import cpu_info
+
+log = logging.getLogger("slimq")
+
+MODES = ("weight-only", "dynamic-activation")
+WEIGHT_BITS = (8, 4)
+ON_COLLAPSE = ("fallback", "warn", "refuse")
+MIN_ORT_BLOCKED = "1.19"  # DequantizeLinear-21 with INT4 and block_size on the CPU EP
+
+
+class FidelityRefusedError(FidelityError):
+    """The quantized model failed the fidelity check and nothing was written (CLI exit code 4)."""
+
+    exit_code = 4
+
+
+@dataclass(frozen=True)
+class DynamicConfig:
+    """Settings of dynamic post-training quantization."""
+
+    mode: str = "weight-only"
+    weight_bits: int = 8
+    granularity: str = "auto"  # "channel", "group:N"; auto: channel for int8, group:128 for int4
+    embeddings: bool = True  # quantize Gather tables (per row, int8)
+    op_types: tuple[str, ...] | None = None  # restrict to these op types (MatMul, Gemm, Conv, ConvTranspose, Gather)
+    skip: SkipSpec = field(default_factory=SkipSpec)
+    measure_kernels: bool = True  # time each MatMul shape in onnxruntime; keep dynamic only where faster
+    min_speedup: float = 1.05
+    reduce_range: bool | None = None  # None: 7-bit weights on x86 CPUs without VNNI
+    min_cosine: float = 0.99  # worst output cosine vs FP32 below this is a collapse
+    on_collapse: str = "fallback"
+    check_samples: int = 8
+    rank_samples: int = 2  # samples used to rank nodes by damage when falling back
+    check_dim: int = 64  # size of dynamic non-batch dims of synthesised check inputs
+    external_data: bool | None = None  # None: only for models over 2 GB
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise unknown_choice("mode", self.mode, MODES)
+        if self.weight_bits not in WEIGHT_BITS:
+            raise unknown_choice("weight bits", str(self.weight_bits), [str(b) for b in WEIGHT_BITS])
+        if self.on_collapse not in ON_COLLAPSE:
+            raise unknown_choice("on_collapse action", self.on_collapse, ON_COLLAPSE)
+        block = self.block_size  # validates the granularity
+        if self.mode == "dynamic-activation" and (self.weight_bits != 8 or block):
+            raise ConfigError("dynamic-activation needs int8 per-channel weights (MatMulInteger has no int4 or "
+                              "block-wise scales); use --mode weight-only for int4 or group-wise weights.")
+        if not 0.0 < self.min_cosine <= 1.0:
+            raise ConfigError(f"min_cosine must be in (0, 1], got {self.min_cosine}.")
+        for name in ("check_samples", "check_dim", "rank_samples"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
+
+    @property
+    def block_size(self) -> int | None:
+        """Block size of group-wise scales, or None for per-channel."""
+        g = self.granularity
+        if g == "auto":
+            return 128 if self.weight_bits == 4 else None
+        if g == "channel":
+            return None
+        m = re.fullmatch(r"group:(\d+)", g)
+        if not m:
+            raise unknown_choice("granularity", g, ("channel", "group:128", "group:64", "group:32"))
+        if int(m.group(1)) < 2:
+            raise ConfigError(f"group size must be >= 2, got {g}; the usual value is group:128.")
+        return int(m.group(1))
+
+    @property
+    def description(self) -> str:
+        gran = f"group:{self.block_size}" if self.block_size else "per-channel"
+        return f"{self.mode}, int{self.weight_bits} {gran} weights"
+
+
+@dataclass
+class DynamicResult:
+    """The quantized model, its report, the per-node decisions, and where it was written."""
+
+    model: onnx.ModelProto
+    report: Report
+    decisions: list[Decision]
+    demotions: list[Demotion]
+    path: Path | None = None
+
+    @property
+    def fell_back(self) -> bool:
+        return bool(self.demotions)
+
+
+@functools.lru_cache(maxsize=4)
+def _blocked_dq_runs(bits: int) -> str | None:
+    """None if this onnxruntime runs block-wise DequantizeLinear-21 of `bits`-bit weights, else the error."""
+    qtype = INT4_W if bits == 4 else INT8_W
+    q = ir.serde.serialize_tensor(int_tensor(np.ones((4, 2), np.int8), qtype, "q"))
+    nodes = [onnx.helper.make_node("DequantizeLinear", ["q", "s"], ["y"], axis=0, block_size=2)]
+    graph = onnx.helper.make_graph(nodes, "probe", [], [onnx.helper.make_tensor_value_info("y", 1, None)],
+                                   [q, onnx.numpy_helper.from_array(np.ones((2, 2), np.float32), "s")])
+    try:
+        sess = ort.InferenceSession(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 21)])
+                                    .SerializeToString(), providers=["CPUExecutionProvider"])
+        sess.run(None, {})
+    except Exception as e:  # onnxruntime raises NotImplemented / InvalidGraph on old versions
+        return str(e).splitlines()[0][:200]
+    return None
+
+
+def require_blocked_runtime(bits: int) -> None:
+    """Raise RuntimeTooOldError unless onnxruntime runs block-wise (and int4) DequantizeLinear."""
+    err = _blocked_dq_runs(bits)
+    if err is not None:
+        raise RuntimeTooOldError(
+            f"int{bits} group-wise weights need onnxruntime >= {MIN_ORT_BLOCKED} (DequantizeLinear-21 with "
+            f"block_size{' and INT4' if bits == 4 else ''}); this is onnxruntime {ort.__version__} ({err}). "
+            "Upgrade onnxruntime, or use --weight-bits 8 --granularity channel for older runtimes.")
+
+
+def _prepare(model, config: DynamicConfig) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """(FP32 reference, working copy with Gemm rewritten as MatMul), both preprocessed."""
+    fp32 = preprocess(model if isinstance(model, onnx.ModelProto) else load_model(model))
+    if config.weight_bits == 4 or config.block_size:
+        require_blocked_runtime(config.weight_bits)
+        if default_opset(fp32) < BLOCK_OPSET:
+            fp32 = upgrade_opset(fp32, BLOCK_OPSET)
+    work = ir.from_proto(fp32)
+    gemm_to_matmul(work)
+    work = ir.to_proto(work)
+    del work.graph.value_info[:]  # not needed by onnxruntime; makes each rewrite attempt cheaper
+    return fp32, work
+
+
+def _check_feeds(fp32: onnx.ModelProto, check_data, config: DynamicConfig) -> tuple[list[dict], str]:
+    if check_data is None:
+        return synthesize_feeds(fp32, config.check_samples, dim=config.check_dim), "synthesised inputs"
+    samples = load_samples(check_data, model_inputs(fp32))
+    n = min(len(samples), max(config.check_samples, 1))
+    return [samples.sample(i) for i in range(n)], "check-data inputs"
+
+
+def weight_only_format(c: Candidate, config: DynamicConfig) -> tuple[WeightFormat, str]:
+    """Storage format of a weight-only node and the reason for it."""
+    block, bits = config.block_size, config.weight_bits
+    if c.op_type == "Gather":
+        why = " (Gather cannot index packed int4 rows)" if bits == 4 else ""
+        return WeightFormat(INT8_W, 0), f"embedding table: int8 rows dequantized after the lookup{why}"
+    if c.op_type in ("Conv", "ConvTranspose") and (bits == 4 or block):
+        return WeightFormat(INT8_W, c.channel_axis), "no int4/group-wise conv kernel: int8 per-channel weights"
+    qtype = INT4_W if bits == 4 else INT8_W
+    why = ("integer weights + DequantizeLinear (onnxruntime fuses it into MatMulNBits)" if c.op_type == "MatMul"
+           else "integer weights + DequantizeLinear, float compute")
+    if block and c.block_axis is not None:
+        return WeightFormat(qtype, c.block_axis, block), why
+    return WeightFormat(qtype, c.channel_axis), why
+
+
+def _weight_only(c: Candidate, config: DynamicConfig) -> Decision:
+    fmt, why = weight_only_format(c, config)
+    return Decision(c, Choice.WEIGHT_ONLY, fmt, why)
+
+
+def _skipped(c: Candidate, config: DynamicConfig) -> str | None:
+    if config.skip.matches(c.node, c.op_type):
+        return "skipped by configuration"
+    if config.op_types is not None and c.op_type not in config.op_types:
+        return "op type not selected for quantization"
+    if c.op_type == "Gather" and not config.embeddings:
+        return "embedding quantization disabled"
+    if c.op_type in ("Conv", "ConvTranspose") and config.mode == "dynamic-activation":
+        return CONV_REASON
+    return None
+
+
+def _dynamic_weight(config: DynamicConfig) -> WeightFormat:
+    reduce = config.reduce_range if config.reduce_range is not None else not cpu_info().vnni
+    return WeightFormat(INT8_W.reduced() if reduce else INT8_W, 1)
+
+
+def decide(candidates: list[Candidate], config: DynamicConfig, work: onnx.ModelProto, feeds: dict) -> list[Decision]:
+    """One decision per candidate: dynamic where it is (measured) faster, else weight-only, or float if skipped."""
+    decisions, dyn_fmt = [], _dynamic_weight(config)
+    dyn = [c for c in candidates if config.mode == "dynamic-activation" and c.dynamic_ok and not _skipped(c, config)]
+    timings = _timings(dyn, work, feeds) if config.measure_kernels else {}
+    for c in candidates:
+        why = _skipped(c, config)
+        if why:
+            decisions.append(Decision(c, Choice.FLOAT, None, why))
+        elif c in dyn and c.node in timings and timings[c.node].speedup < config.min_speedup:
+            t = timings[c.node]
+            d = _weight_only(c, config)
+            decisions.append(replace(d, reason=f"dynamic int8 not faster here ({t.dynamic_us:.0f} us vs float "
+                                               f"{t.float_us:.0f} us at M={t.m}); {d.reason}"))
+        elif c in dyn:
+            t = timings.get(c.node)
+            speed = f": {t.dynamic_us:.0f} us vs float {t.float_us:.0f} us at M={t.m}" if t else ""
+            decisions.append(Decision(c, Choice.DYNAMIC, dyn_fmt, "DynamicQuantizeLinear + MatMulInteger (u8 x s8), "
+                                      f"fused by onnxruntime into DynamicQuantizeMatMul{speed}"))
+        else:
+            decisions.append(_weight_only(c, config))
+    return decisions
+
+
+def _timings(dyn: list[Candidate], work: onnx.ModelProto, feeds: dict) -> dict:
+    graph = {node_name_proto(n): n for n in work.graph.node}
+    acts = {c.node: graph[c.node].input[c.activation_input] for c in dyn}
+    rows = activation_rows(work, sorted(set(acts.values())), feeds)
+    cache, out = {}, {}
+    for c in dyn:
+        key = (rows[acts[c.node]], *c.shape)
+        if key not in cache:
+            cache[key] = time_matmul(*key)
+        out[c.node] = cache[key]
+    return out
+
+
+def quantize_dynamic(model: str | os.PathLike | onnx.ModelProto, config: DynamicConfig = DynamicConfig(),
+                     output: str | os.PathLike | None = None, check_data=None) -> DynamicResult:
+    """Quantize `model` without calibration data; check it against FP32; write it if it is not broken.
+
+    check_data: inputs for the fidelity check (.npz/.npy file or folder, array, dict, list of feeds); by default
+    they are synthesised from the model's input spec. With `output`, the model and `<output>.report.json` are
+    written atomically (never over the input). Raises NothingToQuantizeError, RuntimeTooOldError, or
+    FidelityRefusedError (on_collapse="refuse" and the check failed; nothing written).
+    """
+    out = check_output_path(model if not isinstance(model, onnx.ModelProto) else None, output) if output else None
+    fp32, work = _prepare(model, config)
+    candidates, floats = find_candidates(ir.from_proto(work).graph)
+    config.skip.validate([node_name_proto(n) for n in work.graph.node], {n.op_type for n in work.graph.node})
+    if not candidates:
+        raise NothingToQuantizeError("This model has no constant float32 weights in MatMul/Gemm/Conv/Gather "
+                                     "nodes, so dynamic quantization has nothing to do. Nothing was written.")
+    feeds, source = _check_feeds(fp32, check_data, config)
+    check = Checker(fp32, feeds)
+    decisions = decide(candidates, config, work, feeds[0])
+    if all(d.choice is Choice.FLOAT for d in decisions):
+        why = "; ".join(sorted({f"{d.candidate.op_type}: {d.reason}" for d in decisions}))
+        raise NothingToQuantizeError(f"No node would be quantized ({why}). Nothing was written.")
+    cache = WeightCache()
+    build = functools.partial(_build, work, cache)
+    quantized = build(decisions)
+    agree = check(quantized)
+    warnings, demotions = [], []
+    if worst_cosine(agree) < config.min_cosine:
+        decisions, demotions, warnings, quantized, agree = _on_collapse(check, build, decisions, quantized, agree,
+                                                                         config)
+    report = build_report(fp32, quantized, decisions, floats, agree, feeds, source, demotions, warnings, config,
+                          cache, work)
+    report.extra["models_checked"] = check.runs
+    if out is not None:
+        save_model(quantized, out, external_data=config.external_data)
+        report.size_bytes["quantized"] = model_size_bytes(out)
+        if not isinstance(model, onnx.ModelProto):
+            report.size_bytes["fp32"] = model_size_bytes(model)
+            report.extra["size_ratio"] = round(report.size_bytes["quantized"] / report.size_bytes["fp32"], 4)
+        report.write(out.with_name(out.name + ".report.json"))
+    return DynamicResult(quantized, report, decisions, demotions, out)
+
+
+def _build(work: onnx.ModelProto, cache: WeightCache, decisions) -> onnx.ModelProto:
+    return apply_decisions(work, decisions, cache)
+
+
+def _on_collapse(check: Checker, build, decisions: list[Decision], quantized: onnx.ModelProto, agree,
+                 config: DynamicConfig):
+    """Refuse, warn, or fall back layer by layer; returns (decisions, demotions, warnings, model, agreement)."""
+    worst = min(agree, key=lambda a: a.cosine)
+    msg = (f'fidelity collapsed: output "{worst.name}" cosine {worst.cosine:.4f} < {config.min_cosine} '
+           f"(SQNR {worst.sqnr_db:.1f} dB)")
+    if config.on_collapse == "refuse":
+        raise FidelityRefusedError(f"{msg}. Nothing was written. Rerun with --on-collapse fallback (the "
+                                   "default) to demote the damaging layers, or skip them.")
+    if config.on_collapse == "warn":
+        return decisions, [], [msg + "; written anyway (on_collapse=warn)."], quantized, agree
+    log.warning("slimq: %s; searching for the layers to fall back", msg)
+    rank_check = Checker.subset(check, config.rank_samples)
+    new, demotions = search_fallback(check, rank_check, build, decisions, config.min_cosine,
+                                     lambda d: _weight_only(d.candidate, config))
+    quantized = build(new)
+    agree = check(quantized)
+    cos = worst_cosine(agree)
+    if all(d.choice is Choice.FLOAT for d in new):
+        raise FidelityRefusedError(f"{msg}; only leaving every node in float recovers it, so there is nothing "
+                                   "worth writing. Nothing was written.")
+    if cos < config.min_cosine:
+        raise FidelityRefusedError(f"{msg}, and falling back layer by layer did not recover it (worst cosine "
+                                   f"{cos:.4f} with {len(demotions)} node(s) demoted). Nothing was written.")
+    names = ", ".join(f"{d.node} ({d.before.value} -> {d.after.value})" for d in demotions[:8])
+    more = f" and {len(demotions) - 8} more" if len(demotions) > 8 else ""
+    warning = (f"{msg}; fell back on {len(demotions)} node(s), ranked by the damage each does alone: {names}{more}. "
+               f"Worst cosine is now {cos:.4f}.")
+    return new, demotions, [warning], quantized, agree
+
+
+__all__ = ["DynamicConfig", "DynamicResult", "FidelityRefusedError", "MODES", "format_report", "quantize_dynamic",
+           "require_blocked_runtime"]

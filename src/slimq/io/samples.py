@@ -1,0 +1,156 @@
+"""Calibration and check data: arrays, .npy/.npz files or folders, image folders with a preprocessing spec.
+
+Everything is validated against the model's inputs (names, rank, static
+dims, dtype, NaN/Inf) before it reaches onnxruntime, so bad data gets an
+error that names the problem instead of an ORT stack trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from slimq.core.errors import CalibrationDataError, did_you_mean
+from slimq.io.spec import Feeds, InputSpec, static_batch
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+def validate_feeds(feeds: Mapping[str, np.ndarray], inputs: Sequence[InputSpec], where: str = "") -> Feeds:
+    """Check names, rank, static dims, dtype and finiteness; cast compatible dtypes."""
+    where = f" ({where})" if where else ""
+    expected = {s.name: s for s in inputs}
+    for name in feeds:
+        if name not in expected:
+            raise CalibrationDataError(
+                f'Data{where} has input "{name}" but the model has no such input.{did_you_mean(name, expected)} '
+                f"Model inputs: {', '.join(expected)}.")
+    missing = [n for n in expected if n not in feeds]
+    if missing:
+        raise CalibrationDataError(f"Data{where} lacks model input(s) {', '.join(missing)}; "
+                                   f"provide one array per input (an .npz with keys {', '.join(expected)}).")
+    return {name: _check_array(np.asarray(feeds[name]), expected[name], where) for name in expected}
+
+
+def _check_array(a: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
+    want = f"shape {tuple(d if isinstance(d, int) else '?' for d in spec.shape)}"
+    if a.ndim != len(spec.shape):
+        raise CalibrationDataError(f'Input "{spec.name}"{where} has shape {a.shape} but the model expects {want} '
+                                   f"(rank {len(spec.shape)}). Check the layout and the batch dimension.")
+    for i, (got, exp) in enumerate(zip(a.shape, spec.shape)):
+        if isinstance(exp, int) and exp > 0 and got != exp and not (i == 0 and exp == 1):
+            raise CalibrationDataError(f'Input "{spec.name}"{where} has shape {a.shape} but the model expects {want}: '
+                                       f"dimension {i} is {got}, expected {exp}. Resize or re-layout the data.")
+    if np.issubdtype(spec.dtype, np.floating) != np.issubdtype(a.dtype, np.floating):
+        raise CalibrationDataError(f'Input "{spec.name}"{where} has dtype {a.dtype} but the model expects '
+                                   f"{np.dtype(spec.dtype).name}. Convert the data (e.g. images to float32 and normalise).")
+    a = a.astype(spec.dtype, copy=False)
+    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+        raise CalibrationDataError(f'Input "{spec.name}"{where} contains NaN or Inf values. '
+                                   "Clean the data or fix the preprocessing that produced them.")
+    return a
+
+
+class SampleSet:
+    """A re-iterable, validated collection of samples; each sample is a feed dict with batch dim 1."""
+
+    def __init__(self, loaders: Sequence[Callable[[], Feeds]], inputs: Sequence[InputSpec], source: str):
+        if not loaders:
+            raise CalibrationDataError(f"The data set {source} is empty: give at least one sample "
+                                       "(a few hundred are recommended for calibration).")
+        self.loaders, self.inputs, self.source = list(loaders), list(inputs), source
+
+    def __len__(self) -> int:
+        return len(self.loaders)
+
+    def sample(self, i: int) -> Feeds:
+        return validate_feeds(self.loaders[i](), self.inputs, f"{self.source}, sample {i}")
+
+    def batches(self, indices: Iterable[int], batch_size: int) -> Iterator[Feeds]:
+        """Stack consecutive samples with equal shapes into batches of up to batch_size."""
+        fixed = static_batch(self.inputs)
+        batch_size = fixed if fixed is not None else batch_size
+        pending: list[Feeds] = []
+        for i in indices:
+            s = self.sample(i)
+            if pending and (len(pending) >= batch_size or _shapes(s) != _shapes(pending[0])):
+                yield _stack(pending)
+                pending = []
+            pending.append(s)
+        if pending:
+            yield _stack(pending)
+
+
+def _shapes(f: Feeds) -> tuple:
+    return tuple((k, v.shape) for k, v in sorted(f.items()))
+
+
+def _stack(samples: list[Feeds]) -> Feeds:
+    return {k: np.concatenate([s[k] for s in samples], axis=0) for k in samples[0]}
+
+
+def _split_samples(arrays: Mapping[str, np.ndarray], inputs: Sequence[InputSpec], source: str) -> list[Callable[[], Feeds]]:
+    """Per-sample loaders for arrays whose first axis indexes samples (a missing batch axis is added)."""
+    ranks = {s.name: len(s.shape) for s in inputs}
+    arrays = {k: (v[None] if k in ranks and v.ndim == ranks[k] - 1 else v) for k, v in arrays.items()}
+    counts = {v.shape[0] if v.ndim else 1 for v in arrays.values()}
+    if len(counts) != 1:
+        raise CalibrationDataError(f"Arrays in {source} hold different numbers of samples: "
+                                   f"{ {k: v.shape for k, v in arrays.items()} }.")
+    n = counts.pop()
+    return [lambda i=i: {k: v[i:i + 1] for k, v in arrays.items()} for i in range(n)]
+
+
+def _load_npfile(path: Path, inputs: Sequence[InputSpec]) -> dict[str, np.ndarray]:
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        a = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise CalibrationDataError(f"Cannot read {path}: {e}. Save arrays with numpy.save / numpy.savez.") from None
+    if len(inputs) != 1:
+        raise CalibrationDataError(f"{path} is a single array but the model has {len(inputs)} inputs; "
+                                   f"use an .npz with keys {', '.join(s.name for s in inputs)}.")
+    return {inputs[0].name: a}
+
+
+def _npfile_loaders(path: Path, inputs: Sequence[InputSpec]) -> list[Callable[[], Feeds]]:
+    return _split_samples(_load_npfile(path, inputs), inputs, str(path))
+
+
+def _folder_loaders(folder: Path, inputs: Sequence[InputSpec], preprocess) -> list[Callable[[], Feeds]]:
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    arrays = [p for p in files if p.suffix in (".npy", ".npz")]
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    if arrays:
+        return [ld for p in arrays for ld in _npfile_loaders(p, inputs)]
+    if images:
+        from slimq.io.images import PreprocessSpec, image_loaders
+
+        return image_loaders(images, inputs, preprocess or PreprocessSpec())
+    raise CalibrationDataError(f"{folder} holds no .npy/.npz files and no images ({', '.join(IMAGE_SUFFIXES)}).")
+
+
+def load_samples(data, inputs: Sequence[InputSpec], preprocess=None) -> SampleSet:
+    """Build a SampleSet from a path, an array, a dict of arrays, a list of feed dicts, or a SampleSet."""
+    if isinstance(data, SampleSet):
+        return data
+    if isinstance(data, (str, Path)):
+        path = Path(data)
+        if not path.exists():
+            raise CalibrationDataError(f"Calibration data not found: {path}. Pass a folder of images or .npy/.npz files.")
+        loaders = (_folder_loaders(path, inputs, preprocess) if path.is_dir()
+                   else _npfile_loaders(path, inputs) if path.suffix in (".npy", ".npz") else None)
+        if loaders is None:
+            raise CalibrationDataError(f"{path}: unsupported data file; use .npy, .npz or a folder of images.")
+        return SampleSet(loaders, inputs, str(path))
+    if isinstance(data, np.ndarray):
+        if len(inputs) != 1:
+            raise CalibrationDataError(f"An array was given but the model has {len(inputs)} inputs; pass a dict.")
+        return SampleSet(_split_samples({inputs[0].name: data}, inputs, "array"), inputs, "array")
+    if isinstance(data, Mapping):
+        return SampleSet(_split_samples(dict(data), inputs, "dict"), inputs, "dict")
+    items = list(data)
+    loaders = [ld for f in items for ld in _split_samples(dict(f), inputs, "list")]
+    return SampleSet(loaders, inputs, "list of feeds")

@@ -1,6 +1,0 @@
-"""Graph passes: each is a small function on an onnx-ir model that says whether it changed it."""
-
-from .fusions import fold_conv_affine, fold_input_affine, fuse_hardswish
-from .preprocess import fold_batchnorm, infer_shapes, ort_constant_fold, preprocess
-
-__all__ = ["fold_conv_affine", "fold_input_affine", "fuse_hardswish", "fold_batchnorm", "infer_shapes", "ort_constant_fold", "preprocess"]

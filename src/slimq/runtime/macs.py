@@ -1,0 +1,88 @@
+"""Count multiply-accumulates per op in the graph onnxruntime really runs, int8 vs float."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from slimq.runtime.exposed import ExposedRunner
+
+# op_type -> (role, weight input index, A input index); role "conv", "convT" or "matmul"
+MAC_OPS: dict[str, tuple[str, int, int, bool]] = {
+    # op: (kind, weight/B input, A input, int8?)
+    "Conv": ("conv", 1, 0, False), "FusedConv": ("conv", 1, 0, False), "NhwcFusedConv": ("conv", 1, 0, False),
+    "ConvTranspose": ("convT", 1, 0, False),
+    "QLinearConv": ("conv", 3, 0, True), "ConvInteger": ("conv", 1, 0, True),
+    "QLinearConvTranspose": ("convT", 3, 0, True),
+    "MatMul": ("matmul", 1, 0, False), "FusedMatMul": ("matmul", 1, 0, False), "Gemm": ("matmul", 1, 0, False),
+    "FusedGemm": ("matmul", 1, 0, False),
+    "QLinearMatMul": ("matmul", 3, 0, True), "MatMulInteger": ("matmul", 1, 0, True),
+    "MatMulIntegerToFloat": ("matmul", 1, 0, True), "DynamicQuantizeMatMul": ("matmul", 1, 0, True),
+    "QGemm": ("matmul", 3, 0, True), "MatMulNBits": ("matmul", 1, 0, False),
+}
+
+
+@dataclass
+class MacCount:
+    int8_macs: int = 0
+    float_macs: int = 0
+    int8_ops: Counter = field(default_factory=Counter)
+    float_ops: Counter = field(default_factory=Counter)
+    float_nodes: list[str] = field(default_factory=list)
+
+    @property
+    def int8_share(self) -> float:
+        total = self.int8_macs + self.float_macs
+        return self.int8_macs / total if total else 0.0
+
+    def to_dict(self) -> dict:
+        return {"int8_macs": self.int8_macs, "float_macs": self.float_macs, "int8_share": round(self.int8_share, 4),
+                "int8_ops": dict(self.int8_ops), "float_mac_ops": dict(self.float_ops),
+                "float_mac_nodes": self.float_nodes[:50]}
+
+
+def _node_macs(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]]) -> int:
+    kind, w_idx, a_idx, _ = MAC_OPS[node.op_type]
+    if len(node.input) <= w_idx or node.input[w_idx] not in shapes or node.output[0] not in shapes:
+        return 0
+    w, out = shapes[node.input[w_idx]], shapes[node.output[0]]
+    if kind == "conv":
+        return int(np.prod(out, dtype=np.int64) * np.prod(w[1:], dtype=np.int64))
+    if kind == "convT":
+        a = shapes.get(node.input[a_idx])
+        return int(np.prod(a, dtype=np.int64) * np.prod(w[1:], dtype=np.int64)) if a else 0
+    a = shapes.get(node.input[a_idx])
+    if not a:
+        return 0
+    trans_a = any(at.name == "transA" and at.i for at in node.attribute)
+    k = a[-2] if trans_a else a[-1]
+    return int(np.prod(out, dtype=np.int64) * k)
+
+
+def count_macs(optimized: onnx.ModelProto, feeds: dict[str, np.ndarray], budget_mb: int = 1024) -> MacCount:
+    """MACs of every conv/matmul-type node, split by whether its kernel is integer.
+
+    Activation shapes come from running the optimized graph once on `feeds`."""
+    shapes = {i.name: tuple(i.dims) for i in optimized.graph.initializer}
+    nodes = [n for n in optimized.graph.node if n.op_type in MAC_OPS]
+    wanted = sorted({t for n in nodes for t in (*n.input, n.output[0]) if t and t not in shapes})
+    graph_inputs = {i.name for i in optimized.graph.input}
+    shapes.update({k: v.shape for k, v in feeds.items()})
+    runnable = [t for t in wanted if t not in graph_inputs]
+    if runnable:
+        runner = ExposedRunner(optimized, runnable, feeds, budget_mb * 2**20)
+        shapes.update({name: arr.shape for name, arr in runner.run(feeds)})
+    count = MacCount()
+    for n in nodes:
+        macs = _node_macs(n, shapes)
+        if MAC_OPS[n.op_type][3]:
+            count.int8_macs += macs
+            count.int8_ops[n.op_type] += 1
+        else:
+            count.float_macs += macs
+            count.float_ops[n.op_type] += 1
+            count.float_nodes.append(f"{n.name or n.output[0]} ({n.op_type}, {macs} MACs)")
+    return count

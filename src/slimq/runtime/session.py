@@ -1,0 +1,118 @@
+"""Deployment: CPU capability report, a Predictor (onnxruntime or OpenVINO), and optimized-graph export."""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from slimq.core.errors import ConfigError
+
+
+def resolve_threads(threads: int | str) -> int:
+    """'all' or 0 -> every core; above the core count -> warning and clamp."""
+    cores = os.cpu_count() or 1
+    if threads in ("all", 0, "0"):
+        return cores
+    try:
+        n = int(threads)
+    except ValueError:
+        raise ConfigError(f'threads must be a number or "all", got "{threads}".') from None
+    if n < 1:
+        raise ConfigError(f"threads must be >= 1, got {n}.")
+    if n > cores:
+        warnings.warn(f"{n} threads requested but this machine has {cores} cores; using {cores}.", stacklevel=2)
+        return cores
+    return n
+
+
+_ACTIVATION_QUANT_OPS = {"QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QLinearConv",
+                         "QLinearMatMul"}
+
+
+def dequantize_at_load(model: str | os.PathLike | onnx.ModelProto) -> bool:
+    """True for weight-only QDQ models whose convolutions read DequantizeLinear'd weights.
+
+    onnxruntime has no weight-only convolution kernel and would dequantize those weights on every
+    run; they are meant to be dequantized once, at load (the size win of dynamic PTQ's weight-only
+    mode). MatMul-only models keep onnxruntime's weight-only MatMulNBits kernel instead.
+    """
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    ops = {n.op_type for n in model.graph.node}
+    if "DequantizeLinear" not in ops or ops & _ACTIVATION_QUANT_OPS:
+        return False
+    dq_out = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    return any(n.op_type in ("Conv", "ConvTranspose") and n.input[1] in dq_out for n in model.graph.node)
+
+
+def session_options(threads: int | str = 1, level: str = "all", optimized_path: str | None = None,
+                    fold_weights: bool = False) -> ort.SessionOptions:
+    levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+    so = ort.SessionOptions()
+    so.graph_optimization_level = levels[level]
+    so.intra_op_num_threads = resolve_threads(threads)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3
+    if optimized_path:
+        so.optimized_model_filepath = optimized_path
+    if fold_weights:  # constant-fold DequantizeLinear of weights at load (no QDQ fusion is wanted)
+        so.add_session_config_entry("session.disable_quant_qdq", "1")
+    return so
+
+
+class Predictor:
+    """A loaded model with explicit threads, run by onnxruntime (default) or another backend.
+
+    backend: "ort" or "openvino" (see slimq.runtime.backends; OpenVINO needs ``pip install 'slimq[openvino]'``).
+    providers and level apply to onnxruntime only. ``session`` is the backend's own session object
+    (an onnxruntime InferenceSession, or a slimq.runtime.backends.OpenVINOSession).
+    """
+
+    def __init__(self, model: str | os.PathLike | onnx.ModelProto, threads: int | str = 1,
+                 providers: list[str] | None = None, level: str = "all", backend: str = "ort") -> None:
+        from slimq.runtime.backends import OpenVINOSession, check_backend
+
+        self.backend = check_backend(backend)
+        if backend == "openvino":
+            self.session = OpenVINOSession(model, resolve_threads(threads))
+            self.input_names, self.output_names = self.session.input_names, self.session.output_names
+            self._run = self.session.run
+            return
+        src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+        self.session = ort.InferenceSession(src, session_options(threads, level, fold_weights=dequantize_at_load(model)),
+                                            providers=providers or ["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self._run = functools.partial(self.session.run, None)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Outputs in the model's output order."""
+        return self._run(feeds)
+
+    __call__ = run
+
+
+def optimized_graph(model: str | os.PathLike | onnx.ModelProto, level: str = "extended") -> onnx.ModelProto:
+    """The graph onnxruntime actually runs (after its QDQ fusions), as an ONNX model."""
+    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    with tempfile.TemporaryDirectory(prefix="slimq-opt-") as tmp:
+        path = os.path.join(tmp, "optimized.onnx")
+        so = session_options(1, level, path, fold_weights=dequantize_at_load(model))
+        ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+        return onnx.load(path)
+
+
+def save_optimized(model: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Save onnxruntime's optimized graph (level 'extended': portable across x86 CPUs) for fast loading."""
+    from slimq.io.model import save_model
+
+    return save_model(optimized_graph(model, "extended"), out)
