@@ -27,8 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import CASES, BenchModel, build_case, default_cache  # noqa: E402
 
 from slimq.bench.profile import write_text  # noqa: E402
-from slimq.bench.results import BenchResult, TimingConfig
-from slimq.bench.results import write_json  # noqa: E402
+from slimq.bench.results import (
+    BenchResult,
+    TimingConfig,
+    write_json,  # noqa: E402
+)
 from slimq.bench.runner import benchmark  # noqa: E402
 from slimq.bench.tables import format_table, results_markdown  # noqa: E402
 from slimq.runtime.backends import check_backend, openvino_mac_count  # noqa: E402

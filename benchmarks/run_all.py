@@ -28,8 +28,11 @@ from peers import PEERS, PeerResult, quantize_peer  # noqa: E402
 
 from slimq import __version__  # noqa: E402
 from slimq.bench.profile import Profile, profile_markdown, profile_model, write_text  # noqa: E402
-from slimq.bench.results import BenchResult, TimingConfig
-from slimq.bench.results import write_json  # noqa: E402
+from slimq.bench.results import (
+    BenchResult,
+    TimingConfig,
+    write_json,  # noqa: E402
+)
 from slimq.bench.runner import benchmark  # noqa: E402
 from slimq.bench.tables import format_table, results_markdown  # noqa: E402
 from slimq.core.config import StaticConfig  # noqa: E402

@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slimq.runtime import backends
 from slimq.bench.data import LabeledEvaluator
 from slimq.bench.results import TimingConfig
 from slimq.bench.runner import benchmark
+from slimq.bench.tables import result_markdown
 from slimq.cli.main import main
 from slimq.core.errors import ConfigError
+from slimq.runtime import backends
 from slimq.runtime.backends import OPENVINO_INSTALL, check_backend, parse_backends
 from slimq.runtime.session import Predictor
 
@@ -94,7 +95,7 @@ def test_benchmark_across_backends_labels_rows_and_ratios(pair):
     assert r.speed_of("FP32", 1) is ref_ort and r.machine["openvino"]
     assert list(r.accuracy) == labels
     assert r.accuracy["FP32 (openvino)"] == r.accuracy["FP32 (ort)"]  # same float model: same predictions
-    md = r.to_markdown()
+    md = result_markdown(r)
     assert "| INT8 | openvino | 1 |" in md and "vs FP32 same backend" in md and "openvino " in md
 
 
@@ -124,7 +125,7 @@ def test_a_model_one_backend_cannot_load_is_reported_not_fatal(pair, monkeypatch
     r = benchmark([fp32, int8], threads=(1,), timing=FAST, names=["FP32", "INT8"], backends=("ort", "openvino"))
     assert r.failed == {"INT8 (openvino)": "OpenVINO cannot compile it: test"}
     assert [s.model for s in r.speed] == ["FP32 (ort)", "INT8 (ort)", "FP32 (openvino)"]
-    assert "- not run: INT8 (openvino): OpenVINO cannot compile it: test" in r.to_markdown()
+    assert "- not run: INT8 (openvino): OpenVINO cannot compile it: test" in result_markdown(r)
 
 
 def test_openvino_alone_is_the_reference_backend(pair):
@@ -133,4 +134,4 @@ def test_openvino_alone_is_the_reference_backend(pair):
     r = benchmark([fp32, int8], threads=(1,), timing=FAST, names=["FP32", "INT8"], backends=("openvino",))
     assert [(s.model, s.backend) for s in r.speed] == [("FP32", "openvino"), ("INT8", "openvino")]
     assert r.speed_of("INT8", 1).ratio == pytest.approx(r.speed_of("INT8", 1).backend_ratio)
-    assert "backends: openvino;" in r.to_markdown()
+    assert "backends: openvino;" in result_markdown(r)

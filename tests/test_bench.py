@@ -13,6 +13,7 @@ from slimq.bench.data import LabeledEvaluator
 from slimq.bench.profile import profile_markdown, profile_model, summarize
 from slimq.bench.results import BenchResult, TimingConfig
 from slimq.bench.runner import benchmark
+from slimq.bench.tables import result_markdown
 from slimq.cli.main import main
 from slimq.core.errors import CalibrationDataError, ConfigError
 from slimq.testing import matmul_net
@@ -52,7 +53,7 @@ def test_benchmark_measures_accuracy_speed_and_ratios(pair):
 def test_markdown_tables_have_expected_rows(pair):
     _, fp32, int8, data = pair
     r = benchmark([fp32, int8], str(data), threads=(1,), timing=FAST, names=["FP32", "INT8"])
-    md = r.to_markdown()
+    md = result_markdown(r)
     acc, speed = md.split("### Speed")
     assert "| model | top1 | top5 | Δ top1 | Δ top5 |" in acc
     d1 = r.accuracy["INT8"]["top1"] - r.accuracy["FP32"]["top1"]
@@ -118,7 +119,7 @@ def test_any_evaluator_drives_the_accuracy_table(pair):
     r = benchmark([fp32, int8], evaluator=ev, threads=(1,), timing=FAST, batch=2)
     assert r.evaluator == {"name": "classification", "primary_metric": "top1", "higher_is_better": True}
     assert r.speed[0].batch == 2 and r.settings["data"] == "classification evaluation set"
-    assert isinstance(r, BenchResult) and "Δ top1" in r.to_markdown()
+    assert isinstance(r, BenchResult) and "Δ top1" in result_markdown(r)
 
 
 def test_invalid_timing_is_a_config_error():

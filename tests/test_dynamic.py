@@ -11,7 +11,6 @@ import onnx.numpy_helper as nh
 import pytest
 
 from slimq import testing
-from slimq.dynamic import method as dynamic
 from slimq.cli.main import main
 from slimq.core.errors import (
     ConfigError,
@@ -21,6 +20,7 @@ from slimq.core.errors import (
     RuntimeTooOldError,
 )
 from slimq.core.qmath import INT4, cosine
+from slimq.dynamic import method as dynamic
 from slimq.dynamic.check import index_ranges, synthesize_feeds
 from slimq.dynamic.graph import Choice, quantize_blocked
 from slimq.dynamic.method import DynamicConfig, FidelityRefusedError, quantize_dynamic

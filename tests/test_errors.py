@@ -8,7 +8,6 @@ import numpy as np
 import onnx
 import pytest
 
-from slimq import testing
 from slimq.core.config import StaticConfig
 from slimq.core.errors import (
     CalibrationDataError,

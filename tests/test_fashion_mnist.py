@@ -12,13 +12,13 @@ import onnxruntime as ort
 import pytest
 
 from slimq.core.errors import CalibrationDataError, ConfigError
+from slimq.io import fashion_mnist as fm
 from slimq.io.fashion_mnist import (
     FMNIST_MEAN,
     FMNIST_STD,
     load_fashion_mnist,
     preprocess,
 )
-from slimq.io import fashion_mnist as fm
 from slimq.zoo import ZOO_MODELS, asset_path
 
 

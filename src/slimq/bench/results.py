@@ -59,7 +59,7 @@ class SpeedResult:
 
 @dataclass
 class BenchResult:
-    """Everything `benchmark` measured; `to_markdown()` gives the accuracy and speed tables."""
+    """Everything `benchmark` measured; `slimq.bench.tables.result_markdown` formats it."""
 
     models: list[ModelInfo]
     speed: list[SpeedResult]
@@ -78,18 +78,8 @@ class BenchResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def to_markdown(self) -> str:
-        from slimq.bench.tables import result_markdown
-
-        return result_markdown(self)
-
     def write_json(self, path: str | os.PathLike) -> Path:
         return write_json([self], path)
-
-    def plot(self, path: str | os.PathLike) -> Path:
-        from slimq.bench.tables import plot_results
-
-        return plot_results([self], path)
 
     def speed_of(self, model: str, threads: int, backend: str | None = None) -> SpeedResult:
         """The timing of a row label, or of a model name on `backend` (default: the first backend)."""

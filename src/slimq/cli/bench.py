@@ -42,6 +42,7 @@ def register(sub: argparse._SubParsersAction, methods: argparse._SubParsersActio
 def run_bench(args: argparse.Namespace) -> int:
     from slimq.bench.results import TimingConfig
     from slimq.bench.runner import benchmark
+    from slimq.bench.tables import plot_results, result_markdown
     from slimq.runtime.backends import parse_backends
 
     threads = _csv(args.threads)
@@ -52,9 +53,9 @@ def run_bench(args: argparse.Namespace) -> int:
     result = benchmark(args.models, args.data, threads, batch=args.batch, task=args.task, timing=timing,
                        names=names, limit=args.limit, backends=parse_backends(args.backend),
                        progress=lambda m: print(m, file=sys.stderr, flush=True))
-    print(result.to_markdown())
+    print(result_markdown(result))
     if args.json:
         print(f"wrote {result.write_json(args.json)}", file=sys.stderr)
     if args.png:
-        print(f"wrote {result.plot(args.png)}", file=sys.stderr)
+        print(f"wrote {plot_results([result], args.png)}", file=sys.stderr)
     return 0

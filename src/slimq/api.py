@@ -1,0 +1,1 @@
+"""The one entry point: ``slimq.quantize(model, config, data, output)``, dispatched by config type."""
