@@ -23,7 +23,8 @@ from slimq.core.qmath import INT4, cosine
 from slimq.dynamic import method as dynamic
 from slimq.dynamic.check import index_ranges, synthesize_feeds
 from slimq.dynamic.graph import Choice, quantize_blocked
-from slimq.dynamic.method import DynamicConfig, FidelityRefusedError, quantize_dynamic
+from slimq.core.errors import FidelityError
+from slimq.dynamic.method import DynamicConfig, quantize_dynamic
 from slimq.io.model import load_model
 from slimq.runtime.session import Predictor, optimized_graph
 
@@ -104,8 +105,8 @@ def test_weight_only_int8_stores_int8_weights_and_matches_fp32():
     assert {inits[n].data_type for n in inits if n.endswith("_quantized")} == {onnx.TensorProto.INT8}
     feeds = testing.random_inputs(fp32, 4, seed=3)
     assert _cos(fp32, res.model, feeds) > 0.999
-    assert res.report.extra["weights"]["MatMul"]["ratio"] < 0.3
-    assert res.report.agreement[0]["cosine"] > 0.999
+    assert res.report.details["weights"]["MatMul"]["ratio"] < 0.3
+    assert res.report.agreement[0].cosine > 0.999
     assert all(d.choice is Choice.WEIGHT_ONLY for d in res.decisions)
 
 
@@ -153,7 +154,7 @@ def test_conv_net_gemm_becomes_matmul_and_conv_weights_are_int8_per_channel():
     assert "Gemm" not in ops and ops["DequantizeLinear"] == 4 and ops["Conv"] == 3
     conv_dq = [n for n in res.model.graph.node if n.op_type == "DequantizeLinear" and "Conv" not in n.output[0]]
     assert all({a.name: a.i for a in n.attribute}.get("axis") in (0, 1) for n in conv_dq)
-    assert "disable_quant_qdq" in res.report.extra["conv_note"]
+    assert "disable_quant_qdq" in res.report.details["conv_note"]
     assert _cos(fp32, res.model, testing.random_inputs(fp32, 4, seed=5)) > 0.999
 
 
@@ -164,7 +165,7 @@ def test_dynamic_mode_keeps_conv_float_and_says_why():
     assert ops["MatMulInteger"] == 1 and ops["Conv"] == 3 and "DequantizeLinear" not in ops
     conv = [d for d in res.decisions if d.candidate.op_type == "Conv"]
     assert len(conv) == 3 and all(d.choice is Choice.FLOAT and "12854" in d.reason for d in conv)
-    assert "12854" in res.report.extra["conv_note"]
+    assert "12854" in res.report.details["conv_note"]
     assert _cos(fp32, res.model, testing.random_inputs(fp32, 4, seed=5)) > 0.999
 
 
@@ -186,7 +187,7 @@ def test_dynamic_activation_inserts_dynamic_quantize_and_matmulinteger():
     assert fused.get("DynamicQuantizeMatMul", 0) + fused.get("MatMulIntegerToFloat", 0) == 2
     assert res.report.int8_mac_share == 1.0
     assert _cos(fp32, res.model, testing.random_inputs(fp32, 4, seed=3)) > 0.999
-    nodes = res.report.extra["nodes"]
+    nodes = res.report.details["nodes"]
     assert [n["choice"] for n in nodes] == ["dynamic-activation"] * 2
 
 
@@ -205,28 +206,28 @@ def test_fragile_activation_is_demoted_to_weight_only(tmp_path):
     assert [(d.node, d.before, d.after) for d in res.demotions] == [("mm2", Choice.DYNAMIC, Choice.WEIGHT_ONLY)]
     assert {d.node: d.choice for d in res.decisions} == {"mm1": Choice.DYNAMIC, "mm2": Choice.WEIGHT_ONLY}
     assert res.report.warnings and "mm2" in res.report.warnings[0]
-    assert res.report.agreement[0]["cosine"] >= 0.99
+    assert res.report.agreement[0].cosine >= 0.99
     saved = json.loads((tmp_path / "q.onnx.report.json").read_text())
-    assert saved["extra"]["fallback"][0]["node"] == "mm2"
+    assert saved["details"]["fallback"][0]["node"] == "mm2"
 
 
 def test_fallback_walks_the_ladder_down_to_float_for_the_culprit_only():
     res = quantize_dynamic(fragile_channel(), DYN)
     assert [(d.node, d.after) for d in res.demotions] == [("mm2", Choice.WEIGHT_ONLY), ("mm2", Choice.FLOAT)]
     assert {d.node: d.choice for d in res.decisions} == {"mm1": Choice.DYNAMIC, "mm2": Choice.FLOAT}
-    assert res.report.agreement[0]["cosine"] >= 0.99
+    assert res.report.agreement[0].cosine >= 0.99
 
 
 def test_fragile_weight_is_demoted_to_float():
     res = quantize_dynamic(fragile_weights(), DynamicConfig())
     assert [(d.node, d.after) for d in res.demotions] == [("mm2", Choice.FLOAT)]
     assert "w2" in _inits(res.model)  # mm2 kept its float weight
-    assert res.report.agreement[0]["cosine"] >= 0.99
+    assert res.report.agreement[0].cosine >= 0.99
 
 
 def test_refuse_writes_nothing(tmp_path):
     out = tmp_path / "q.onnx"
-    with pytest.raises(FidelityRefusedError, match="Nothing was written") as e:
+    with pytest.raises(FidelityError, match="Nothing was written") as e:
         quantize_dynamic(fragile_row(), DynamicConfig(mode="dynamic-activation", measure_kernels=False,
                                                               on_collapse="refuse"), out)
     assert e.value.exit_code == 4
@@ -237,7 +238,7 @@ def test_warn_writes_with_a_warning(tmp_path):
     cfg = DynamicConfig(mode="dynamic-activation", measure_kernels=False, on_collapse="warn")
     res = quantize_dynamic(fragile_row(), cfg, tmp_path / "q.onnx")
     assert res.path.exists() and not res.demotions
-    assert "written anyway" in res.report.warnings[0] and res.report.agreement[0]["cosine"] < 0.99
+    assert "written anyway" in res.report.warnings[0] and res.report.agreement[0].cosine < 0.99
 
 
 def test_check_data_is_used(tmp_path):
@@ -245,7 +246,7 @@ def test_check_data_is_used(tmp_path):
     data = tmp_path / "check.npz"
     np.savez(data, x=np.random.default_rng(0).normal(size=(3, 32)).astype(np.float32))
     res = quantize_dynamic(fp32, DynamicConfig(), check_data=data)
-    assert res.report.agreement_samples == 3 and res.report.extra["check_inputs"] == "check-data inputs"
+    assert res.report.agreement_samples == 3 and res.report.details["check_inputs"] == "check-data inputs"
 
 
 # -- errors -------------------------------------------------------------------------------------
@@ -315,14 +316,14 @@ def test_external_data_round_trip(tmp_path):
 
 
 def test_models_over_the_protobuf_limit_are_checked_through_external_data(monkeypatch):
-    from slimq.dynamic import check as dynamic_check
+    from slimq.runtime import session
 
-    monkeypatch.setattr(dynamic_check, "PROTOBUF_LIMIT", 1000)  # matmul_net's weights count as "over 2 GB"
+    monkeypatch.setattr(session, "PROTOBUF_LIMIT", 1000)  # matmul_net's weights count as "over 2 GB"
     fp32 = testing.matmul_net()
     res = quantize_dynamic(fp32, DYN)
-    assert res.report.agreement[0]["cosine"] > 0.999
+    assert res.report.agreement[0].cosine > 0.999
     feeds = testing.random_inputs(fp32, 2, seed=4)
-    big = dynamic_check.predictor(res.model)
+    big = session.predictor(res.model)
     for f, ref in zip(feeds, _outputs(res.model, feeds)):
         np.testing.assert_array_equal(big.run(f)[0], ref)
 
@@ -401,13 +402,13 @@ def test_bert_weight_only_quantizes_embeddings_and_shrinks(tiny_bert, tmp_path):
     res = quantize_dynamic(tiny_bert, DynamicConfig(), tmp_path / "wo.onnx")
     kinds = {d.candidate.op_type for d in res.decisions if d.choice is Choice.WEIGHT_ONLY}
     assert kinds == {"MatMul", "Gather"}
-    assert res.report.extra["weights"]["Gather"]["tensors"] == 3
+    assert res.report.details["weights"]["Gather"]["tensors"] == 3
     tables = [t.name for t in res.model.graph.initializer
               if t.data_type == onnx.TensorProto.FLOAT and t.dims[-1:] != [1] and np.prod(t.dims) >= 64 * 64]
     assert not tables  # no float table or linear weight is left, only per-row / per-channel scales
-    assert all(r["ratio"] < 0.27 for r in res.report.extra["weights"].values())
-    assert res.report.extra["size_ratio"] < 0.4  # tiny model: graph, biases and LayerNorm weigh in
-    assert res.report.agreement[0]["cosine"] >= 0.99
+    assert all(r["ratio"] < 0.27 for r in res.report.details["weights"].values())
+    assert res.report.sizes.ratio < 0.4  # tiny model: graph, biases and LayerNorm weigh in
+    assert res.report.agreement[0].cosine >= 0.99
 
 
 def test_bert_dynamic_activation_keeps_attention_float(tiny_bert):
@@ -415,15 +416,15 @@ def test_bert_dynamic_activation_keeps_attention_float(tiny_bert):
     ops = testing.count_ops(res.model)
     assert ops["MatMulInteger"] == 12 and ops["MatMul"] == 4  # Q/K/V/out/FFN x 2 layers; scores and context float
     assert ops["Softmax"] == 2 and ops["LayerNormalization"] == 5
-    float_reasons = {f["op_type"] for f in res.report.float_ops}
+    float_reasons = {f.op_type for f in res.report.float_ops}
     assert {"MatMul", "Softmax", "LayerNormalization"} <= float_reasons
-    assert res.report.agreement[0]["cosine"] >= 0.99 and not res.demotions
+    assert res.report.agreement[0].cosine >= 0.99 and not res.demotions
 
 
 def test_bert_int4_matmul_weights_shrink(tiny_bert):
     res = quantize_dynamic(tiny_bert, DynamicConfig(weight_bits=4, granularity="group:64"))
-    assert res.report.extra["weights"]["MatMul"]["ratio"] <= 0.15
-    assert res.report.agreement[0]["cosine"] >= 0.99
+    assert res.report.details["weights"]["MatMul"]["ratio"] <= 0.15
+    assert res.report.agreement[0].cosine >= 0.99
 
 
 # -- PP-OCRv4 rec: never silently bad -----------------------------------------------------------
@@ -439,7 +440,7 @@ def test_ppocr_rec_dynamic_is_never_silently_bad():
     ev = RecEvaluator(rec, n_lines=32, batch_size=8)
     cfg = DynamicConfig(mode="dynamic-activation", check_samples=4, rank_samples=1)
     res = quantize_dynamic(rec, cfg, check_data=ev.calibration_batches(1, 4))
-    worst = min(a["cosine"] for a in res.report.agreement)
+    worst = min(a.cosine for a in res.report.agreement)
     assert worst >= cfg.min_cosine  # either it agreed, or the fallback repaired it ...
     if res.demotions:  # ... and then said so, naming the layers
         assert res.report.warnings and all(d.node in res.report.warnings[0] for d in res.demotions[:8])

@@ -78,13 +78,13 @@ def test_x86_activations_u8_weights_int8_and_ort_uses_integer_kernels(tmp_path) 
     result = qat.convert(qmodel, tmp_path / "m.onnx")
     zps = qdq_zero_points(result.path, "QuantizeLinear")
     # One QuantizeLinear per activation quantizer, plus the re-quantization after Flatten.
-    assert len(zps) == len(list(qmodel.quantizers())) + 1 == result.quantize_nodes
+    assert len(zps) == len(list(qmodel.quantizers())) + 1 == result.artifacts["quantize_nodes"]
     assert all(z.dtype == np.uint8 for z in zps)
     assert {int(z) for z in zps} == {0, 128}  # unsigned (post-ReLU) and signed grids
     # Weights: stored as int8 initializers in [-127, 127], no float weight tensors left.
     inits = initializers(result.path)
     weights = {k: v for k, v in inits.items() if k.endswith("_quantized")}
-    assert len(weights) == result.int8_weights == 6
+    assert len(weights) == result.artifacts["int8_weights"] == 6
     assert all(v.dtype == np.int8 and np.abs(v.astype(int)).max() <= 127 for v in weights.values())
     assert not [k for k, v in inits.items() if v.dtype == np.float32 and v.ndim >= 2]
     # Biases: int32 behind DequantizeLinear with scale s_in * s_w, as QLinearConv/QGemm add them.
@@ -110,7 +110,7 @@ def test_int8_weights_make_the_file_about_four_times_smaller(tmp_path) -> None:
     qat.calibrate(qmodel, [images(8)])
     result = qat.convert(qmodel, tmp_path / "q.onnx")
     float_bytes = 4 * sum(p.numel() for p in model.parameters())
-    assert result.size_bytes < 0.3 * float_bytes
+    assert result.report.sizes.quantized_bytes < 0.3 * float_bytes
     agreement = qat.check_agreement(qmodel, result.path, images(200, seed=1))
     assert agreement.fraction_within_step >= 0.999
 
@@ -131,7 +131,7 @@ def test_dynamo_exporter_matches(tmp_path) -> None:
     result = qat.convert(qmodel, tmp_path / "d.onnx", exporter="dynamo")
     agreement = qat.check_agreement(qmodel, result.path, images(64, seed=2))
     assert agreement.fraction_within_step >= 0.999
-    assert result.int8_weights == 6
+    assert result.artifacts["int8_weights"] == 6
 
 
 def test_unquantized_output_uses_fallback_step(tmp_path) -> None:
@@ -207,7 +207,7 @@ def test_convert_writes_fidelity_report(tmp_path) -> None:
     assert result.report_path == tmp_path / "m.onnx.report.json"
     data = json.loads(result.report_path.read_text())
     assert data["method"] == "qat" and data["target"].startswith("x86: uint8")
-    assert data["int8_mac_share"] > 0.9 and data["macs"]["float_macs"] == 64 * 16 * 10  # the batch through fc
+    assert data["macs"]["int8_share"] > 0.9 and data["macs"]["float_macs"] == 64 * 16 * 10  # the batch through fc
     # The skipped classifier is the only op left in float, named and explained.
     assert [(f["module"], f["op_type"]) for f in data["float_ops"]] == [("fc", "Gemm")]
     assert "QATConfig.skip" in data["float_ops"][0]["reason"]
@@ -216,7 +216,7 @@ def test_convert_writes_fidelity_report(tmp_path) -> None:
     assert agree["output"] == "output" and agree["cosine"] > 0.98, data
     assert agree["top1_agreement"] >= 0.9 and data["agreement_samples"] == 64
     assert not data["agreement_in_sample"] and not data["warnings"]
-    assert data["size_bytes"]["int8"] == result.size_bytes and data["size_bytes"]["fp32"] > 0
+    assert data["sizes"]["quantized_bytes"] == result.report.sizes.quantized_bytes and data["sizes"]["fp32_bytes"] > 0
     assert result.report.to_dict()["float_ops"] == data["float_ops"]
 
 
@@ -226,16 +226,16 @@ def test_report_names_unsupported_and_skipped_layers(tmp_path, caplog) -> None:
     qat.calibrate(qmodel, [torch.randn(4, 1, 8, 8)])
     with caplog.at_level("WARNING", logger="slimq"):
         report = qat.convert(qmodel, tmp_path / "u.onnx").report
-    reasons = {(f["module"], f["op_type"]): f["reason"] for f in report.float_ops}
+    reasons = {(f.module, f.op_type): f.reason for f in report.float_ops}
     assert "ConvTranspose2d has no int8 form" in reasons[("up", "ConvTranspose")]
     assert "QATConfig.skip" in reasons[("head", "Conv")]
-    assert ("sigmoid", "sigmoid") in {(f["node"], f["op_type"]) for f in report.float_ops}
+    assert ("sigmoid", "sigmoid") in {(f.node, f.op_type) for f in report.float_ops}
     assert report.quantized_ops == {"Conv": 1}
     # Most MACs stay float: warned in the report and in the log, like static PTQ.
     assert report.int8_mac_share < 0.5 and "of MACs run in int8" in report.warnings[-1]
     assert "of MACs run in int8" in caplog.text
     assert report.agreement_samples == 2 and report.agreement_in_sample
-    assert report.agreement[0]["cosine"] > 0.98
+    assert report.agreement[0].cosine > 0.98
 
 
 def test_skipped_layer_stays_float_in_onnxruntime(tmp_path, caplog) -> None:
@@ -248,11 +248,11 @@ def test_skipped_layer_stays_float_in_onnxruntime(tmp_path, caplog) -> None:
     with caplog.at_level("WARNING", logger="slimq"):
         result = qat.convert(qmodel, tmp_path / "r.onnx")
     report = result.report
-    (conv,) = [f for f in report.float_ops if f["op_type"] == "Conv"]
-    assert conv["module"] == "layer1.0.conv2" and conv["reason"].endswith("(QATConfig.skip)")
+    (conv,) = [f for f in report.float_ops if f.op_type == "Conv"]
+    assert conv.module == "layer1.0.conv2" and conv.reason.endswith("(QATConfig.skip)")
     exported = onnx.load(str(result.path))
     optimized = optimized_graph(exported, "extended").graph.node
-    assert {n.name: n.op_type for n in optimized}[conv["node"]] == "Conv"
+    assert {n.name: n.op_type for n in optimized}[conv.node] == "Conv"
     n_conv = sum(n.op_type == "Conv" for n in exported.graph.node)
     assert sum(n.op_type == "QLinearConv" for n in optimized) == n_conv - 1
     assert 0.5 < report.int8_mac_share < 1.0

@@ -8,7 +8,7 @@ from slimq.graph.passes import preprocess
 from slimq.io.model import load_model
 from slimq.io.samples import load_samples
 from slimq.io.spec import model_inputs
-from slimq.report.agreement import format_errors, layer_errors
+from slimq.report.agreement import format_errors, tensor_errors
 
 
 def register(sub: argparse._SubParsersAction, methods: argparse._SubParsersAction) -> None:
@@ -26,5 +26,5 @@ def _run(args: argparse.Namespace) -> int:
     int8 = load_model(args.int8)
     samples = load_samples(args.data, model_inputs(fp32))
     feeds = [samples.sample(i) for i in range(min(args.samples, len(samples)))]
-    print(format_errors(layer_errors(fp32, int8, feeds), args.worst))
+    print(format_errors(tensor_errors(fp32, int8, feeds), args.worst))
     return 0

@@ -75,9 +75,9 @@ def dynamic_config(args: argparse.Namespace):
 
 
 def run_dynamic(args: argparse.Namespace) -> int:
-    from slimq.dynamic.method import format_report, quantize_dynamic
+    from slimq.dynamic.method import quantize_dynamic
 
     result = quantize_dynamic(args.model, dynamic_config(args), args.output, args.check_data)
-    print(format_report(result.report))
+    print(result.report.format())
     print(f"wrote {result.path} and {result.path.name}.report.json")
     return 3 if result.report.warnings else 0

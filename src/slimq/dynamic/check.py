@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -22,28 +21,14 @@ import onnx
 import onnx.helper as oh
 import onnx.numpy_helper as nh
 
-from slimq.core.errors import CalibrationDataError
 from slimq.dynamic.graph import Choice, Decision, node_name
-from slimq.io.model import PROTOBUF_LIMIT
 from slimq.io.spec import Feeds, model_inputs
-from slimq.report.agreement import OutputAgreement
+from slimq.report.agreement import Reference, worst_cosine
 from slimq.runtime.exposed import expose
-from slimq.runtime.session import Predictor
+from slimq.runtime.session import Predictor, predictor
 
 log = logging.getLogger("slimq")
 _SHAPE_OPS = ("Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity")
-
-
-def predictor(model: onnx.ModelProto, threads: int | str = "all", level: str = "all") -> Predictor:
-    """An onnxruntime session for an in-memory model, also over protobuf's 2 GB limit (via external data)."""
-    if sum(t.ByteSize() for t in model.graph.initializer) <= PROTOBUF_LIMIT:
-        return Predictor(model, threads=threads, level=level)
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)  # saving with external data rewrites the tensors it saves
-    with tempfile.TemporaryDirectory(prefix="slimq-large-") as tmp:
-        path = f"{tmp}/model.onnx"
-        onnx.save_model(copy, path, save_as_external_data=True, location="model.onnx.data", size_threshold=1024)
-        return Predictor(path, threads=threads, level=level)  # initializers are loaded at session creation
 
 
 def index_ranges(model: onnx.ModelProto) -> dict[str, int]:
@@ -86,48 +71,6 @@ def synthesize_feeds(model: onnx.ModelProto, n: int, seed: int = 0, dim: int = 6
                 f[spec.name] = np.ones(shape, spec.dtype)
         feeds.append(f)
     return feeds
-
-
-class Checker:
-    """FP32 reference outputs on fixed feeds, computed once; compares any candidate model against them."""
-
-    def __init__(self, fp32: onnx.ModelProto, feeds: Sequence[Feeds]) -> None:
-        if not feeds:
-            raise CalibrationDataError("The fidelity check needs at least one input sample.")
-        self.feeds = list(feeds)
-        try:
-            ref = predictor(fp32)
-            self.names = ref.output_names
-            self.reference = [ref.run(f) for f in self.feeds]
-        except Exception as e:  # onnxruntime raises its own Fail/InvalidArgument types
-            raise CalibrationDataError(
-                f"The FP32 model does not run on the check inputs ({str(e).splitlines()[0][:300]}). "
-                "Pass real inputs with --check-data (an .npz with one array per model input).") from None
-        self.counter = [0]  # models checked (shared with subsets)
-
-    @classmethod
-    def subset(cls, other: "Checker", n: int) -> "Checker":
-        """A checker over the first `n` feeds of `other`, reusing its reference outputs."""
-        c = cls.__new__(cls)
-        c.feeds, c.reference, c.names, c.counter = other.feeds[:n], other.reference[:n], other.names, other.counter
-        return c
-
-    @property
-    def runs(self) -> int:
-        return self.counter[0]
-
-    def __call__(self, model: onnx.ModelProto) -> list[OutputAgreement]:
-        self.counter[0] += 1
-        test = predictor(model)
-        agree = [OutputAgreement(n) for n in self.names]
-        for f, ref in zip(self.feeds, self.reference):
-            for a, r, t in zip(agree, ref, test.run(f)):
-                a.update(np.asarray(r), np.asarray(t))
-        return agree
-
-
-def worst_cosine(agree: Sequence[OutputAgreement]) -> float:
-    return min((a.cosine for a in agree), default=1.0)
 
 
 # -- kernel timing ------------------------------------------------------------------------------
@@ -216,7 +159,7 @@ def _demote(d: Decision, weight_only_fmt: Callable[[Decision], Decision]) -> Dec
     return replace(d, choice=Choice.FLOAT, fmt=None, reason="demoted to float by the fidelity fallback")
 
 
-def _damage(check: Checker, build: Builder, decisions: list[Decision], tolerance: float) -> list[tuple[int, float]]:
+def _damage(check: Reference, build: Builder, decisions: list[Decision], tolerance: float) -> list[tuple[int, float]]:
     """Damage (1 - worst cosine) of each quantized node alone, everything else float; most damaging first.
 
     Group testing: a set of nodes is quantized together; a set that does less than `tolerance` damage is
@@ -244,7 +187,7 @@ def _damage(check: Checker, build: Builder, decisions: list[Decision], tolerance
     return sorted(out.items(), key=lambda t: -t[1])
 
 
-def search_fallback(check: Checker, rank_check: Checker, build: Builder, decisions: list[Decision],
+def search_fallback(check: Reference, rank_check: Reference, build: Builder, decisions: list[Decision],
                     min_cosine: float, weight_only_fmt: Callable[[Decision], Decision]
                     ) -> tuple[list[Decision], list[Demotion]]:
     """Demote the most damaging nodes one step (dynamic -> weight-only -> float) until cosine >= `min_cosine`.
@@ -277,7 +220,7 @@ def search_fallback(check: Checker, rank_check: Checker, build: Builder, decisio
     return current, demoted
 
 
-def _trial(check: Checker, build: Builder, current: list[Decision], weight_only_fmt,
+def _trial(check: Reference, build: Builder, current: list[Decision], weight_only_fmt,
            chosen: list[tuple[int, float]]) -> tuple[list[Decision], float]:
     """`current` with the chosen nodes demoted one step, and its worst output cosine."""
     ds = list(current)
@@ -300,5 +243,5 @@ def _smallest_k(trial: Callable[[int], tuple[list[Decision], float]], n: int, mi
     return hi
 
 
-__all__ = ["Checker", "Demotion", "KernelTiming", "activation_rows", "index_ranges", "node_name",
+__all__ = ["Demotion", "KernelTiming", "activation_rows", "index_ranges", "node_name",
            "search_fallback", "synthesize_feeds", "time_matmul", "worst_cosine"]

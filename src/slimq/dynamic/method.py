@@ -28,7 +28,6 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -44,13 +43,11 @@ from slimq.core.errors import (
     unknown_choice,
 )
 from slimq.dynamic.check import (
-    Checker,
     Demotion,
     activation_rows,
     search_fallback,
     synthesize_feeds,
     time_matmul,
-    worst_cosine,
 )
 from slimq.dynamic.graph import (
     BLOCK_OPSET,
@@ -66,24 +63,13 @@ from slimq.dynamic.graph import (
     gemm_to_matmul,
     int_tensor,
 )
-from slimq.dynamic.report import (
-    CONV_REASON,
-    build_report,
-    format_report,
-    node_name_proto,
-)
+from slimq.dynamic.report import CONV_REASON, Findings, dynamic_report, node_name_proto
 from slimq.graph.passes import preprocess
-from slimq.io.model import (
-    check_output_path,
-    default_opset,
-    load_model,
-    model_size_bytes,
-    save_model,
-    upgrade_opset,
-)
+from slimq.io.model import default_opset, load_model, upgrade_opset
 from slimq.io.samples import load_samples
 from slimq.io.spec import model_inputs
-from slimq.report.fidelity import Report
+from slimq.report.agreement import Reference, worst_cosine
+from slimq.report.publish import QuantResult, check_output, publish
 from slimq.runtime.cpu import cpu_info
 
 log = logging.getLogger("slimq")
@@ -92,12 +78,6 @@ MODES = ("weight-only", "dynamic-activation")
 WEIGHT_BITS = (8, 4)
 ON_COLLAPSE = ("fallback", "warn", "refuse")
 MIN_ORT_BLOCKED = "1.19"  # DequantizeLinear-21 with INT4 and block_size on the CPU EP
-
-
-class FidelityRefusedError(FidelityError):
-    """The quantized model failed the fidelity check and nothing was written (CLI exit code 4)."""
-
-    exit_code = 4
 
 
 @dataclass(frozen=True)
@@ -156,21 +136,6 @@ class DynamicConfig:
     def description(self) -> str:
         gran = f"group:{self.block_size}" if self.block_size else "per-channel"
         return f"{self.mode}, int{self.weight_bits} {gran} weights"
-
-
-@dataclass
-class DynamicResult:
-    """The quantized model, its report, the per-node decisions, and where it was written."""
-
-    model: onnx.ModelProto
-    report: Report
-    decisions: list[Decision]
-    demotions: list[Demotion]
-    path: Path | None = None
-
-    @property
-    def fell_back(self) -> bool:
-        return bool(self.demotions)
 
 
 @functools.lru_cache(maxsize=4)
@@ -298,15 +263,15 @@ def _timings(dyn: list[Candidate], work: onnx.ModelProto, feeds: dict) -> dict:
 
 
 def quantize_dynamic(model: str | os.PathLike | onnx.ModelProto, config: DynamicConfig = DynamicConfig(),
-                     output: str | os.PathLike | None = None, check_data=None) -> DynamicResult:
+                     output: str | os.PathLike | None = None, check_data: object = None) -> QuantResult:
     """Quantize `model` without calibration data; check it against FP32; write it if it is not broken.
 
     check_data: inputs for the fidelity check (.npz/.npy file or folder, array, dict, list of feeds); by default
     they are synthesised from the model's input spec. With `output`, the model and `<output>.report.json` are
     written atomically (never over the input). Raises NothingToQuantizeError, RuntimeTooOldError, or
-    FidelityRefusedError (on_collapse="refuse" and the check failed; nothing written).
+    FidelityError (on_collapse="refuse" and the check failed; nothing written).
     """
-    out = check_output_path(model if not isinstance(model, onnx.ModelProto) else None, output) if output else None
+    out = check_output(model, output)
     fp32, work = _prepare(model, config)
     candidates, floats = find_candidates(ir.from_proto(work).graph)
     config.skip.validate([node_name_proto(n) for n in work.graph.node], {n.op_type for n in work.graph.node})
@@ -314,7 +279,7 @@ def quantize_dynamic(model: str | os.PathLike | onnx.ModelProto, config: Dynamic
         raise NothingToQuantizeError("This model has no constant float32 weights in MatMul/Gemm/Conv/Gather "
                                      "nodes, so dynamic quantization has nothing to do. Nothing was written.")
     feeds, source = _check_feeds(fp32, check_data, config)
-    check = Checker(fp32, feeds)
+    check = Reference(fp32, feeds)
     decisions = decide(candidates, config, work, feeds[0])
     if all(d.choice is Choice.FLOAT for d in decisions):
         why = "; ".join(sorted({f"{d.candidate.op_type}: {d.reason}" for d in decisions}))
@@ -323,50 +288,44 @@ def quantize_dynamic(model: str | os.PathLike | onnx.ModelProto, config: Dynamic
     build = functools.partial(_build, work, cache)
     quantized = build(decisions)
     agree = check(quantized)
-    warnings, demotions = [], []
+    warnings: list[str] = []
+    demotions: list[Demotion] = []
     if worst_cosine(agree) < config.min_cosine:
         decisions, demotions, warnings, quantized, agree = _on_collapse(check, build, decisions, quantized, agree,
                                                                          config)
-    report = build_report(fp32, quantized, decisions, floats, agree, feeds, source, demotions, warnings, config,
-                          cache, work)
-    report.extra["models_checked"] = check.runs
-    if out is not None:
-        save_model(quantized, out, external_data=config.external_data)
-        report.size_bytes["quantized"] = model_size_bytes(out)
-        if not isinstance(model, onnx.ModelProto):
-            report.size_bytes["fp32"] = model_size_bytes(model)
-            report.extra["size_ratio"] = round(report.size_bytes["quantized"] / report.size_bytes["fp32"], 4)
-        report.write(out.with_name(out.name + ".report.json"))
-    return DynamicResult(quantized, report, decisions, demotions, out)
+    found = Findings(decisions, demotions, floats, agree, warnings, check.runs)
+    report = dynamic_report(fp32, quantized, work, feeds, source, found, config, cache)
+    return publish(quantized, report, out, source=model, external_data=config.external_data,
+                   artifacts={"decisions": decisions, "demotions": demotions})
 
 
 def _build(work: onnx.ModelProto, cache: WeightCache, decisions) -> onnx.ModelProto:
     return apply_decisions(work, decisions, cache)
 
 
-def _on_collapse(check: Checker, build, decisions: list[Decision], quantized: onnx.ModelProto, agree,
+def _on_collapse(check: Reference, build, decisions: list[Decision], quantized: onnx.ModelProto, agree,
                  config: DynamicConfig):
     """Refuse, warn, or fall back layer by layer; returns (decisions, demotions, warnings, model, agreement)."""
     worst = min(agree, key=lambda a: a.cosine)
     msg = (f'fidelity collapsed: output "{worst.name}" cosine {worst.cosine:.4f} < {config.min_cosine} '
            f"(SQNR {worst.sqnr_db:.1f} dB)")
     if config.on_collapse == "refuse":
-        raise FidelityRefusedError(f"{msg}. Nothing was written. Rerun with --on-collapse fallback (the "
+        raise FidelityError(f"{msg}. Nothing was written. Rerun with --on-collapse fallback (the "
                                    "default) to demote the damaging layers, or skip them.")
     if config.on_collapse == "warn":
         return decisions, [], [msg + "; written anyway (on_collapse=warn)."], quantized, agree
     log.warning("slimq: %s; searching for the layers to fall back", msg)
-    rank_check = Checker.subset(check, config.rank_samples)
+    rank_check = check.subset(config.rank_samples)
     new, demotions = search_fallback(check, rank_check, build, decisions, config.min_cosine,
                                      lambda d: _weight_only(d.candidate, config))
     quantized = build(new)
     agree = check(quantized)
     cos = worst_cosine(agree)
     if all(d.choice is Choice.FLOAT for d in new):
-        raise FidelityRefusedError(f"{msg}; only leaving every node in float recovers it, so there is nothing "
+        raise FidelityError(f"{msg}; only leaving every node in float recovers it, so there is nothing "
                                    "worth writing. Nothing was written.")
     if cos < config.min_cosine:
-        raise FidelityRefusedError(f"{msg}, and falling back layer by layer did not recover it (worst cosine "
+        raise FidelityError(f"{msg}, and falling back layer by layer did not recover it (worst cosine "
                                    f"{cos:.4f} with {len(demotions)} node(s) demoted). Nothing was written.")
     names = ", ".join(f"{d.node} ({d.before.value} -> {d.after.value})" for d in demotions[:8])
     more = f" and {len(demotions) - 8} more" if len(demotions) > 8 else ""
@@ -375,5 +334,4 @@ def _on_collapse(check: Checker, build, decisions: list[Decision], quantized: on
     return new, demotions, [warning], quantized, agree
 
 
-__all__ = ["DynamicConfig", "DynamicResult", "FidelityRefusedError", "MODES", "format_report", "quantize_dynamic",
-           "require_blocked_runtime"]
+__all__ = ["DynamicConfig", "MODES", "quantize_dynamic", "require_blocked_runtime"]

@@ -1,17 +1,23 @@
-"""The report of dynamic PTQ: per-node decisions, weight sizes, agreement with FP32, runtime notes."""
+"""What dynamic PTQ adds to the common report: per-node decisions, weight sizes, runtime notes, fallback."""
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import onnx
 import onnxruntime as ort
 
-from slimq.dynamic.graph import Choice, Decision, weight_bytes
-from slimq.report.fidelity import Report, mac_summary
+from slimq.dynamic.check import Demotion
+from slimq.dynamic.graph import Choice, Decision, WeightCache, weight_bytes
+from slimq.report.agreement import Stats
+from slimq.report.build import Check, Evidence, build_report
+from slimq.report.schema import FloatOp, Report
 
-log = logging.getLogger("slimq")
+if TYPE_CHECKING:
+    from slimq.dynamic.method import DynamicConfig
 
 FLOAT_BY_DESIGN = {"LayerNormalization": "normalisation stays float for accuracy",
                    "Softmax": "kept float for accuracy (attention probabilities)",
@@ -24,68 +30,63 @@ CONV_REASON = ("dynamic-activation keeps Conv float: ConvInteger is slower than 
                "to shrink conv weights")
 DQ_NOTE = ("onnxruntime keeps DequantizeLinear of Conv weights in the graph and runs it at every inference; with "
            "session config session.disable_quant_qdq=1 it folds them at load (FP32 speed)")
+ADVICE = "Use --on-collapse fallback (the default), give real --check-data, or skip the damaging layers."
 
 
+@dataclass(frozen=True)
+class Findings:
+    """What the dynamic method decided and measured."""
 
-def float_ops(work: onnx.ModelProto, floats, decisions: list[Decision]) -> list[dict]:
-    out = [{"node": n, "op_type": op, "reason": why} for n, op, why in floats]
-    out += [{"node": d.node, "op_type": d.candidate.op_type, "reason": d.reason}
-            for d in decisions if d.choice is Choice.FLOAT]
-    out += [{"node": node_name_proto(n), "op_type": n.op_type, "reason": FLOAT_BY_DESIGN[n.op_type]}
-            for n in work.graph.node if n.op_type in FLOAT_BY_DESIGN]
-    return out
+    decisions: Sequence[Decision]
+    demotions: Sequence[Demotion]
+    floats: Sequence[tuple[str, str, str]]  # (node, op_type, reason) of weight ops that must stay float
+    agreement: Sequence[Stats]
+    warnings: Sequence[str]
+    models_checked: int
 
 
 def node_name_proto(n: onnx.NodeProto) -> str:
     return n.name or n.output[0]
 
 
-def build_report(fp32, quantized, decisions, floats, agree, feeds, source, demotions, warnings, config, cache,
-            work) -> Report:
-    macs = mac_summary(quantized, feeds[0])
-    ops = Counter(f"{d.candidate.op_type} ({d.choice.value})" for d in decisions if d.choice is not Choice.FLOAT)
-    extra = {"config": config.description, "check_inputs": source, "onnxruntime": ort.__version__,
-             "weights": weight_bytes(decisions, cache, work), "nodes": [d.to_dict() for d in decisions],
-             "fallback": [d.to_dict() for d in demotions]}
-    if config.mode == "dynamic-activation" and any(d.candidate.op_type == "Conv" for d in decisions):
+def float_ops(work: onnx.ModelProto, found: Findings) -> list[FloatOp]:
+    out = [FloatOp(n, op, why) for n, op, why in found.floats]
+    out += [FloatOp(d.node, d.candidate.op_type, d.reason) for d in found.decisions if d.choice is Choice.FLOAT]
+    out += [FloatOp(node_name_proto(n), n.op_type, FLOAT_BY_DESIGN[n.op_type])
+            for n in work.graph.node if n.op_type in FLOAT_BY_DESIGN]
+    return out
+
+
+def _notes(weights: dict[str, dict], found: Findings, quantized_ops: dict[str, int], config: DynamicConfig
+           ) -> tuple[list[str], dict[str, Any]]:
+    notes = [f"{op} weights: {r['tensors']} tensors, {r['fp32_bytes'] / 1e6:.2f} MB -> "
+             f"{r['quantized_bytes'] / 1e6:.2f} MB ({r['ratio']:.3f}x)" for op, r in weights.items()]
+    extra: dict[str, Any] = {}
+    convs = [d for d in found.decisions if d.candidate.op_type in ("Conv", "ConvTranspose")]
+    if config.mode == "dynamic-activation" and convs:
         extra["conv_note"] = CONV_REASON
-    if any(d.candidate.op_type in ("Conv", "ConvTranspose") and d.choice is Choice.WEIGHT_ONLY for d in decisions):
+    if any(d.choice is Choice.WEIGHT_ONLY for d in convs):
         extra["conv_note"] = DQ_NOTE
-    if macs.float_ops.get("MatMulNBits"):
+    if quantized_ops.get("MatMul (weight-only)"):
         extra["matmulnbits_note"] = NBITS_NOTE
-    report = Report("dynamic", config.description, macs.int8_share, macs.to_dict(), dict(ops),
-                    float_ops(work, floats, decisions), [a.to_dict() for a in agree], len(feeds), False,
-                    warnings=list(warnings), extra=extra)
-    report.size_bytes["fp32_in_memory"] = fp32.ByteSize()
-    report.size_bytes["quantized_in_memory"] = quantized.ByteSize()
-    for w in warnings:
-        log.warning("slimq: %s", w)
-    return report
+    notes += [f"Conv: {extra['conv_note']}"] if "conv_note" in extra else []
+    notes += [f"weight-only MatMul: {NBITS_NOTE}"] if "matmulnbits_note" in extra else []
+    notes += [f"fallback: {d.node} ({d.op_type}) {d.before.value} -> {d.after.value}, damage alone {d.damage:.4f}"
+              for d in found.demotions]
+    return notes, extra
 
 
-def format_report(report: Report) -> str:
-    """Human-readable summary of a dynamic quantization report."""
-    x = report.extra
-    lines = [f"slimq dynamic quantization: {x['config']}"]
-    if report.size_bytes.get("fp32") and report.size_bytes.get("quantized"):
-        lines.append(f"  file size: {report.size_bytes['fp32'] / 1e6:.2f} MB -> "
-                     f"{report.size_bytes['quantized'] / 1e6:.2f} MB ({x['size_ratio']:.3f}x)")
-    for op, r in x["weights"].items():
-        lines.append(f"  {op} weights: {r['tensors']} tensors, {r['fp32_bytes'] / 1e6:.2f} MB -> "
-                     f"{r['quantized_bytes'] / 1e6:.2f} MB ({r['ratio']:.3f}x)")
-    lines.append(f"  int8 share of MACs in onnxruntime's optimized graph: {report.int8_mac_share * 100:.1f} %")
-    lines.append("  per node: " + ", ".join(f"{n} x {op}" for op, n in sorted(report.quantized_ops.items())))
-    lines.append(f"  FP32 vs quantized on {report.agreement_samples} {x['check_inputs']}:")
-    lines += [f"    {a['output']}: cosine {a['cosine']:.4f}, SQNR {a['sqnr_db']:.1f} dB" for a in report.agreement]
-    by_reason = Counter((f["op_type"], f["reason"]) for f in report.float_ops)
-    if by_reason:
-        lines.append("  left in float:")
-        lines += [f"    {n} x {op}: {why}" for (op, why), n in sorted(by_reason.items())]
-    if x.get("conv_note"):
-        lines.append(f"  Conv: {x['conv_note']}")
-    if x.get("matmulnbits_note"):
-        lines.append(f"  weight-only MatMul: {x['matmulnbits_note']}")
-    lines += [f"  fallback: {d['node']} ({d['op_type']}) {d['from']} -> {d['to']}, damage alone {d['damage']:.4f}"
-              for d in x["fallback"]]
-    lines += [f"  WARNING: {w}" for w in report.warnings]
-    return "\n".join(lines)
+def dynamic_report(fp32: onnx.ModelProto, quantized: onnx.ModelProto, work: onnx.ModelProto,
+                   feeds: Sequence[dict], source: str, found: Findings, config: DynamicConfig,
+                   cache: WeightCache) -> Report:
+    ops = Counter(f"{d.candidate.op_type} ({d.choice.value})" for d in found.decisions if d.choice is not Choice.FLOAT)
+    weights = weight_bytes(found.decisions, cache, work)
+    notes, extra = _notes(weights, found, dict(ops), config)
+    details = {"config": config.description, "check_inputs": source, "onnxruntime": ort.__version__,
+               "weights": weights, "nodes": [d.to_dict() for d in found.decisions],
+               "fallback": [d.to_dict() for d in found.demotions], "models_checked": found.models_checked, **extra}
+    ev = Evidence("dynamic", "x86", config.description, fp32, quantized, feeds, source, False, dict(ops),
+                  float_ops(work, found), agreement=found.agreement, warnings=found.warnings, notes=notes,
+                  details=details, expect_int8_macs=False)
+    # collapse is handled by the method (fallback/warn/refuse) on its own check inputs
+    return build_report(ev, Check(min_cosine=0.0, min_top1=0.0, advice=ADVICE))

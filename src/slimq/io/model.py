@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import onnx.external_data_helper as edh
 from google.protobuf.message import DecodeError
 
 from slimq.core.errors import ModelLoadError, OutputPathError
+from slimq.io.atomic import Stage
 
 MIN_SUPPORTED_OPSET = 7
 QDQ_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear need opset 13
@@ -93,21 +93,75 @@ def upgrade_opset(model: onnx.ModelProto, target: int = QDQ_OPSET) -> onnx.Model
         ) from None
 
 
-def check_output_path(input_path: str | os.PathLike | None, output_path: str | os.PathLike) -> Path:
-    """Refuse to overwrite the input model; make sure the output folder exists."""
+def external_data_files(model: onnx.ModelProto, base: Path) -> set[Path]:
+    """Resolved paths of the external-data files a model's tensors point to."""
+    files = set()
+    for tensor in edh._get_all_tensors(model):
+        if edh.uses_external_data(tensor):
+            loc = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            if loc:
+                files.add((base / loc).resolve())
+    return files
+
+
+def input_files(path: str | os.PathLike | None) -> set[Path]:
+    """The files a model input consists of: the .onnx file and its external-data files (resolved)."""
+    if path is None or not Path(path).is_file():
+        return set()
+    path = Path(path)
+    files = {path.resolve()}
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # unreadable inputs are reported by load_model; here only paths matter
+        return files
+    return files | external_data_files(model, path.parent)
+
+
+def report_path(path: str | os.PathLike) -> Path:
+    """Where the report of a model written to `path` goes: ``<path>.report.json``."""
+    path = Path(path)
+    return path.with_name(path.name + ".report.json")
+
+
+def check_output_path(input_path: str | os.PathLike | None, output_path: str | os.PathLike,
+                      suffix: str = ".onnx") -> Path:
+    """Check where a model will be written, before any work: never over an input file (the model or its
+    external data), a writable folder, not a directory, and no directory where the report goes."""
     out = Path(output_path)
-    if input_path is not None:
-        src = Path(input_path)
-        if out.resolve() == src.resolve() or (out.exists() and src.exists() and out.samefile(src)):
-            raise OutputPathError(
-                f"Output path {out} is the input model; slimq never overwrites its input. Choose another -o path, "
-                f"e.g. {src.with_name(src.stem + '.int8.onnx')}."
-            )
-    if out.suffix.lower() != ".onnx":
-        raise OutputPathError(f"Output path {out} should end in .onnx.")
+    if out.suffix.lower() != suffix:
+        raise OutputPathError(f"Output path {out} should end in {suffix}, e.g. {out.with_suffix(suffix)}.")
+    if out.is_dir():
+        raise OutputPathError(f"Output path {out} is a directory; give a file name inside it, "
+                              f"e.g. {out / ('model.int8' + suffix)}.")
     if not out.parent.exists():
         raise OutputPathError(f"Output folder {out.parent} does not exist; create it first.")
+    if not out.parent.is_dir():
+        raise OutputPathError(f"Output folder {out.parent} is not a folder (it is a file); choose another -o path.")
+    taken = input_files(input_path)
+    for target in (out, out.with_name(out.name + ".data"), report_path(out)):
+        if target.resolve() in taken or (target.exists() and any(_same(target, f) for f in taken)):
+            what = "the input model" if input_path and target.resolve() == Path(input_path).resolve() else \
+                "an external-data file of the input model"
+            raise OutputPathError(f"Writing {out} would overwrite {target}, {what}"
+                                  f"; slimq never overwrites its input. Choose another -o path, e.g. "
+                                  f"{_suggest(input_path, out, suffix)}.")
+    if report_path(out).is_dir():
+        raise OutputPathError(f"The report path {report_path(out)} is a directory; remove it or choose "
+                              "another -o path.")
+    Stage(out).discard()  # writable? (also removes staging folders a killed run left behind)
     return out
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
+
+
+def _suggest(input_path: str | os.PathLike | None, out: Path, suffix: str) -> Path:
+    src = Path(input_path) if input_path else out
+    return src.with_name(src.stem + ".int8" + suffix)
 
 
 def _needs_external(model: onnx.ModelProto) -> bool:
@@ -120,30 +174,46 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool | None = None) -> Path:
-    """Write `model` atomically: into a temp folder beside `path`, then rename into place.
+def stage_model(model: onnx.ModelProto, stage: Stage, external_data: bool | None = None) -> list[str]:
+    """Serialize `model` into `stage` (weights in ``<name>.data`` when asked or over 2 GB); the staged names."""
+    name = stage.dest.name
+    use_external = _needs_external(model) if external_data is None else external_data
+    if not use_external:
+        onnx.save_model(model, str(stage.path(name)))
+        return [name]
+    data_name = name + ".data"
+    model = _copy(model)  # onnx.save_model rewrites tensors to external references in place
+    onnx.save_model(model, str(stage.path(name)), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data_name, size_threshold=1024)
+    return [data_name, name] if stage.path(data_name).exists() else [name]
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool | None = None,
+               extra_files: dict[str, bytes] | None = None) -> Path:
+    """Write `model` (and `extra_files`, e.g. its report, beside it) atomically.
 
     Models over 2 GB (or with external_data=True) store weights in `<name>.data` next to the model.
-    A crash leaves no half-written model at `path`.
+    Everything is staged first and renamed into place with signals deferred: the model file appears
+    last, so a model on disk always has its data and report.
     """
     path = Path(path)
-    use_external = _needs_external(model) if external_data is None else external_data
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        tmp_model = tmpdir / path.name
-        if use_external:
-            data_name = path.name + ".data"
-            model = _copy(model)  # onnx.save_model rewrites tensors to external references in place
-            onnx.save_model(model, str(tmp_model), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_name, size_threshold=1024)
-            if (tmpdir / data_name).exists():
-                os.replace(tmpdir / data_name, path.parent / data_name)
-        else:
-            onnx.save_model(model, str(tmp_model))
-        os.replace(tmp_model, path)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+    with Stage(path) as stage:
+        names = stage_model(model, stage, external_data)
+        for name, data in (extra_files or {}).items():
+            stage.path(name).write_bytes(data)
+        stage.commit([n for n in names if n != path.name] + list(extra_files or {}) + [path.name])
     return path
+
+
+def staged_size(model: onnx.ModelProto, external_data: bool | None = None) -> int:
+    """Bytes `model` takes on disk (with its external data), without writing it anywhere permanent."""
+    if not (_needs_external(model) if external_data is None else external_data):
+        return model.ByteSize()
+    with tempfile.TemporaryDirectory(prefix="slimq-size-") as tmp:
+        path = Path(tmp) / "m.onnx"
+        onnx.save_model(_copy(model), str(path), save_as_external_data=True, location="m.onnx.data",
+                        size_threshold=1024)
+        return model_size_bytes(path)
 
 
 def model_size_bytes(path: str | os.PathLike) -> int:

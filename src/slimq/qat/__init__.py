@@ -25,7 +25,7 @@ if TYPE_CHECKING:
         TargetRules,
         load_recipe,
     )
-    from slimq.qat.export import ConvertResult, convert, onnx_io_names
+    from slimq.qat.export import convert, onnx_io_names
     from slimq.qat.graph import FloatOp, PrepareReport
     from slimq.qat.model import (
         QATModel,
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 _EXPORTS = {
     "slimq.qat.config": ("TARGETS", "VARIANTS", "QATConfig", "QATRecipe", "TargetRules", "load_recipe"),
-    "slimq.qat.export": ("ConvertResult", "convert", "onnx_io_names"),
+    "slimq.qat.export": ("convert", "onnx_io_names"),
     "slimq.qat.graph": ("FloatOp", "PrepareReport"),
     "slimq.qat.model": ("QATModel", "QATWarning", "calibrate", "load_checkpoint", "param_groups",
                         "prepare", "save_checkpoint"),

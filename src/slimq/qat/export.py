@@ -20,7 +20,6 @@ import logging
 import tempfile
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,41 +42,16 @@ from slimq.core.errors import (
     ModelLoadError,
     unknown_choice,
 )
-from slimq.io.model import check_output_path, save_model
 from slimq.qat.config import TARGETS
 from slimq.qat.fidelity import build_qat_report, float_network, sample_feeds
 from slimq.qat.model import QATModel, as_inputs, unwrap
 from slimq.qat.modules import QATConv, QATLinear, export_act
 from slimq.qat.qdq_op import dynamo_translation_table
 from slimq.qat.quantizers import MIN_SCALE, ActQuantizer, WeightQuantizer
-from slimq.report.fidelity import Report
+from slimq.report.publish import QuantResult, check_output, publish
 
 EXPORTERS = ("legacy", "dynamo")
 _INT_RANGES = {np.dtype(np.int8): (-128, 127), np.dtype(np.uint8): (0, 255)}
-
-
-@dataclass(frozen=True)
-class ConvertResult:
-    """Where the QDQ model went, what it holds, and its fidelity report (also written to
-    ``<path>.report.json``)."""
-
-    path: Path
-    target: str
-    exporter: str
-    size_bytes: int
-    int8_weights: int
-    quantize_nodes: int
-    report: Report | None = None
-
-    @property
-    def report_path(self) -> Path:
-        """Where the fidelity report was written."""
-        return report_path(self.path)
-
-
-def report_path(path: Path) -> Path:
-    """``<path>.report.json``, next to the model (as static PTQ writes it)."""
-    return path.with_name(path.name + ".report.json")
 
 
 def export_network(qmodel: QATModel, target: str) -> fx.GraphModule:
@@ -274,7 +248,7 @@ def _agreement_batch(qm: QATModel, samples: object) -> tuple[torch.Tensor, ...]:
 
 def convert(qmodel: nn.Module, path: str | Path, target: str | None = None, *,
             exporter: str = "legacy", opset: int = 17, input_names: Sequence[str] | None = None,
-            output_names: Sequence[str] | None = None, samples: object = None) -> ConvertResult:
+            output_names: Sequence[str] | None = None, samples: object = None, strict: bool = False) -> QuantResult:
     """Export a trained QAT model (or its DDP wrapper) to a QDQ ONNX file at ``path``, and its
     fidelity report (int8 MAC share, float ops, INT8-vs-FP32 agreement) to ``<path>.report.json``.
 
@@ -283,13 +257,15 @@ def convert(qmodel: nn.Module, path: str | Path, target: str | None = None, *,
     ``input``/``output``); to keep an FP32 ONNX model's names pass :func:`onnx_io_names` of it.
     ``samples``: a batch (tensor or tuple of tensors) for the agreement check; default the
     example inputs given to ``prepare``. The FP32 reference is the trained network with fake
-    quantization off (:func:`slimq.qat.fidelity.float_network`).
+    quantization off (:func:`slimq.qat.fidelity.float_network`). ``strict``: refuse (write nothing,
+    FidelityError) when the report has warnings. Returns the common :class:`QuantResult`; its
+    ``artifacts`` hold ``target``, ``exporter``, ``int8_weights`` (folded) and ``quantize_nodes``.
     """
     qm = unwrap(qmodel)
     target = _check_ready(qm, target)
     _check_options(exporter, opset)
     batch = _agreement_batch(qm, samples)
-    path = check_output_path(None, path)
+    out = check_output(None, path)
     net = export_network(qm, target)
     try:
         names = _io_names(net, qm.example_inputs, input_names, output_names)
@@ -307,9 +283,6 @@ def convert(qmodel: nn.Module, path: str | Path, target: str | None = None, *,
     onnx.checker.check_model(proto, full_check=True)
     report = build_qat_report(qm, proto, fp32, sample_feeds(batch, names[0]), target, samples is not None,
                               extra={"exporter": exporter, "opset": opset})
-    save_model(proto, path)
-    size = path.stat().st_size
-    report.size_bytes.update(int8=size, fp32=fp32.ByteSize())
-    report.write(report_path(path))
     n_q = sum(1 for n in proto.graph.node if n.op_type == "QuantizeLinear")
-    return ConvertResult(path, target, exporter, size, folded, n_q, report)
+    return publish(proto, report, out, strict=strict, source=fp32,
+                   artifacts={"target": target, "exporter": exporter, "int8_weights": folded, "quantize_nodes": n_q})

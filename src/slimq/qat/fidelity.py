@@ -1,6 +1,6 @@
-"""The fidelity report of a QAT export: the same :class:`slimq.report.fidelity.Report` static PTQ writes.
+"""The fidelity report of a QAT export: the same :class:`slimq.report.schema.Report` every method writes.
 
-- int8 share of MACs: measured in onnxruntime's optimized graph (:func:`slimq.report.fidelity.mac_summary`).
+- int8 share of MACs: measured where the target runs (:func:`slimq.report.build.mac_share`).
 - ops left in float: Conv/ConvTranspose/Gemm/MatMul nodes of the exported graph whose inputs do
   not come from DequantizeLinear, named after their module where the exporter's scope says so,
   plus the non-MAC ops :func:`slimq.qat.prepare` listed as unsupported.
@@ -28,8 +28,8 @@ from slimq.qat.graph import PrepareReport
 from slimq.qat.model import QATModel
 from slimq.qat.modules import QATConv, QATLinear, bind_input
 from slimq.qat.quantizers import ActQuantizer
-from slimq.report.agreement import measure_agreement
-from slimq.report.fidelity import Report, fidelity_warnings, mac_summary
+from slimq.report.build import Check, Evidence, build_report
+from slimq.report.schema import FloatOp, Report
 from slimq.runtime import macs as macs_module
 from slimq.runtime.session import optimized_graph
 
@@ -154,25 +154,16 @@ def flag_requantized(floats: list[dict], model: onnx.ModelProto) -> list[str]:
 def build_qat_report(qm: QATModel, int8: onnx.ModelProto, fp32: onnx.ModelProto,
                      feeds: list[dict[str, np.ndarray]], target: str, given_samples: bool,
                      extra: dict | None = None) -> Report:
-    """The fidelity report of ``int8`` (method "qat"); its warnings are also logged."""
-    macs = mac_summary(int8, feeds[0], target)
-    agreement = measure_agreement(fp32, int8, feeds)
-    warnings = fidelity_warnings(agreement, MIN_COSINE, advice=QAT_ADVICE)
-    if macs.int8_share < 0.5 and macs.int8_macs + macs.float_macs > 0:
-        warnings.append(f"only {macs.int8_share * 100:.0f} % of MACs run in int8 in onnxruntime; "
-                        f"float MAC nodes: {', '.join(macs.float_nodes[:5])}")
+    """The fidelity report of ``int8`` (method "qat"), built like every other method's."""
     quantized, floats = graph_ops(int8, qm.report)
-    warnings += flag_requantized(floats, int8)
-    n_samples = sum(next(iter(f.values())).shape[0] for f in feeds)
     prep = qm.report
     info = {"variant": qm.config.variant, "steps": int(qm.step),
             "reference": "trained network with fake quantization off (BatchNorm folded), exported to ONNX",
             "agreement_inputs": "samples argument of convert()" if given_samples else "example_inputs of prepare()",
             "prepare": {"quantized": len(prep.quantized), "skipped": list(prep.skipped),
                         "unsupported": [f"{u.name} ({u.op})" for u in prep.unsupported]}}
-    report = Report("qat", target_description(target), macs.int8_share, macs.to_dict(), quantized, floats,
-                    [a.to_dict() for a in agreement], n_samples, not given_samples, warnings=warnings,
-                    extra={**info, **(extra or {})})
-    for w in warnings:
-        log.warning("slimq: %s", w)
-    return report
+    inputs = "samples given to convert()" if given_samples else "example inputs given to prepare() (in-sample)"
+    ev = Evidence("qat", target, target_description(target), fp32, int8, feeds, inputs, not given_samples,
+                  quantized, [FloatOp(f["node"], f["op_type"], f["reason"], f["module"]) for f in floats],
+                  warnings=flag_requantized(floats, int8), details={**info, **(extra or {})})
+    return build_report(ev, Check(MIN_COSINE, advice=QAT_ADVICE))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,10 +63,12 @@ def _node_macs(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]]) -> int:
     return int(np.prod(out, dtype=np.int64) * k)
 
 
-def count_macs(optimized: onnx.ModelProto, feeds: dict[str, np.ndarray], budget_mb: int = 1024) -> MacCount:
+def count_macs(optimized: onnx.ModelProto, feeds: dict[str, np.ndarray], budget_mb: int = 1024,
+               is_int8: Callable[[onnx.NodeProto], bool] | None = None) -> MacCount:
     """MACs of every conv/matmul-type node, split by whether its kernel is integer.
 
-    Activation shapes come from running the optimized graph once on `feeds`."""
+    Activation shapes come from running the optimized graph once on `feeds`. `is_int8` overrides the
+    kernel table (e.g. to judge Q/DQ placement in an unoptimized graph)."""
     shapes = {i.name: tuple(i.dims) for i in optimized.graph.initializer}
     nodes = [n for n in optimized.graph.node if n.op_type in MAC_OPS]
     wanted = sorted({t for n in nodes for t in (*n.input, n.output[0]) if t and t not in shapes})
@@ -78,7 +81,7 @@ def count_macs(optimized: onnx.ModelProto, feeds: dict[str, np.ndarray], budget_
     count = MacCount()
     for n in nodes:
         macs = _node_macs(n, shapes)
-        if MAC_OPS[n.op_type][3]:
+        if (is_int8(n) if is_int8 is not None else MAC_OPS[n.op_type][3]):
             count.int8_macs += macs
             count.int8_ops[n.op_type] += 1
         else:

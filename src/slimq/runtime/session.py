@@ -13,6 +13,7 @@ import onnx
 import onnxruntime as ort
 
 from slimq.core.errors import ConfigError
+from slimq.io.model import PROTOBUF_LIMIT
 
 
 def resolve_threads(threads: int | str) -> int:
@@ -116,3 +117,16 @@ def save_optimized(model: str | os.PathLike, out: str | os.PathLike) -> Path:
     from slimq.io.model import save_model
 
     return save_model(optimized_graph(model, "extended"), out)
+
+
+def predictor(model: str | os.PathLike | onnx.ModelProto, threads: int | str = "all", level: str = "all") -> Predictor:
+    """An onnxruntime Predictor for a path or an in-memory model, also over protobuf's 2 GB limit
+    (written to a temporary file with external data; onnxruntime loads the weights at session creation)."""
+    if not isinstance(model, onnx.ModelProto) or sum(t.ByteSize() for t in model.graph.initializer) <= PROTOBUF_LIMIT:
+        return Predictor(model, threads=threads, level=level)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # saving with external data rewrites the tensors it saves
+    with tempfile.TemporaryDirectory(prefix="slimq-large-") as tmp:
+        path = f"{tmp}/model.onnx"
+        onnx.save_model(copy, path, save_as_external_data=True, location="model.onnx.data", size_threshold=1024)
+        return Predictor(path, threads=threads, level=level)

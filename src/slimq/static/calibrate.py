@@ -1,82 +1,109 @@
-"""Run the FP32 model in onnxruntime with intermediate tensors exposed, batch by batch.
+"""One calibration pass over the FP32 model: activation ranges and per-channel means together.
 
-Tensors are split into groups whose per-batch size fits a memory budget
-(sizes come from shape inference with the real input shapes), so peak memory
-is bounded by the budget, not by the model or the data set. Each batch's
-outputs go straight into streaming observers and are dropped.
+The model runs in onnxruntime with the needed tensors exposed, in groups whose per-batch size fits a
+memory budget (:class:`slimq.runtime.exposed.ExposedRunner`), so peak memory is bounded by the budget,
+not by the model or the data set. Each batch's values go straight into streaming reducers (range
+observers for the tensors to quantize, channel-mean sums for the bias-correction sites) and are
+dropped: the reduce x aggregate scheme of NNCF's statistics collectors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 from tqdm.auto import tqdm
 
-from slimq.core.observers import (
-    Algorithm,
-    ObserverSettings,
-    TensorObserver,
-    compute_range,
-    make_observer,
-)
+from slimq.core.errors import CalibrationDataError
+from slimq.core.observers import Algorithm, ObserverSettings, TensorObserver, compute_range, make_observer
 from slimq.runtime.exposed import ExposedRunner
 
 Feeds = dict[str, np.ndarray]
-def calibrate(
-    model: onnx.ModelProto,
-    tensors: list[str],
-    batches: Callable[[], Iterable[Feeds]],
-    algo: Algorithm,
-    settings: ObserverSettings,
-    budget_mb: int = 1024,
-    show_progress: bool = True,
-    total: int | None = None,
-    bounds: dict[str, tuple[float, float]] | None = None,
-) -> dict[str, tuple[float, float]]:
-    """Calibrated [rmin, rmax] of each tensor in `tensors` over all batches.
-
-    `bounds` clips a tensor's values before they are observed (see `QuantPlan.bounds`).
-    """
-    bounds = bounds or {}
-    observers: dict[str, TensorObserver] = {t: make_observer(algo, settings) for t in tensors}
-    runner: ExposedRunner | None = None
-    bar = tqdm(total=total, desc=f"calibrating ({algo.name})", unit="batch", disable=not show_progress)
-    for feeds in batches():
-        if runner is None:
-            runner = ExposedRunner(model, tensors, feeds, budget_mb * 2**20)
-        for name, value in runner.run(feeds):
-            if name in bounds:
-                value = np.clip(value, *bounds[name])
-            observers[name].update(value)
-        bar.update(1)
-    bar.close()
-    return {t: compute_range(o, algo, settings) for t, o in observers.items()}
+Bounds = tuple[float, float]
 
 
-def _channel_mean(a: np.ndarray) -> np.ndarray:
+def channel_mean(a: np.ndarray) -> np.ndarray:
+    """Mean of each channel (axis 1; for 2-D tensors the last axis, which is axis 1 too)."""
     axes = tuple(i for i in range(a.ndim) if i != 1) if a.ndim > 2 else (0,)
     return a.astype(np.float64).mean(axis=axes)
 
 
-def channel_means(model: onnx.ModelProto, tensors: list[str], batches: Callable[[], Iterable[Feeds]],
-                  budget_mb: int = 1024) -> dict[str, np.ndarray]:
-    """Mean over all batches of each tensor's channels (axis 1; last axis of 2-D tensors is axis 1 too).
+@dataclass
+class _MeanReducer:
+    total: np.ndarray | float = 0.0
+    count: int = 0
 
-    Every batch weighs the same, which is exact for equal batch sizes and close otherwise.
-    Graph inputs are read from the feeds instead of being exposed.
-    """
-    sums: dict[str, np.ndarray] = {}
-    count = 0
-    runner: ExposedRunner | None = None
+    def update(self, value: np.ndarray) -> None:
+        self.total = self.total + channel_mean(value)
+        self.count += 1
+
+    def result(self) -> np.ndarray:
+        return np.asarray(self.total) / max(self.count, 1)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What one pass over the calibration data found."""
+
+    ranges: dict[str, Bounds]
+    means: dict[str, np.ndarray] = field(default_factory=dict)
+    constant: tuple[str, ...] = ()  # tensors with one value on every sample (e.g. all zero)
+    batches: int = 0
+
+
+class _InputWatch:
+    """Tracks whether every float graph input was constant over all calibration samples."""
+
+    def __init__(self) -> None:
+        self.lo: dict[str, float] = {}
+        self.hi: dict[str, float] = {}
+
+    def update(self, feeds: Feeds) -> None:
+        for k, v in feeds.items():
+            if np.issubdtype(v.dtype, np.floating) and v.size:
+                self.lo[k] = min(self.lo.get(k, np.inf), float(v.min()))
+                self.hi[k] = max(self.hi.get(k, -np.inf), float(v.max()))
+
+    def check(self, batches: int) -> None:
+        if self.lo and all(self.lo[k] == self.hi[k] for k in self.lo):
+            values = ", ".join(f'"{k}" = {self.lo[k]:g}' for k in self.lo)
+            raise CalibrationDataError(
+                f"Every calibration sample is constant ({values} everywhere, {batches} batch(es)): activation "
+                "ranges cannot be calibrated from it. Check the data (blank images, zero arrays, wrong "
+                "preprocessing) and pass real samples.")
+
+
+def calibrate(model: onnx.ModelProto, tensors: Sequence[str], batches: Callable[[], Iterable[Feeds]],
+              algo: Algorithm, settings: ObserverSettings, budget_mb: int = 1024, show_progress: bool = True,
+              total: int | None = None, bounds: dict[str, Bounds] | None = None,
+              mean_tensors: Sequence[str] = ()) -> Calibration:
+    """Calibrated [rmin, rmax] of each tensor in `tensors`, and the per-channel means of `mean_tensors`,
+    in one pass over all batches. `bounds` clips a tensor's values before they are observed
+    (see `QuantPlan.bounds`). Raises CalibrationDataError when every input is constant."""
+    bounds = bounds or {}
+    observers: dict[str, TensorObserver] = {t: make_observer(algo, settings) for t in tensors}
+    means = {t: _MeanReducer() for t in mean_tensors}
+    watch, runner, count = _InputWatch(), None, 0
+    bar = tqdm(total=total, desc=f"calibrating ({algo.name})", unit="batch", disable=not show_progress)
     for feeds in batches():
-        inner = [t for t in tensors if t not in feeds]
+        watch.update(feeds)
         if runner is None:
-            runner = ExposedRunner(model, inner, feeds, budget_mb * 2**20)
-        values = list(runner.run(feeds)) if inner else []
-        values += [(t, feeds[t]) for t in tensors if t in feeds]
-        for name, value in values:
-            sums[name] = sums.get(name, 0.0) + _channel_mean(value)
+            exposed = [t for t in dict.fromkeys([*tensors, *mean_tensors]) if t not in feeds]
+            runner = ExposedRunner(model, exposed, feeds, budget_mb * 2**20)
+        values = [(t, feeds[t]) for t in dict.fromkeys([*tensors, *mean_tensors]) if t in feeds]
+        for name, value in [*values, *runner.run(feeds)]:
+            if name in means:
+                means[name].update(value)
+            if name in observers:
+                observers[name].update(np.clip(value, *bounds[name]) if name in bounds else value)
         count += 1
-    return {t: s / count for t, s in sums.items()} if count else {}
+        bar.update(1)
+    bar.close()
+    if count == 0:
+        raise CalibrationDataError("The calibration data yielded no batches; give at least one sample.")
+    watch.check(count)
+    ranges = {t: compute_range(o, algo, settings) for t, o in observers.items()}
+    constant = tuple(t for t, o in observers.items() if o.seen and o.min == o.max)
+    return Calibration(ranges, {t: m.result() for t, m in means.items()}, constant, count)
