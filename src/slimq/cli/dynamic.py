@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from slimq.core.config import SkipSpec
-from slimq.core.errors import unknown_choice
+from slimq.core.errors import OutputPathError, unknown_choice
+
+if TYPE_CHECKING:
+    from slimq.dynamic.method import DynamicConfig
 
 EPILOG = """\
 exit codes:
@@ -63,7 +67,7 @@ def _bits(text: str) -> int:
     return int(text)
 
 
-def dynamic_config(args: argparse.Namespace):
+def dynamic_config(args: argparse.Namespace) -> DynamicConfig:
     """The DynamicConfig the flags describe (validated: unknown values get a "did you mean")."""
     from slimq.dynamic.method import DynamicConfig
 
@@ -78,6 +82,8 @@ def run_dynamic(args: argparse.Namespace) -> int:
     from slimq.dynamic.method import format_report, quantize_dynamic
 
     result = quantize_dynamic(args.model, dynamic_config(args), args.output, args.check_data)
+    if result.path is None:
+        raise OutputPathError(f"quantize_dynamic wrote nothing for --output {args.output}; please report this bug.")
     print(format_report(result.report))
     print(f"wrote {result.path} and {result.path.name}.report.json")
     return 3 if result.report.warnings else 0

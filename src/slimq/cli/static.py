@@ -6,8 +6,9 @@ import argparse
 from dataclasses import replace
 
 from slimq.core.config import TARGETS, SkipSpec, StaticConfig
-from slimq.core.errors import ConfigError
+from slimq.core.errors import ConfigError, OutputPathError
 from slimq.core.observers import ALGORITHMS
+from slimq.io.images import PreprocessSpec
 
 
 def _csv(text: str | None) -> tuple[str, ...]:
@@ -61,7 +62,7 @@ def _static_config(args: argparse.Namespace, recipe: dict) -> StaticConfig:
     return replace(cfg, **overrides)
 
 
-def _preprocess_spec(args: argparse.Namespace, recipe: dict):
+def _preprocess_spec(args: argparse.Namespace, recipe: dict) -> PreprocessSpec:
     from slimq.io.recipe import preprocess_from_dict
 
     d = dict(recipe)
@@ -81,6 +82,8 @@ def run_static(args: argparse.Namespace) -> int:
     static_d, pre_d = load_static_recipe(args.recipe) if args.recipe else ({}, {})
     cfg = _static_config(args, static_d)
     result = quantize_static(args.model, args.calib, cfg, args.output, _preprocess_spec(args, pre_d))
+    if result.path is None:
+        raise OutputPathError(f"quantize_static wrote nothing for --output {args.output}; please report this bug.")
     print(result.report.format())
     print(f"wrote {result.path} and {result.path.name}.report.json")
     return 3 if result.report.warnings else 0

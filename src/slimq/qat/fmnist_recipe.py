@@ -121,6 +121,9 @@ def run_qat_recipe(recipe: QATRecipe, output: str | Path | None = None) -> dict[
         int8 = ort_top1(path, x_test, y_test)
         agreement = check_agreement(qmodel, path, torch.from_numpy(x_test[:1000]))
         ops = ort_optimized_ops(path)
+    report = result.report
+    if report is None:  # convert() always attaches it; ConvertResult only types it as optional
+        raise RuntimeError("slimq.qat.convert returned no fidelity report; please report this bug.")
     return {
         "model": recipe.model, "variant": recipe.variant, "target": recipe.target,
         "fp32_top1": fp32, "int8_top1": int8, "delta_pt": round(100 * (int8 - fp32), 3),
@@ -132,6 +135,6 @@ def run_qat_recipe(recipe: QATRecipe, output: str | Path | None = None) -> dict[
         "ort_qlinear_conv": ops.get("com.microsoft:QLinearConv", 0),
         "ort_float_conv": ops.get("Conv", 0) + ops.get("com.microsoft:FusedConv", 0),
         "float_ops": [f"{u.name} ({u.op})" for u in qmodel.report.unsupported],
-        "int8_mac_share": result.report.int8_mac_share,
-        "fidelity_warnings": result.report.warnings,
+        "int8_mac_share": report.int8_mac_share,
+        "fidelity_warnings": report.warnings,
     }
