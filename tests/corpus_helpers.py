@@ -256,7 +256,8 @@ def named_conv(opset: int = 17) -> onnx.ModelProto:
     return m
 
 
-def conv_calib(n: int = 48, seed: int = 1) -> np.ndarray:
+def conv_calib(n: int = 64, seed: int = 2) -> np.ndarray:
+    """Good calibration data for conv_net: x86 static PTQ on it exits 0 (no fidelity warning)."""
     return np.concatenate([f["input"] for f in testing.random_inputs(testing.conv_net(), n, seed=seed)])
 
 

@@ -14,6 +14,7 @@ from slimq import testing
 from slimq.cli.main import main
 from slimq.core.errors import (
     ConfigError,
+    FidelityError,
     ModelLoadError,
     NothingToQuantizeError,
     OutputPathError,
@@ -23,7 +24,6 @@ from slimq.core.qmath import INT4, cosine
 from slimq.dynamic import method as dynamic
 from slimq.dynamic.check import index_ranges, synthesize_feeds
 from slimq.dynamic.graph import Choice, quantize_blocked
-from slimq.core.errors import FidelityError
 from slimq.dynamic.method import DynamicConfig, quantize_dynamic
 from slimq.io.model import load_model
 from slimq.runtime.session import Predictor, optimized_graph

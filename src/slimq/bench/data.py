@@ -148,15 +148,24 @@ def random_feed(inputs: Sequence[InputSpec], batch: int, seed: int = 0) -> Feeds
     if fixed is not None and fixed != batch:
         raise CalibrationDataError(f"The model has a fixed batch size of {fixed}; run the benchmark with --batch {fixed}.")
     rng = np.random.default_rng(seed)
-    feed = {}
+    feed: Feeds = {}
     for s in inputs:
-        dims = [batch if i == 0 and not (isinstance(d, int) and d > 0) else d for i, d in enumerate(s.shape)]
-        if any(not (isinstance(d, int) and d > 0) for d in dims):
-            raise CalibrationDataError(f'Input "{s.name}" has dynamic dimensions {s.shape}; pass --data with real '
-                                       "samples so the benchmark knows the shape to time.")
+        dims = _timing_shape(s, batch)
         floating = np.issubdtype(s.dtype, np.floating)
         feed[s.name] = rng.standard_normal(dims).astype(s.dtype) if floating else np.zeros(dims, s.dtype)
     return feed
+
+
+def _timing_shape(s: InputSpec, batch: int) -> list[int]:
+    """The input's shape with a dynamic batch dim set to `batch`; other dynamic dims are an error."""
+    dims: list[int] = []
+    for i, d in enumerate(s.shape):
+        d = batch if i == 0 and not (isinstance(d, int) and d > 0) else d
+        if not (isinstance(d, int) and d > 0):
+            raise CalibrationDataError(f'Input "{s.name}" has dynamic dimensions {s.shape}; pass --data with real '
+                                       "samples so the benchmark knows the shape to time.")
+        dims.append(d)
+    return dims
 
 
 def _eval_batch(inputs: Sequence[InputSpec]) -> int:
@@ -213,9 +222,9 @@ def resolve_inputs(data, inputs: Sequence[InputSpec], batch: int = 1, task: str 
         raise CalibrationDataError(f"Benchmark data not found: {data}.{did_you_mean(str(data), BUILTIN_DATA)} Pass an "
                                    f".npz/.npy file, a folder, or a built-in data name ({', '.join(BUILTIN_DATA)}).")
     if isinstance(data, str) and data in BUILTIN_DATA:
-        images, labels = fashion_mnist_arrays("test", limit)
+        images, image_labels = fashion_mnist_arrays("test", limit)
         name = inputs[0].name if len(inputs) == 1 else "input"
-        return _with(evaluator, _labelled({name: images}, labels, task, inputs, batch, data))
+        return _with(evaluator, _labelled({name: images}, image_labels, task, inputs, batch, data))
     if isinstance(data, (str, Path)) and Path(data).suffix == ".npz" and Path(data).is_file():
         arrays, labels = _npz_arrays(Path(data), inputs)
         if limit is not None:

@@ -181,7 +181,8 @@ def benchmark(models: Sequence[ModelLike], data=None, threads: Sequence[int | st
     protos = [m if isinstance(m, onnx.ModelProto) else load_model(m) for m in models]
     check_compatible(protos, names)
     inputs = model_inputs(protos[0])
-    first_path = None if isinstance(models[0], onnx.ModelProto) else models[0]
+    first = models[0]
+    first_path = None if isinstance(first, onnx.ModelProto) else Path(first)
     bi: BenchInputs = resolve_inputs(data, inputs, batch, task, evaluator, first_path, limit)
     for proto, name in zip(protos, names):
         validate_feeds(bi.feeds, model_inputs(proto), f"{bi.source}, model {name}")

@@ -30,18 +30,18 @@ def _fmt(metric: str, x: float, signed: bool = False) -> str:
 
 def accuracy_table(results: Sequence[BenchResult]) -> str:
     """Model, each metric, and each metric's difference to the first model of its result."""
-    results = [r for r in results if r.accuracy]
-    if not results:
+    pairs = [(r, r.accuracy) for r in results if r.accuracy]
+    if not pairs:
         return ""
-    metrics = list(next(iter(results[0].accuracy.values())))
-    ev = results[0].evaluator or {}
-    if any(list(next(iter(r.accuracy.values()))) != metrics for r in results):
-        return "\n\n".join(accuracy_table([r]) for r in results)
+    metrics = list(next(iter(pairs[0][1].values())))
+    ev = pairs[0][0].evaluator or {}
+    if any(list(next(iter(acc.values()))) != metrics for _, acc in pairs):
+        return "\n\n".join(accuracy_table([r]) for r, _ in pairs)
     rows = []
-    for r in results:
-        first = next(iter(r.accuracy))
-        ref = r.accuracy[first]
-        for name, vals in r.accuracy.items():
+    for _, acc in pairs:
+        first = next(iter(acc))
+        ref = acc[first]
+        for name, vals in acc.items():
             diffs = ["—" if name == first else _fmt(m, vals[m] - ref[m], True) for m in metrics]
             rows.append([name, *(_fmt(m, vals[m]) for m in metrics), *diffs])
     better = "higher" if ev.get("higher_is_better", True) else "lower"

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from slimq.core.config import SkipSpec
 from slimq.core.errors import unknown_choice
+
+if TYPE_CHECKING:
+    from slimq.dynamic.method import DynamicConfig
 
 EPILOG = """\
 exit codes:
@@ -63,7 +68,7 @@ def _bits(text: str) -> int:
     return int(text)
 
 
-def dynamic_config(args: argparse.Namespace):
+def dynamic_config(args: argparse.Namespace) -> DynamicConfig:
     """The DynamicConfig the flags describe (validated: unknown values get a "did you mean")."""
     from slimq.dynamic.method import DynamicConfig
 
@@ -79,5 +84,5 @@ def run_dynamic(args: argparse.Namespace) -> int:
 
     result = quantize_dynamic(args.model, dynamic_config(args), args.output, args.check_data)
     print(result.report.format())
-    print(f"wrote {result.path} and {result.path.name}.report.json")
+    print(f"wrote {args.output} and {Path(args.output).name}.report.json")
     return 3 if result.report.warnings else 0

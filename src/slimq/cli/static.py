@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
+from pathlib import Path
 
 from slimq.core.config import TARGETS, SkipSpec, StaticConfig
 from slimq.core.errors import ConfigError
 from slimq.core.observers import ALGORITHMS
+from slimq.io.images import PreprocessSpec
 
 
 def _csv(text: str | None) -> tuple[str, ...]:
@@ -61,7 +63,7 @@ def _static_config(args: argparse.Namespace, recipe: dict) -> StaticConfig:
     return replace(cfg, **overrides)
 
 
-def _preprocess_spec(args: argparse.Namespace, recipe: dict):
+def _preprocess_spec(args: argparse.Namespace, recipe: dict) -> PreprocessSpec:
     from slimq.io.recipe import preprocess_from_dict
 
     d = dict(recipe)
@@ -82,6 +84,6 @@ def run_static(args: argparse.Namespace) -> int:
     cfg = _static_config(args, static_d)
     result = quantize_static(args.model, args.calib, cfg, args.output, _preprocess_spec(args, pre_d))
     print(result.report.format())
-    print(f"wrote {result.path} and {result.path.name}.report.json")
+    print(f"wrote {args.output} and {Path(args.output).name}.report.json")
     return 3 if result.report.warnings else 0
 

@@ -145,6 +145,69 @@ class StaticConfig:
         return cls(**d)
 
 
+MODES = ("weight-only", "dynamic-activation")
+WEIGHT_BITS = (8, 4)
+ON_COLLAPSE = ("fallback", "warn", "refuse")
+
+
+@dataclass(frozen=True)
+class DynamicConfig:
+    """Settings of dynamic post-training quantization."""
+
+    mode: str = "weight-only"
+    weight_bits: int = 8
+    granularity: str = "auto"  # "channel", "group:N"; auto: channel for int8, group:128 for int4
+    embeddings: bool = True  # quantize Gather tables (per row, int8)
+    op_types: tuple[str, ...] | None = None  # restrict to these op types (MatMul, Gemm, Conv, ConvTranspose, Gather)
+    skip: SkipSpec = field(default_factory=SkipSpec)
+    measure_kernels: bool = True  # time each MatMul shape in onnxruntime; keep dynamic only where faster
+    min_speedup: float = 1.05
+    reduce_range: bool | None = None  # None: 7-bit weights on x86 CPUs without VNNI
+    min_cosine: float = 0.99  # worst output cosine vs FP32 below this is a collapse
+    on_collapse: str = "fallback"
+    check_samples: int = 8
+    rank_samples: int = 2  # samples used to rank nodes by damage when falling back
+    check_dim: int = 64  # size of dynamic non-batch dims of synthesised check inputs
+    external_data: bool | None = None  # None: only for models over 2 GB
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise unknown_choice("mode", self.mode, MODES)
+        if self.weight_bits not in WEIGHT_BITS:
+            raise unknown_choice("weight bits", str(self.weight_bits), [str(b) for b in WEIGHT_BITS])
+        if self.on_collapse not in ON_COLLAPSE:
+            raise unknown_choice("on_collapse action", self.on_collapse, ON_COLLAPSE)
+        block = self.block_size  # validates the granularity
+        if self.mode == "dynamic-activation" and (self.weight_bits != 8 or block):
+            raise ConfigError("dynamic-activation needs int8 per-channel weights (MatMulInteger has no int4 or "
+                              "block-wise scales); use --mode weight-only for int4 or group-wise weights.")
+        if not 0.0 < self.min_cosine <= 1.0:
+            raise ConfigError(f"min_cosine must be in (0, 1], got {self.min_cosine}.")
+        for name in ("check_samples", "check_dim", "rank_samples"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
+
+    @property
+    def block_size(self) -> int | None:
+        """Block size of group-wise scales, or None for per-channel."""
+        g = self.granularity
+        if g == "auto":
+            return 128 if self.weight_bits == 4 else None
+        if g == "channel":
+            return None
+        m = re.fullmatch(r"group:(\d+)", g)
+        if not m:
+            raise unknown_choice("granularity", g, ("channel", "group:128", "group:64", "group:32"))
+        if int(m.group(1)) < 2:
+            raise ConfigError(f"group size must be >= 2, got {g}; the usual value is group:128.")
+        return int(m.group(1))
+
+    @property
+    def description(self) -> str:
+        gran = f"group:{self.block_size}" if self.block_size else "per-channel"
+        return f"{self.mode}, int{self.weight_bits} {gran} weights"
+
+
 def skip_from_dict(d: dict) -> SkipSpec:
     valid = {f.name for f in fields(SkipSpec)}
     for k in d:
@@ -153,4 +216,4 @@ def skip_from_dict(d: dict) -> SkipSpec:
     return SkipSpec(**{k: tuple(v) for k, v in d.items()})
 
 
-__all__ = ["ALGORITHMS", "SkipSpec", "StaticConfig", "TARGETS", "TargetRules", "target_rules"]
+__all__ = ["ALGORITHMS", "DynamicConfig", "MODES", "SkipSpec", "StaticConfig", "TARGETS", "TargetRules", "target_rules"]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from slimq.core.errors import CalibrationDataError, unknown_choice
+from slimq.core.errors import CalibrationDataError, ConfigError, unknown_choice
 
 
 class StreamingHistogram:
@@ -110,6 +110,16 @@ class TensorObserver:
     def seen(self) -> bool:
         return self.batches > 0
 
+    @property
+    def histogram(self) -> StreamingHistogram:
+        """The |x| histogram; only observers made for a histogram algorithm keep one."""
+        if self.hist is None:
+            raise ConfigError(
+                "This observer keeps no histogram, but a histogram algorithm (hist, KL, mse, emd) needs one. "
+                "Create it with make_observer(algorithm, settings) for that algorithm."
+            )
+        return self.hist
+
 
 @dataclass(frozen=True)
 class ObserverSettings:
@@ -141,7 +151,7 @@ def _threshold_avg(obs: TensorObserver, _: ObserverSettings) -> float:
 
 
 def _threshold_percentile(obs: TensorObserver, s: ObserverSettings) -> float:
-    h = obs.hist
+    h = obs.histogram
     return _percentile(h, h.abs_counts, s.hist_percent)
 
 
@@ -158,7 +168,8 @@ def _candidates(h: StreamingHistogram, start: int, count: int = 128) -> np.ndarr
 def _threshold_kl(obs: TensorObserver, s: ObserverSettings) -> float:
     """Entropy calibration: minimise KL(P || Q) over clipping points in the upper half of the
     histogram, as PaddleSlim does; starting lower over-clips spiky (ReLU-zero) histograms."""
-    h, counts = obs.hist, obs.hist.abs_counts.astype(np.float64)
+    h = obs.histogram
+    counts = h.abs_counts.astype(np.float64)
     levels = min(_levels(obs, s), h.bins)
     best, best_i = np.inf, h.bins
     for i in _candidates(h, max(levels, h.bins // 2)):
@@ -195,7 +206,8 @@ def _qdq_centers(centers: np.ndarray, t: float, levels: int) -> np.ndarray:
 
 def _threshold_mse(obs: TensorObserver, s: ObserverSettings) -> float:
     """Threshold minimising the expected squared quantization error over the histogram."""
-    h, counts, c = obs.hist, obs.hist.abs_counts.astype(np.float64), obs.hist.centers
+    h = obs.histogram
+    counts, c = h.abs_counts.astype(np.float64), h.centers
     levels = _levels(obs, s)
     errs = [(np.sum(counts * (c - _qdq_centers(c, h.edges[i], levels)) ** 2), i) for i in _candidates(h, 8)]
     return float(h.edges[min(errs)[1]])
@@ -203,7 +215,8 @@ def _threshold_mse(obs: TensorObserver, s: ObserverSettings) -> float:
 
 def _threshold_emd(obs: TensorObserver, s: ObserverSettings) -> float:
     """PaddleSlim's `emd`: match mean and std of the quantized distribution to the original."""
-    h, counts, c = obs.hist, obs.hist.abs_counts.astype(np.float64), obs.hist.centers
+    h = obs.histogram
+    counts, c = h.abs_counts.astype(np.float64), h.centers
     levels = _levels(obs, s)
     n = max(counts.sum(), 1.0)
     mean, std = np.sum(counts * c) / n, np.sqrt(np.sum(counts * c**2) / n - (np.sum(counts * c) / n) ** 2)
@@ -232,7 +245,8 @@ def _magnitude_candidates(h: StreamingHistogram, bound: float) -> np.ndarray:
 def _range_mse_asymmetric(obs: TensorObserver, s: ObserverSettings) -> tuple[float, float]:
     """[lo, hi] minimising the expected squared error of `levels` levels spread over [lo, hi]
     (asymmetric grids: the two clipping points are chosen separately, alternating three times)."""
-    h, c = obs.hist, obs.hist.centers
+    h = obs.histogram
+    c = h.centers
     pos, neg = h.counts.astype(np.float64), h.neg_counts.astype(np.float64)
     hi_c, lo_c = _magnitude_candidates(h, max(obs.max, 0.0)), _magnitude_candidates(h, max(-obs.min, 0.0))
     hi, lo = hi_c[-1], lo_c[-1]
@@ -250,7 +264,7 @@ def _range_mse_asymmetric(obs: TensorObserver, s: ObserverSettings) -> tuple[flo
 
 def _range_percentile_asymmetric(obs: TensorObserver, s: ObserverSettings) -> tuple[float, float]:
     """The `hist_percent` percentile of each side's magnitudes, for asymmetric grids."""
-    h = obs.hist
+    h = obs.histogram
     hi = _percentile(h, h.counts, s.hist_percent) if h.counts.any() else 0.0
     lo = -_percentile(h, h.neg_counts, s.hist_percent) if h.neg_counts.any() else 0.0
     return lo, hi

@@ -5,19 +5,17 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import onnx
 import onnxruntime as ort
 
+from slimq.core.config import DynamicConfig
 from slimq.dynamic.check import Demotion
 from slimq.dynamic.graph import Choice, Decision, WeightCache, weight_bytes
 from slimq.report.agreement import Stats
 from slimq.report.build import Check, Evidence, build_report
 from slimq.report.schema import FloatOp, Report
-
-if TYPE_CHECKING:
-    from slimq.dynamic.method import DynamicConfig
 
 FLOAT_BY_DESIGN = {"LayerNormalization": "normalisation stays float for accuracy",
                    "Softmax": "kept float for accuracy (attention probabilities)",

@@ -49,7 +49,7 @@ def _pid_alive(pid: int) -> bool:
 
 def clean_stale_stages(dest: Path) -> list[Path]:
     """Remove staging folders for `dest` whose owning process is gone; returns what was removed."""
-    removed = []
+    removed: list[Path] = []
     if not dest.parent.is_dir():
         return removed
     for p in dest.parent.iterdir():

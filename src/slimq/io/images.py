@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -48,17 +49,17 @@ def load_image(path: Path, spec: PreprocessSpec, channels: int, h: int, w: int) 
     from PIL import Image, UnidentifiedImageError
 
     try:
-        img = Image.open(path)
+        img: Image.Image = Image.open(path)
         img = img.convert("L" if channels == 1 else "RGB")
     except (UnidentifiedImageError, OSError) as e:
         raise CalibrationDataError(f"Cannot read image {path}: {e}. Remove it from the folder.") from None
     if spec.resize_short:
         r = spec.resize_short / min(img.size)
-        img = img.resize((max(w, round(img.width * r)), max(h, round(img.height * r))), Image.BILINEAR)
+        img = img.resize((max(w, round(img.width * r)), max(h, round(img.height * r))), Image.Resampling.BILINEAR)
         left, top = (img.width - w) // 2, (img.height - h) // 2
         img = img.crop((left, top, left + w, top + h))
     else:
-        img = img.resize((w, h), Image.BILINEAR)
+        img = img.resize((w, h), Image.Resampling.BILINEAR)
     a = np.asarray(img, dtype=np.float32) * spec.scale
     a = a[..., None] if a.ndim == 2 else (a[..., ::-1] if spec.color == "BGR" else a)
     mean = np.asarray(spec.mean[:channels] if channels > 1 else spec.mean[:1], np.float32)
@@ -74,4 +75,8 @@ def image_loaders(files: Sequence[Path], inputs: Sequence[InputSpec], spec: Prep
                                    "Use .npz files with one key per input.")
     inp = inputs[0]
     c, h, w = _target_hw(spec, inp)
-    return [lambda p=p: {inp.name: load_image(p, spec, c, h, w)} for p in files]
+    return [partial(_image_feeds, inp.name, p, spec, c, h, w) for p in files]
+
+
+def _image_feeds(name: str, path: Path, spec: PreprocessSpec, channels: int, h: int, w: int) -> Feeds:
+    return {name: load_image(path, spec, channels, h, w)}

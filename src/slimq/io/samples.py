@@ -8,6 +8,7 @@ error that names the problem instead of an ORT stack trace.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -98,7 +99,11 @@ def _split_samples(arrays: Mapping[str, np.ndarray], inputs: Sequence[InputSpec]
         raise CalibrationDataError(f"Arrays in {source} hold different numbers of samples: "
                                    f"{ {k: v.shape for k, v in arrays.items()} }.")
     n = counts.pop()
-    return [lambda i=i: {k: v[i:i + 1] for k, v in arrays.items()} for i in range(n)]
+    return [partial(_sample_feeds, arrays, i) for i in range(n)]
+
+
+def _sample_feeds(arrays: Mapping[str, np.ndarray], i: int) -> Feeds:
+    return {k: v[i:i + 1] for k, v in arrays.items()}
 
 
 def _load_npfile(path: Path, inputs: Sequence[InputSpec]) -> dict[str, np.ndarray]:

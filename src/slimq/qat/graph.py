@@ -32,7 +32,7 @@ from torch import fx, nn
 
 from slimq.core.errors import ModelLoadError
 from slimq.qat.config import QATConfig
-from slimq.qat.modules import QATConv, QATLinear
+from slimq.qat.modules import BNType, QATConv, QATLinear
 from slimq.qat.quantizers import ActQuantizer, WeightQuantizer
 
 ACT_CONTAINER = "act_quant"
@@ -128,7 +128,7 @@ def _kind(gm: fx.GraphModule, node: fx.Node) -> str:
     if node.op in ("placeholder", "output", "get_attr"):
         return "neutral"
     if node.op == "call_module":
-        m = gm.get_submodule(node.target)
+        m = _module(gm, node)
         for kind, types in (
             ("conv", (nn.Conv1d, nn.Conv2d, QATConv)), ("linear", (nn.Linear, QATLinear)),
             ("bn", (nn.BatchNorm1d, nn.BatchNorm2d)), ("act", (nn.ReLU, nn.ReLU6)),
@@ -158,9 +158,14 @@ def _is_tensor_add(node: fx.Node) -> bool:
     return len(node.args) == 2 and all(isinstance(a, fx.Node) for a in node.args) and not node.kwargs
 
 
+def _module(gm: fx.GraphModule, node: fx.Node) -> nn.Module:
+    """The module a call_module node calls (its target is the module's path)."""
+    return gm.get_submodule(str(node.target))
+
+
 def _op_name(gm: fx.GraphModule, node: fx.Node) -> FloatOp:
     if node.op == "call_module":
-        return FloatOp(str(node.target), type(gm.get_submodule(node.target)).__name__)
+        return FloatOp(str(node.target), type(_module(gm, node)).__name__)
     target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
     return FloatOp(node.name, f"{'Tensor.' if node.op == 'call_method' else ''}{target}")
 
@@ -170,18 +175,21 @@ def _set_module(gm: fx.GraphModule, path: str, module: nn.Module) -> None:
     setattr(gm.get_submodule(parent) if parent else gm, name, module)
 
 
-def _foldable_bn(gm: fx.GraphModule, conv_node: fx.Node, uses: Counter, cfg: QATConfig) -> fx.Node | None:
+def _foldable_bn(gm: fx.GraphModule, conv_node: fx.Node, conv: nn.Conv1d | nn.Conv2d, uses: Counter,
+                 cfg: QATConfig) -> tuple[fx.Node, BNType] | None:
+    """The BatchNorm node (and module) that alone consumes ``conv``'s output, if it can be folded."""
     users = list(conv_node.users)
-    if len(users) != 1 or users[0].op != "call_module" or _kind(gm, users[0]) != "bn":
+    if len(users) != 1 or users[0].op != "call_module":
         return None
     bn_node = users[0]
-    conv = gm.get_submodule(conv_node.target)
-    bn = gm.get_submodule(bn_node.target)
+    bn = _module(gm, bn_node)
+    if not isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        return None
     dims_match = isinstance(conv, nn.Conv2d) == isinstance(bn, nn.BatchNorm2d)
     ok = (dims_match and bn.track_running_stats and bn.num_features == conv.out_channels
           and uses[bn_node.target] == 1 and uses[conv_node.target] == 1
           and not is_skipped(str(bn_node.target), cfg.skip))
-    return bn_node if ok else None
+    return (bn_node, bn) if ok else None
 
 
 def swap_modules(gm: fx.GraphModule, cfg: QATConfig) -> list[str]:
@@ -195,23 +203,22 @@ def swap_modules(gm: fx.GraphModule, cfg: QATConfig) -> list[str]:
         kind = _kind(gm, node)
         if kind not in ("conv", "linear") or node.target in swapped:
             continue
-        mod = gm.get_submodule(node.target)
+        mod, path = _module(gm, node), str(node.target)
         if isinstance(mod, (QATConv, QATLinear)):
-            raise ModelLoadError(f"Module '{node.target}' is already QAT-prepared; pass the float model.")
-        if is_skipped(str(node.target), cfg.skip):
+            raise ModelLoadError(f"Module '{path}' is already QAT-prepared; pass the float model.")
+        if is_skipped(path, cfg.skip):
             continue
-        channels = mod.out_channels if kind == "conv" else mod.out_features
-        wq = WeightQuantizer(cfg.variant, cfg.weight_bits, channels)
-        if kind == "linear":
-            _set_module(gm, node.target, QATLinear(mod, wq))
-        else:
-            bn_node = _foldable_bn(gm, node, uses, cfg)
-            bn = gm.get_submodule(bn_node.target) if bn_node is not None else None
-            _set_module(gm, node.target, QATConv(mod, bn, wq))
-            if bn_node is not None:
+        if isinstance(mod, nn.Linear):
+            _set_module(gm, path, QATLinear(mod, WeightQuantizer(cfg.variant, cfg.weight_bits, mod.out_features)))
+        elif isinstance(mod, (nn.Conv1d, nn.Conv2d)):
+            wq = WeightQuantizer(cfg.variant, cfg.weight_bits, mod.out_channels)
+            folded = _foldable_bn(gm, node, mod, uses, cfg)
+            _set_module(gm, path, QATConv(mod, folded[1] if folded else None, wq))
+            if folded is not None:
+                bn_node = folded[0]
                 bn_node.replace_all_uses_with(node)
                 gm.graph.erase_node(bn_node)
                 erased.add(bn_node)
                 gm.delete_submodule(str(bn_node.target))  # it now lives inside the QATConv
-        swapped.append(str(node.target))
+        swapped.append(path)
     return swapped

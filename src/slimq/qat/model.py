@@ -43,6 +43,8 @@ class QATModel(nn.Module):
     the config's ``freeze_observer_step``/``freeze_bn_step`` schedule.
     """
 
+    step: torch.Tensor  # buffer
+
     def __init__(self, net: fx.GraphModule, config: QATConfig, report: PrepareReport,
                  example_inputs: tuple[torch.Tensor, ...]) -> None:
         super().__init__()

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimq.core.errors import ConfigError
 from slimq.qat.qdq_op import dequantize_linear, quantize_dequantize
 from slimq.qat.quantizers import (
     ActQuantizer,
@@ -46,8 +47,19 @@ def _channel_shape(dim: int, axis: int) -> tuple[int, ...]:
     return tuple(shape)
 
 
+def _running_stats(bn: BNType) -> tuple[torch.Tensor, torch.Tensor]:
+    """BatchNorm's running mean and variance: the statistics folded into the conv weights."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ConfigError(f"{type(bn).__name__} keeps no running statistics (track_running_stats=False), but QAT "
+                          "folds BatchNorm with them; build it with track_running_stats=True.")
+    return bn.running_mean, bn.running_var
+
+
 class QATConv(nn.Module):
     """Conv1d/Conv2d with per-channel weight fake quantization and optional folded BatchNorm."""
+
+    bn_frozen: torch.Tensor  # buffer
+    input_quant: ActQuantizer | None  # plain attribute, see bind_input
 
     def __init__(self, conv: ConvType, bn: BNType | None, weight_quant: WeightQuantizer) -> None:
         super().__init__()
@@ -65,14 +77,15 @@ class QATConv(nn.Module):
             return w, b
         factor = self._bn_factor()
         w = w * factor.reshape(_channel_shape(w.dim(), 0))
-        mean = self.bn.running_mean
+        mean, _ = _running_stats(self.bn)
         b0 = b if b is not None else torch.zeros_like(mean)
         shift = self.bn.bias if self.bn.bias is not None else torch.zeros_like(mean)
         return w, (b0 - mean) * factor + shift
 
     def _bn_factor(self) -> torch.Tensor:
         assert self.bn is not None
-        inv_std = torch.rsqrt(self.bn.running_var + self.bn.eps)
+        _, var = _running_stats(self.bn)
+        inv_std = torch.rsqrt(var + self.bn.eps)
         return inv_std if self.bn.weight is None else self.bn.weight * inv_std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,8 +107,9 @@ class QATConv(nn.Module):
         y = self.bn(y)
         # Keep running statistics identical on every rank. Through ``.data`` because autograd
         # saved them for BatchNorm's backward (which does not read them in training mode).
-        sync_mean_(self.bn.running_mean.data)
-        sync_mean_(self.bn.running_var.data)
+        mean, var = _running_stats(self.bn)
+        sync_mean_(mean.data)
+        sync_mean_(var.data)
         return y
 
     def export_module(self) -> "QDQConv":
@@ -111,6 +125,8 @@ class QATConv(nn.Module):
 
 class QATLinear(nn.Module):
     """Linear with per-output-channel weight fake quantization."""
+
+    input_quant: ActQuantizer | None  # plain attribute, see bind_input
 
     def __init__(self, linear: nn.Linear, weight_quant: WeightQuantizer) -> None:
         super().__init__()
@@ -173,6 +189,9 @@ class ExportBias(nn.Module):
     """A bias in export form: int32 values behind DequantizeLinear (scale ``s_in * s_w``),
     or a plain float tensor (``scale`` None: the module's input grid was unknown)."""
 
+    values: torch.Tensor  # buffers
+    scale: torch.Tensor | None
+
     def __init__(self, values: torch.Tensor, scale: torch.Tensor | None) -> None:
         super().__init__()
         self.register_buffer("values", values)
@@ -194,6 +213,9 @@ def _weight_qdq(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 class QDQConv(nn.Module):
     """Export form of :class:`QATConv`: constant quantized weight -> QuantizeLinear/DequantizeLinear."""
 
+    weight_q: torch.Tensor  # buffers
+    weight_scale: torch.Tensor
+
     def __init__(self, conv: ConvType, w_q: torch.Tensor, scale: torch.Tensor, bias: ExportBias | None) -> None:
         super().__init__()
         self.conv = conv
@@ -210,6 +232,9 @@ class QDQConv(nn.Module):
 class QDQLinear(nn.Module):
     """Export form of :class:`QATLinear`."""
 
+    weight_q: torch.Tensor  # buffers
+    weight_scale: torch.Tensor
+
     def __init__(self, w_q: torch.Tensor, scale: torch.Tensor, bias: ExportBias | None) -> None:
         super().__init__()
         self.register_buffer("weight_q", w_q)
@@ -223,6 +248,9 @@ class QDQLinear(nn.Module):
 
 class QDQAct(nn.Module):
     """Export form of :class:`ActQuantizer`: scale and zero point in the target's storage type."""
+
+    scale: torch.Tensor  # buffers
+    zero_point: torch.Tensor
 
     def __init__(self, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
         super().__init__()

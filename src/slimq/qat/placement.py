@@ -14,6 +14,7 @@ import operator
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from torch.fx.node import Argument
 
 from slimq.qat.config import QATConfig
 from slimq.qat.graph import ACT_CONTAINER, FloatOp, _kind, _op_name, is_skipped
@@ -55,10 +56,11 @@ class _Placer:
         self.grid_of: dict[fx.Node, str] = {}  # value -> quantizer whose grid it lies on
         self.input_q: dict[fx.Node, fx.Node] = {}
         self.names: list[str] = []
+        self.quantizers: dict[str, ActQuantizer] = {}  # path -> inserted quantizer
         self.quantized_ops: list[str] = []
         self.float_ops: list[FloatOp] = []
         self.skipped: list[str] = []
-        self.input_grids: dict[str, set[str]] = {}  # QAT module -> quantizers of its inputs
+        self.input_grids: dict[str, set[str | None]] = {}  # QAT module -> quantizers of its inputs (None: float)
 
     def _new_quantizer(self, base: str, unsigned: bool) -> str:
         name, i = base, 1
@@ -66,15 +68,23 @@ class _Placer:
             name, i = f"{base}_{i}", i + 1
         cfg = self.cfg
         unsigned = unsigned and cfg.rules.unsigned_grid
-        self.container.add_module(name, ActQuantizer(cfg.variant, cfg.act_bits, unsigned, cfg.moving_rate))
-        self.names.append(f"{ACT_CONTAINER}.{name}")
-        return f"{ACT_CONTAINER}.{name}"
+        quantizer = ActQuantizer(cfg.variant, cfg.act_bits, unsigned, cfg.moving_rate)
+        self.container.add_module(name, quantizer)
+        path = f"{ACT_CONTAINER}.{name}"
+        self.names.append(path)
+        self.quantizers[path] = quantizer
+        return path
 
-    def _unsigned(self, qname: str) -> bool:
-        return self.gm.get_submodule(qname).unsigned
+    def _unsigned_input(self, value: Argument) -> bool:
+        """Whether a pool's output grid is unsigned: its input's grid is, or its input is an activation's."""
+        if not isinstance(value, fx.Node):
+            return False
+        if value in self.grid_of:
+            return self.quantizers[self.grid_of[value]].unsigned
+        return self._kind(value) == "act"
 
     def _insert_after(self, node: fx.Node, qname: str, observe: bool = True) -> fx.Node:
-        kwargs = {} if observe else {"observe": False}
+        kwargs: dict[str, Argument] = {} if observe else {"observe": False}
         with self.graph.inserting_after(node):
             q = self.graph.call_module(qname, (node,), kwargs)
         node.replace_all_uses_with(q, delete_user_cb=lambda user: user is not q)
@@ -123,18 +133,19 @@ class _Placer:
     def _quantize_op(self, node: fx.Node, kind: str) -> None:
         inputs = list(node.args) if kind == "add" else [node.args[0]]
         for value in inputs:
-            self._ensure_input(value, node)
+            if isinstance(value, fx.Node):
+                self._ensure_input(value, node)
         users = list(node.users)
-        target, unsigned = node, False
-        if kind == "pool":
-            source = node.args[0]
-            unsigned = self._unsigned(self.grid_of[source]) if source in self.grid_of else self._kind(source) == "act"
+        target = node
+        unsigned = kind == "pool" and self._unsigned_input(node.args[0])
         if len(users) == 1 and self._kind(users[0]) == "act" and users[0].args[0] is node:
             target, unsigned = users[0], True
         self._insert_after(target, self._new_quantizer(node.name, unsigned))
         self.quantized_ops.append(str(node.target) if node.op == "call_module" else node.name)
         if kind in ("conv", "linear") and node.op == "call_module":
-            self.input_grids.setdefault(str(node.target), set()).add(self.grid_of.get(node.args[0]))
+            source = node.args[0]
+            grid = self.grid_of.get(source) if isinstance(source, fx.Node) else None
+            self.input_grids.setdefault(str(node.target), set()).add(grid)
 
     def bind_inputs(self) -> None:
         """Give each QAT Conv/Linear its input quantizer (int32 bias scale ``s_in * s_w``).
@@ -145,8 +156,9 @@ class _Placer:
         """
         for target, grids in self.input_grids.items():
             module = self.gm.get_submodule(target)
-            if isinstance(module, (QATConv, QATLinear)) and len(grids) == 1 and None not in grids:
-                bind_input(module, self.gm.get_submodule(next(iter(grids))))
+            grid = next(iter(grids)) if len(grids) == 1 else None
+            if isinstance(module, (QATConv, QATLinear)) and grid is not None:
+                bind_input(module, self.quantizers[grid])
 
     def run(self) -> None:
         for node in list(self.graph.nodes):

@@ -51,7 +51,7 @@ def _quantize_dequantize_fake(
     return torch.empty_like(x)
 
 
-def _legacy_symbolic(g, x, scale, zero_point, axis):  # type: ignore[no-untyped-def]
+def _legacy_symbolic(g, x, scale, zero_point, axis):
     from torch.onnx import symbolic_helper
 
     axis_value = symbolic_helper._maybe_get_const(axis, "i")
@@ -59,7 +59,7 @@ def _legacy_symbolic(g, x, scale, zero_point, axis):  # type: ignore[no-untyped-
     return g.op("DequantizeLinear", q, scale, zero_point, axis_i=axis_value)
 
 
-def _legacy_dequantize_symbolic(g, q, scale, zero_point, axis):  # type: ignore[no-untyped-def]
+def _legacy_dequantize_symbolic(g, q, scale, zero_point, axis):
     from torch.onnx import symbolic_helper
 
     return g.op("DequantizeLinear", q, scale, zero_point, axis_i=symbolic_helper._maybe_get_const(axis, "i"))
@@ -76,11 +76,11 @@ def dynamo_translation_table() -> dict:
     """``custom_translation_table`` for ``torch.onnx.export(..., dynamo=True)``."""
     from onnxscript import opset18 as op
 
-    def translate(x, scale, zero_point, axis: int):  # type: ignore[no-untyped-def]
+    def translate(x, scale, zero_point, axis: int):
         q = op.QuantizeLinear(x, scale, zero_point, axis=axis)
         return op.DequantizeLinear(q, scale, zero_point, axis=axis)
 
-    def translate_dq(q, scale, zero_point, axis: int):  # type: ignore[no-untyped-def]
+    def translate_dq(q, scale, zero_point, axis: int):
         return op.DequantizeLinear(q, scale, zero_point, axis=axis)
 
     return {torch.ops.slimq.quantize_dequantize.default: translate,

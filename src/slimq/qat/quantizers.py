@@ -119,6 +119,14 @@ class ActQuantizer(nn.Module):
     Before its range is known (no calibration, no training step) it passes ``x`` through.
     """
 
+    # buffers (register_buffer) and the variant's learned parameter, typed for nn.Module's __getattr__
+    accum: torch.Tensor
+    state: torch.Tensor
+    initialized: torch.Tensor
+    observer_enabled: torch.Tensor
+    alpha: nn.Parameter  # pact only
+    scale: nn.Parameter  # lsq only
+
     def __init__(self, variant: str, bits: int, unsigned: bool, moving_rate: float) -> None:
         super().__init__()
         self.variant = variant
@@ -221,6 +229,8 @@ class WeightQuantizer(nn.Module):
     STE/PACT: ``scale_c = max|w_c| / qmax`` recomputed every call (no gradient to the scale).
     LSQ: learned per-channel scale, initialised by :meth:`init_scale` from the weights.
     """
+
+    scale: nn.Parameter  # lsq only
 
     def __init__(self, variant: str, bits: int, channels: int) -> None:
         super().__init__()

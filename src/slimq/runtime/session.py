@@ -6,6 +6,7 @@ import functools
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -83,17 +84,21 @@ class Predictor:
         from slimq.runtime.backends import OpenVINOSession, check_backend
 
         self.backend = check_backend(backend)
+        self.session: OpenVINOSession | ort.InferenceSession
+        self._run: Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+        self.input_names: list[str]
+        self.output_names: list[str]
         if backend == "openvino":
-            self.session = OpenVINOSession(model, resolve_threads(threads))
-            self.input_names, self.output_names = self.session.input_names, self.session.output_names
-            self._run = self.session.run
+            ov_session = OpenVINOSession(model, resolve_threads(threads))
+            self.session, self._run = ov_session, ov_session.run
+            self.input_names, self.output_names = ov_session.input_names, ov_session.output_names
             return
         src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-        self.session = ort.InferenceSession(src, session_options(threads, level, fold_weights=dequantize_at_load(model)),
-                                            providers=providers or ["CPUExecutionProvider"])
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        self._run = functools.partial(self.session.run, None)
+        ort_session = ort.InferenceSession(src, session_options(threads, level, fold_weights=dequantize_at_load(model)),
+                                           providers=providers or ["CPUExecutionProvider"])
+        self.session, self._run = ort_session, functools.partial(ort_session.run, None)
+        self.input_names = [i.name for i in ort_session.get_inputs()]
+        self.output_names = [o.name for o in ort_session.get_outputs()]
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Outputs in the model's output order."""

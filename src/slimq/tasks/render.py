@@ -202,8 +202,14 @@ def _em_width(text: str) -> float:
 
 
 def _jitter_colour(rng: np.random.Generator, base: float, spread: float) -> tuple[int, int, int]:
-    rgb = np.clip(base + rng.uniform(-spread, spread, size=3), 0, 255)
-    return tuple(int(v) for v in rgb)
+    r, g, b = np.clip(base + rng.uniform(-spread, spread, size=3), 0, 255)
+    return int(r), int(g), int(b)
+
+
+def _bbox(font: ImageFont.FreeTypeFont, text: str) -> tuple[int, int, int, int]:
+    """The text's box in whole pixels (Pillow types it as float for fractional stroke widths; we draw none)."""
+    x0, y0, x1, y1 = font.getbbox(text)
+    return int(x0), int(y0), int(x1), int(y1)
 
 
 def render_line(
@@ -211,8 +217,8 @@ def render_line(
 ) -> Array:
     """Render ``text`` as a tight line crop like a detector would cut it (RGB uint8)."""
     font = face.load(size)
-    x0, y0, x1, y1 = font.getbbox(text)
-    _, ry0, _, ry1 = font.getbbox(_REF_CHAR)
+    x0, y0, x1, y1 = _bbox(font, text)
+    _, ry0, _, ry1 = _bbox(font, _REF_CHAR)
     top, bottom = min(y0, ry0), max(y1, ry1)
     mx = int(size * rng.uniform(0.1, 0.35))
     my = int(size * rng.uniform(0.08, 0.22))
@@ -264,7 +270,7 @@ def _ink_mask(
     text: str, font: ImageFont.FreeTypeFont
 ) -> tuple[Image.Image, tuple[int, int], tuple[int, int, int, int]]:
     """Coverage mask of ``text``, the mask's offset from the text origin, and its ink box."""
-    x0, y0, x1, y1 = font.getbbox(text)
+    x0, y0, x1, y1 = _bbox(font, text)
     mask = Image.new("L", (x1 - x0 + 4, y1 - y0 + 4), 0)
     ImageDraw.Draw(mask).text((2 - x0, 2 - y0), text, font=font, fill=255)
     ys, xs = np.nonzero(np.asarray(mask))

@@ -165,6 +165,9 @@ def export_bert(path: str | os.PathLike, cfg: BertConfig = BertConfig(), opset: 
                                         input_names=names, output_names=outputs, optimize=True, verbose=False)
     finally:
         torch_log.setLevel(level)
+    if program is None:  # only the legacy exporter (dynamo=False) returns None
+        raise RuntimeError(f"torch {torch.__version__}: torch.onnx.export(dynamo=True) returned no ONNX program; "
+                           "use the torch version of the qat extra (pyproject.toml).")
     proto = program.model_proto
     onnx.checker.check_model(proto)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".onnx", dir=path.parent)
