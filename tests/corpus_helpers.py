@@ -62,6 +62,10 @@ class Run:
         return f"{where}: {last[:200]}"
 
 
+def _print_warning(message, category, filename, lineno, file=None, line=None):
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def run_inprocess(argv: list[str], capfd) -> Run:
     """Call slimq.cli.main(argv) in this process; catch SystemExit (argparse) and any escaping exception."""
     from slimq.cli import main
@@ -73,7 +77,7 @@ def run_inprocess(argv: list[str], capfd) -> Run:
     t0 = time.perf_counter()
     exc = None
     with warnings.catch_warnings():
-        warnings.showwarning = getattr(warnings, "_showwarning_orig", warnings.showwarning)  # print, as the CLI does
+        warnings.showwarning = _print_warning  # print to stderr, as the CLI does (not into pytest's record)
         saved_format = warnings.formatwarning
         try:
             rc = main([str(a) for a in argv])

@@ -10,7 +10,7 @@ import onnx.helper as oh
 import onnx.numpy_helper as nh
 import pytest
 
-from slimq import testing
+from slimq import SkipSpec, testing
 from slimq.cli.main import main
 from slimq.core.errors import (
     ConfigError,
@@ -266,7 +266,7 @@ def test_no_quantizable_weights_raises_and_writes_nothing(tmp_path):
 
 def test_everything_skipped_is_nothing_to_quantize():
     with pytest.raises(NothingToQuantizeError, match="skipped"):
-        quantize_dynamic(testing.matmul_net(), DynamicConfig(skip=dynamic.SkipSpec(op_types=("MatMul",))))
+        quantize_dynamic(testing.matmul_net(), DynamicConfig(skip=SkipSpec(op_types=("MatMul",))))
 
 
 def test_int4_on_a_runtime_without_it_names_the_version(monkeypatch):
@@ -295,7 +295,7 @@ def test_bad_config_values(kwargs, match):
 
 def test_unknown_skip_node_and_own_output_path(tmp_path):
     with pytest.raises(ConfigError, match="Did you mean"):
-        quantize_dynamic(testing.matmul_net(), DynamicConfig(skip=dynamic.SkipSpec(names=("yy",))))
+        quantize_dynamic(testing.matmul_net(), DynamicConfig(skip=SkipSpec(names=("yy",))))
     src = tmp_path / "m.onnx"
     onnx.save(testing.matmul_net(), src)
     with pytest.raises(OutputPathError):
