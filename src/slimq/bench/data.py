@@ -18,43 +18,11 @@ from slimq.core.errors import CalibrationDataError, did_you_mean, unknown_choice
 from slimq.io.samples import load_samples, validate_feeds
 from slimq.io.spec import Feeds, InputSpec, static_batch
 from slimq.tasks.base import Evaluator, batch_slices, check_batch_count
-from slimq.tasks.classification import topk_accuracy
+from slimq.tasks.classification import LabeledEvaluator
 
 BUILTIN_DATA = ("fashion-mnist",)
 TASKS = ("auto", "classification", "ocr-rec", "ocr-det", "none")
 LABEL_KEYS = ("labels", "label", "y")
-
-
-class LabeledEvaluator:
-    """Top-1/top-5 accuracy (percent) of a classifier on arrays of any input layout.
-
-    ``arrays`` maps every model input name to an array whose first axis indexes samples.
-    """
-
-    name = "classification"
-    primary_metric = "top1"
-    higher_is_better = True
-
-    def __init__(self, arrays: Mapping[str, np.ndarray], labels: np.ndarray, batch_size: int = 64) -> None:
-        labels = np.asarray(labels).reshape(-1)
-        counts = {k: len(v) for k, v in arrays.items()}
-        if any(n != len(labels) for n in counts.values()) or not len(labels):
-            raise CalibrationDataError(f"Got {len(labels)} labels for inputs with {counts} samples; "
-                                       "give exactly one label per sample.")
-        if not np.issubdtype(labels.dtype, np.integer):
-            raise CalibrationDataError(f"Labels must be integer class indices, got dtype {labels.dtype}.")
-        self.arrays, self.labels = dict(arrays), labels.astype(np.int64)
-        self._slices = batch_slices(len(labels), batch_size)
-
-    def inputs(self) -> Iterator[Feeds]:
-        for s in self._slices:
-            yield {k: v[s] for k, v in self.arrays.items()}
-
-    def score(self, outputs: list[list[np.ndarray]]) -> dict[str, float]:
-        """Return {"top1": %, "top5": %} from the first output of every batch."""
-        check_batch_count(self.name, outputs, len(self._slices))
-        logits = np.concatenate([np.asarray(o[0]).reshape(len(np.asarray(o[0])), -1) for o in outputs])
-        return {"top1": topk_accuracy(logits, self.labels, 1), "top5": topk_accuracy(logits, self.labels, 5)}
 
 
 class AgreementEvaluator:

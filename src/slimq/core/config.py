@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 
 from slimq.core import qmath
+from slimq.core.budget import Budget
 from slimq.core.errors import ConfigError, did_you_mean, unknown_choice
 from slimq.core.observers import ALGORITHMS, get_algorithm
 
@@ -113,6 +114,9 @@ class StaticConfig:
     two_sided_ranges: bool = False  # hist/mse with u8: clip the low and high side separately
     bias_correction: bool = True  # subtract the weight-rounding shift from Conv/Gemm biases (calibration means)
     show_progress: bool = True
+    # accuracy control: with a budget, slimq searches calibration settings and mixed precision
+    # until the model meets it (slimq.static.search); None: quantize once and report
+    budget: Budget | None = None
 
     def __post_init__(self) -> None:
         get_algorithm(self.algo)
@@ -140,6 +144,8 @@ class StaticConfig:
         d = dict(d)
         if isinstance(d.get("skip"), dict):
             d["skip"] = skip_from_dict(d["skip"])
+        if isinstance(d.get("budget"), dict):
+            d["budget"] = Budget.from_dict(d["budget"])
         if d.get("op_types") is not None:
             d["op_types"] = tuple(d["op_types"])
         return cls(**d)

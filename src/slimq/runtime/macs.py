@@ -33,6 +33,7 @@ class MacCount:
     int8_ops: Counter = field(default_factory=Counter)
     float_ops: Counter = field(default_factory=Counter)
     float_nodes: list[str] = field(default_factory=list)
+    per_node: dict[str, int] = field(default_factory=dict)  # node name -> MACs
 
     @property
     def int8_share(self) -> float:
@@ -81,6 +82,7 @@ def count_macs(optimized: onnx.ModelProto, feeds: dict[str, np.ndarray], budget_
     count = MacCount()
     for n in nodes:
         macs = _node_macs(n, shapes)
+        count.per_node[n.name or n.output[0]] = macs
         if (is_int8(n) if is_int8 is not None else MAC_OPS[n.op_type][3]):
             count.int8_macs += macs
             count.int8_ops[n.op_type] += 1

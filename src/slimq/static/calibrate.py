@@ -51,6 +51,7 @@ class Calibration:
     means: dict[str, np.ndarray] = field(default_factory=dict)
     constant: tuple[str, ...] = ()  # tensors with one value on every sample (e.g. all zero)
     batches: int = 0
+    observers: dict[str, TensorObserver] = field(default_factory=dict)  # kept on request (searches)
 
 
 class _InputWatch:
@@ -78,7 +79,7 @@ class _InputWatch:
 def calibrate(model: onnx.ModelProto, tensors: Sequence[str], batches: Callable[[], Iterable[Feeds]],
               algo: Algorithm, settings: ObserverSettings, budget_mb: int = 1024, show_progress: bool = True,
               total: int | None = None, bounds: dict[str, Bounds] | None = None,
-              mean_tensors: Sequence[str] = ()) -> Calibration:
+              mean_tensors: Sequence[str] = (), keep_observers: bool = False) -> Calibration:
     """Calibrated [rmin, rmax] of each tensor in `tensors`, and the per-channel means of `mean_tensors`,
     in one pass over all batches. `bounds` clips a tensor's values before they are observed
     (see `QuantPlan.bounds`). Raises CalibrationDataError when every input is constant."""
@@ -106,4 +107,5 @@ def calibrate(model: onnx.ModelProto, tensors: Sequence[str], batches: Callable[
     watch.check(count)
     ranges = {t: compute_range(o, algo, settings) for t, o in observers.items()}
     constant = tuple(t for t, o in observers.items() if o.seen and o.min == o.max)
-    return Calibration(ranges, {t: m.result() for t, m in means.items()}, constant, count)
+    return Calibration(ranges, {t: m.result() for t, m in means.items()}, constant, count,
+                       observers if keep_observers else {})
