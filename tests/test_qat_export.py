@@ -259,7 +259,7 @@ def test_skipped_layer_stays_float_in_onnxruntime(tmp_path, caplog) -> None:
     # 8x8x8 x 8x3x3 = 36864 each, fc 8 x 10 = 80. Only the skipped layer1.0.conv2 stays float.
     total, skipped = 4608 + 4 * 36864 + 80, 36864
     batch = 2  # counted on prepare()'s example inputs, images(2)
-    assert report.macs["float_macs"] == batch * skipped and report.macs["int8_macs"] == batch * (total - skipped)
+    assert report.macs.float_macs == batch * skipped and report.macs.int8_macs == batch * (total - skipped)
     assert report.int8_mac_share == pytest.approx((total - skipped) / total, abs=1e-9)  # 0.7577
     assert not any("never trained for" in w for w in report.warnings) and "never trained for" not in caplog.text
     agreement = qat.check_agreement(qmodel, result.path, images(200, seed=7))
