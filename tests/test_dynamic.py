@@ -20,7 +20,6 @@ from slimq.core.errors import (
     OutputPathError,
     RuntimeTooOldError,
 )
-from slimq.core.config import SkipSpec
 from slimq.core.qmath import INT4, cosine
 from slimq.dynamic import method as dynamic
 from slimq.dynamic.check import index_ranges, synthesize_feeds
