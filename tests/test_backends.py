@@ -51,6 +51,22 @@ def test_cli_rejects_an_unknown_backend(pair, capsys):
 # ---------------------------------------------------------------- with OpenVINO installed
 
 
+def _gemm_input_step_bound(int8_path) -> np.ndarray:
+    """Per logit: what one quantization step on every element of the final Gemm's int8 input moves it by,
+    s_in * sum_k |W_jk| (W dequantized)."""
+    import onnx
+    import onnx.numpy_helper as nh
+
+    m = onnx.load(str(int8_path))
+    inits = {i.name: nh.to_array(i) for i in m.graph.initializer}
+    dq = {n.output[0]: n for n in m.graph.node if n.op_type == "DequantizeLinear"}
+    gemm = next(n for n in m.graph.node if n.op_type == "Gemm")
+    s_in = float(inits[dq[gemm.input[0]].input[1]])
+    wq, ws, wz = (inits[t] for t in dq[gemm.input[1]].input)
+    w = (wq.astype(np.float64) - wz[:, None]) * ws[:, None]
+    return s_in * np.abs(w).sum(axis=1)
+
+
 def test_openvino_matches_onnxruntime_and_runs_int8(pair):
     pytest.importorskip("openvino")
     fp32, int8 = pair
@@ -61,8 +77,10 @@ def test_openvino_matches_onnxruntime_and_runs_int8(pair):
         assert out.shape == ref.shape and out.dtype == np.float32
         if tol:
             np.testing.assert_allclose(out, ref, atol=tol, rtol=1e-4)
-        else:  # different int8 kernels and rounding: agree to within a few quantization steps
-            assert np.abs(out - ref).max() < 0.05 * np.abs(ref).max()
+        else:  # int8 kernels may round a requantization differently: at most one step of the
+            # classifier's int8 input apart (intermediate off-by-ones are averaged by the global pool)
+            bound = _gemm_input_step_bound(int8)
+            assert (np.abs(out - ref) <= bound[None] + 1e-5).all(), (np.abs(out - ref) / bound).max()
     assert backends.openvino_mac_count(int8, x).int8_share == 1.0
     float_count = backends.openvino_mac_count(fp32, x)
     assert float_count.int8_share == 0.0 and float_count.float_macs > 0

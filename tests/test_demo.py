@@ -26,17 +26,22 @@ def test_demo_quick_with_shipped_models(tmp_path, capsys):
     assert main(["demo", "--quick", "--methods", "static,dynamic", "--out", str(out)]) == 0
     captured = capsys.readouterr()
     assert f"outputs go to {out.resolve()}/" in captured.err
+    # both requested methods ran: neither may drop out of the demo silently
+    assert "INT8 static PTQ: yes" in captured.err and "INT8 dynamic PTQ: yes" in captured.err
+    assert "skipped" not in captured.err
+    labels = ("FP32", "INT8 static PTQ", "INT8 dynamic PTQ")
     for name in zoo.ZOO_MODELS:
-        assert f"| {name} FP32 | " in captured.out and f"| {name} INT8 static PTQ | 1 |" in captured.out
-        assert f"| {name} INT8 dynamic PTQ | 1 |" in captured.out or "dynamic PTQ: skipped" in captured.err
-        assert (out / f"{name}.static.int8.onnx").is_file()
+        assert f"| {name} FP32 | " in captured.out
+        assert f"| {name} INT8 static PTQ | 1 |" in captured.out and f"| {name} INT8 dynamic PTQ | 1 |" in captured.out
+        assert (out / f"{name}.static.int8.onnx").is_file() and (out / f"{name}.dynamic.int8.onnx").is_file()
     payload = json.loads((out / "demo.json").read_text())
-    for result in payload["results"]:
+    assert len(payload["results"]) == len(zoo.ZOO_MODELS)
+    for name, result in zip(zoo.ZOO_MODELS, payload["results"]):
+        assert [m["name"] for m in result["models"]] == [f"{name} {label}" for label in labels]
         acc = result["accuracy"]
-        fp32 = next(v for k, v in acc.items() if k.endswith("FP32"))
-        static = next(v for k, v in acc.items() if k.endswith("static PTQ"))
-        assert fp32["top1"] > 80  # trained models
-        assert abs(static["top1"] - fp32["top1"]) < 3
+        fp32, static, dynamic = (acc[f"{name} {label}"]["top1"] for label in labels)
+        assert fp32 > 80  # trained models
+        assert abs(static - fp32) < 3 and abs(dynamic - fp32) < 3
     assert (out / "demo.md").read_text().strip() == captured.out.strip()
     assert (out / "demo.png").read_bytes()[:4] == b"\x89PNG"
 

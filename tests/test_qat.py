@@ -216,16 +216,39 @@ def test_freeze_bn_step_freezes_running_stats_and_uses_folded_path() -> None:
     assert torch.allclose(conv(x), expected, atol=1e-6)
 
 
-def test_live_bn_training_matches_float_conv_bn_up_to_weight_rounding() -> None:
+@pytest.mark.parametrize("variant", ["ste", "lsq"])
+def test_live_bn_training_is_batchnorm_over_the_conv_with_fake_quantized_folded_weight(variant: str) -> None:
+    """Live BN (Jacob et al. 2018, 3.2): conv with fq(w * f) / f, f = gamma / sqrt(running_var + eps),
+    then the real BatchNorm in training mode. Checked against that formula computed in numpy (at step 0
+    LSQ's learned scale is still its abs-max initialisation from the folded weight, like STE's)."""
     torch.manual_seed(0)
     conv, bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+    with torch.no_grad():  # non-trivial folding factors and running statistics
+        bn.weight.uniform_(0.5, 2.0)
+        bn.bias.uniform_(-0.3, 0.3)
+        bn.running_var.uniform_(0.25, 4.0)
+        bn.running_mean.uniform_(-0.2, 0.2)
     ref_bn = copy.deepcopy(bn)
-    qconv = QATConv(copy.deepcopy(conv), bn, WeightQuantizer("ste", 8, 8)).train()
+    qconv = QATConv(copy.deepcopy(conv), bn, WeightQuantizer(variant, 8, 8)).train()
     x = torch.randn(16, 3, 8, 8)
-    ref = ref_bn.train()(conv(x))
-    out = qconv(x)
-    assert (out - ref).abs().max() < 0.05 * ref.abs().max()
-    assert torch.allclose(bn.running_mean, ref_bn.running_mean, atol=0.05)
+    out = qconv(x).detach()
+
+    w = conv.weight.detach().numpy().astype(np.float64)
+    f = ref_bn.weight.detach().numpy() / np.sqrt(ref_bn.running_var.numpy() + ref_bn.eps)
+    w_f = w * f[:, None, None, None]
+    scale = np.abs(w_f).reshape(8, -1).max(1) / 127
+    w_q = np.clip(np.rint(w_f / scale[:, None, None, None]), -127, 127) * scale[:, None, None, None]
+    w_eff = torch.from_numpy((w_q / f[:, None, None, None]).astype(np.float32))
+    y = F.conv2d(x, w_eff, conv.bias.detach(), padding=1)  # the conv the BN sees
+    mean, var = y.mean((0, 2, 3)), y.var((0, 2, 3), unbiased=False)
+    expected = (y - mean[None, :, None, None]) / torch.sqrt(var[None, :, None, None] + bn.eps)
+    expected = expected * ref_bn.weight.detach()[None, :, None, None] + ref_bn.bias.detach()[None, :, None, None]
+    assert torch.allclose(out, expected, atol=2e-5, rtol=1e-5), (out - expected).abs().max()
+    # running statistics follow the same batch (momentum 0.1, unbiased variance), to float precision
+    n = y.numel() / y.shape[1]
+    run_mean = 0.9 * ref_bn.running_mean + 0.1 * mean
+    run_var = 0.9 * ref_bn.running_var + 0.1 * var * n / (n - 1)
+    assert torch.allclose(bn.running_mean, run_mean, atol=1e-6) and torch.allclose(bn.running_var, run_var, rtol=1e-5)
 
 
 # --- config, errors, reports ---------------------------------------------------------------

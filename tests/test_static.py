@@ -55,7 +55,17 @@ def test_plan_ties_passthrough_and_fuses_activations(conv_model):
 def test_static_output_graph_dtypes_and_counts(conv_model, conv_calib):
     r = quantize_static(conv_model, conv_calib, StaticConfig(**QUIET))
     ops = testing.count_ops(r.model)
-    assert ops["QuantizeLinear"] == len(r.plan.roots) - 0 or ops["QuantizeLinear"] >= 6
+    # conv_net after BN folding, x86 rules: a Q->DQ pair on every tensor an int8 op reads or writes:
+    # input (conv1), r1 (Conv+Relu fused, read by MaxPool), p1 (MaxPool, tied to r1), r2 (Conv+Clip
+    # fused), c3 (Conv output read by Add), r3 (Add+Relu fused), g (GlobalAveragePool) and f
+    # (Flatten, tied to g). The logits leave the Gemm in float. 6 calibrated roots, 8 pairs.
+    quantized = {q.input[0]: q.input[1] for q in q_nodes(r.model)}
+    assert ops["QuantizeLinear"] == 8 and len(quantized) == 8
+    assert set(quantized) == {"input", "r1", "p1", "r2", "c3", "r3", "g", "f"}
+    assert quantized["p1"] == quantized["r1"] and quantized["f"] == quantized["g"]  # tied: one scale
+    assert len(set(quantized.values())) == len(r.plan.roots) == 6
+    # DQs: the 8 activations, 4 weights (w1 folded with BN, w2, w3, wfc) and their 4 int32 biases
+    assert ops["DequantizeLinear"] == 8 + 4 + 4
     for q in q_nodes(r.model):
         assert init(r.model, q.input[2]).dtype == np.uint8  # u8 activations on x86
     conv_w = [n.input[1] for n in r.model.graph.node if n.op_type == "Conv"]
@@ -150,7 +160,16 @@ def test_collapse_is_flagged_and_strict_refuses(conv_model, conv_calib, tmp_path
     hold = conv_calib[:12] * 10
     data = np.concatenate([tiny, tiny[:12], hold])  # 60 calibration + 12 held back
     r = quantize_static(conv_model, data, StaticConfig(holdout=12, **QUIET))
-    assert r.report.warnings
+    (agree,) = r.report.agreement
+    assert agree.cosine < 0.98  # saturated: the held-back samples lie far outside the calibrated range
+    assert agree.top1_agreement is not None and agree.top1_agreement < 0.9
+    cosine_warning = f'output "logits": cosine {agree.cosine:.4f} < 0.98 — INT8 disagrees with FP32.'
+    top1_warning = f'output "logits": only {agree.top1_agreement * 100:.1f} % top-1 agreement with FP32'
+    assert len(r.report.warnings) == 2
+    assert r.report.warnings[0].startswith(cosine_warning) and r.report.warnings[1].startswith(top1_warning)
+    # the same held-back samples at the calibrated amplitude: no warning (the check is not always on)
+    calm = quantize_static(conv_model, np.concatenate([tiny, tiny[:12], hold * 1e-4]), StaticConfig(holdout=12, **QUIET))
+    assert calm.report.agreement[0].cosine > 0.999 and calm.report.warnings == ()
     out = tmp_path / "bad.onnx"
     from slimq.core.errors import FidelityError
 
