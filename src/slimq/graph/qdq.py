@@ -114,6 +114,7 @@ class _Inserter:
         name = v.name
         v.name = self.names.fresh(f"{name}_prequant")
         out.name = name
+        out.type, out.shape = v.type, v.shape
         outputs = self.graph.outputs
         for i, o in enumerate(outputs):
             if o is v:

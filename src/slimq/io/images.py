@@ -75,6 +75,11 @@ def image_loaders(files: Sequence[Path], inputs: Sequence[InputSpec], spec: Prep
                                    "Use .npz files with one key per input.")
     inp = inputs[0]
     c, h, w = _target_hw(spec, inp)
+    for name in ("mean", "std"):
+        values = getattr(spec, name)
+        if len(values) not in (1, c) and not (c == 1 and len(values) >= 1):
+            raise ConfigError(f"--{name} has {len(values)} values but the model's input has {c} channels; give one "
+                              f"value per channel (or one for all).")
     return [partial(_image_feeds, inp.name, p, spec, c, h, w) for p in files]
 
 
