@@ -35,16 +35,17 @@ def quantize(model: Any, config: StaticConfig | DynamicConfig | QATConfig, data:
 
     model: an ONNX path or ModelProto (static, dynamic); a torch ``nn.Module`` or a prepared QAT model (QAT).
     data: calibration samples (static; required), check inputs (dynamic; optional, synthesised otherwise),
-    samples to calibrate and check on (QAT). options: ``preprocess`` (static image folders: a
-    PreprocessSpec); QAT: the keyword options of :func:`slimq.qat.convert`.
+    samples to calibrate and check on (QAT). options: static: ``preprocess`` (image folders: a
+    PreprocessSpec), ``eval_data`` and ``metric`` (for a ``max_drop`` budget); QAT: the keyword options
+    of :func:`slimq.qat.convert`.
     """
     if isinstance(config, StaticConfig):
         if data is None:
             raise ConfigError("Static PTQ needs calibration data (a folder of images, .npy/.npz files, or arrays); "
                               "for a data-free model use DynamicConfig.")
-        preprocess = options.pop("preprocess", None)
-        _no_options(options, "static PTQ", ("preprocess",))
-        return quantize_static(model, data, config, output, preprocess)
+        preprocess, eval_data, metric = (options.pop(k, None) for k in ("preprocess", "eval_data", "metric"))
+        _no_options(options, "static PTQ", ("preprocess", "eval_data", "metric"))
+        return quantize_static(model, data, config, output, preprocess, eval_data=eval_data, metric=metric)
     if isinstance(config, DynamicConfig):
         _no_options(options, "dynamic PTQ", ())
         return quantize_dynamic(model, config, output, data)

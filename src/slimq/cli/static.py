@@ -6,6 +6,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
+from slimq.cli.budget import add_budget_flags, budget_from_args
 from slimq.core.config import TARGETS, SkipSpec, StaticConfig
 from slimq.core.errors import ConfigError
 from slimq.core.observers import ALGORITHMS
@@ -46,6 +47,7 @@ def register(sub: argparse._SubParsersAction, methods: argparse._SubParsersActio
     p.add_argument("--std", help="per-channel std")
     p.add_argument("--layout", choices=("NCHW", "NHWC"))
     p.add_argument("--color", choices=("RGB", "BGR", "GRAY"))
+    add_budget_flags(p)
     p.set_defaults(func=run_static)
 
 
@@ -60,6 +62,9 @@ def _static_config(args: argparse.Namespace, recipe: dict) -> StaticConfig:
     if args.skip_nodes or args.skip_ops or args.skip_regex:
         overrides["skip"] = SkipSpec(_csv(args.skip_nodes) + cfg.skip.names, _csv(args.skip_ops) + cfg.skip.op_types,
                                      _csv(args.skip_regex) + cfg.skip.patterns)
+    budget = budget_from_args(args, cfg.budget)
+    if budget is not None:
+        overrides["budget"] = budget
     return replace(cfg, **overrides)
 
 
@@ -82,7 +87,8 @@ def run_static(args: argparse.Namespace) -> int:
 
     static_d, pre_d = load_static_recipe(args.recipe) if args.recipe else ({}, {})
     cfg = _static_config(args, static_d)
-    result = quantize_static(args.model, args.calib, cfg, args.output, _preprocess_spec(args, pre_d))
+    result = quantize_static(args.model, args.calib, cfg, args.output, _preprocess_spec(args, pre_d),
+                             eval_data=args.eval_data)
     print(result.report.format())
     print(f"wrote {args.output} and {Path(args.output).name}.report.json")
     return 3 if result.report.warnings else 0

@@ -230,8 +230,27 @@ class _Planner:
         see_through = (Role.FUSED_ACTIVATION, Role.PASSTHROUGH)
         while p is not None and op_info(p.op_type, p.domain).role in see_through and p.inputs:
             p = p.inputs[0].producer() if p.inputs[0] is not None else None
-        return (p is not None and self._name(p) in self.reasons
-                and op_info(p.op_type, p.domain).weight_input is not None)
+        if p is None or self._name(p) not in self.reasons or op_info(p.op_type, p.domain).weight_input is None:
+            return False
+        acts = _act_indices(p, op_info(p.op_type, p.domain))
+        return bool(acts) and self._input_quantized(p.inputs[acts[0]])
+
+    def _feeds_float_mac(self, v: ir.Value) -> bool:
+        return any(self._name(u.node) in self.reasons and op_info(u.node.op_type, u.node.domain).weight_input
+                   is not None for u in v.uses())
+
+    def _input_quantized(self, x: ir.Value | None) -> bool:
+        """Whether `x` has (or, through pass-through ops, will have) Q/DQ. A float MAC node whose input is
+        float can have a quantized output: onnxruntime only re-quantizes it between Q/DQ on both sides."""
+        while x is not None:
+            if x.name in self.acts:
+                return True
+            p = x.producer()
+            if (p is None or op_info(p.op_type, p.domain).role is not Role.PASSTHROUGH or self._name(p) in self.reasons
+                    or not self._wants_quantized(x) or not p.inputs):
+                return False
+            x = p.inputs[PASSTHROUGH_DATA_INPUT]
+        return False
 
     def _wants_quantized(self, v: ir.Value) -> bool:
         for use in v.uses():
@@ -265,7 +284,7 @@ class _Planner:
                 self.quantized[self._name(act)] = act.op_type
         if info.bias_input is not None and weight_idx is not None and len(n.inputs) > info.bias_input:
             b, x = n.inputs[info.bias_input], n.inputs[_act_indices(n, info)[0]]
-            if b is not None and _is_const(b):
+            if b is not None and _is_const(b) and x.name in self.acts:  # int32 bias needs the input scale
                 self.biases.append(BiasEntry(name, info.bias_input, b.name, x.name, n.inputs[weight_idx].name))
         if weight_idx is not None and weight_idx not in _act_indices(n, info):
             self._add_weight(n, weight_idx, n.inputs[weight_idx], info)
@@ -326,6 +345,8 @@ class _Planner:
         x = n.inputs[PASSTHROUGH_DATA_INPUT]
         if x is None or x.name not in self.acts or not _is_float(x):
             return
+        if any(self._feeds_float_mac(o) for o in n.outputs) and not any(self._wants_quantized(o) for o in n.outputs):
+            return  # a float conv/matmul reads it: keep its input float so onnxruntime cannot re-quantize it
         self.quantized[name] = n.op_type
         for o in n.outputs:
             self.acts[o.name] = self.acts[x.name]

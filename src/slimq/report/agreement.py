@@ -28,6 +28,7 @@ Feeds = dict[str, np.ndarray]
 CLASS_SCORES, TENSOR = "class_scores", "tensor"
 _SCORE_PRODUCERS = ("Softmax", "LogSoftmax")
 _LOGIT_PRODUCERS = ("Gemm", "MatMul", "Add")
+_SHAPE_ONLY = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
 
 
 @dataclass
@@ -78,10 +79,13 @@ def worst_cosine(stats: Sequence[Stats]) -> float:
 
 def output_kinds(model: onnx.ModelProto) -> dict[str, str]:
     """Which graph outputs are class scores (top-1 agreement is meaningful) and which are plain tensors."""
-    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    producers = {o: n for n in model.graph.node for o in n.output}
     kinds = {}
     for out in model.graph.output:
-        op = producers.get(out.name, "")
+        node = producers.get(out.name)
+        while node is not None and node.op_type in _SHAPE_ONLY and node.input:
+            node = producers.get(node.input[0])  # e.g. Softmax-11 upgraded to 13: Reshape(Softmax(Flatten))
+        op = node.op_type if node is not None else ""
         rank = len(out.type.tensor_type.shape.dim) if out.type.tensor_type.HasField("shape") else 0
         scores = op in _SCORE_PRODUCERS or (rank == 2 and op in _LOGIT_PRODUCERS)
         kinds[out.name] = CLASS_SCORES if scores else TENSOR

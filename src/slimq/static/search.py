@@ -38,6 +38,7 @@ class SearchResult:
     recovery: dict[str, float]
     seconds: float
     fp32_latency_ms: float | None
+    float_nodes: frozenset[str] = frozenset()
 
     @property
     def met(self) -> bool:
@@ -47,8 +48,9 @@ class SearchResult:
         return {"budget": budget.describe(), "time_budget_s": budget.time_budget, "met": self.met,
                 "seconds": round(self.seconds, 1), "candidates": len(self.trials),
                 "fp32_latency_ms": None if self.fp32_latency_ms is None else round(self.fp32_latency_ms, 3),
-                "chosen": self.best.to_dict(), "float_layers": sorted(self.best.candidate.floats),
-                "sensitivity": [{"node": n, "recovery": round(r, 6)} for n, r in
+                "chosen": self.best.to_dict(), "float_units": sorted(self.best.candidate.floats),
+                "float_layers": sorted(self.float_nodes),
+                "sensitivity": [{"unit": n, "recovery": round(r, 6)} for n, r in
                                 sorted(self.recovery.items(), key=lambda kv: -kv[1])],
                 "trace": [t.to_dict() for t in self.trials]}
 
@@ -69,8 +71,8 @@ class Search:
     # -- 2. calibration settings ---------------------------------------------------------------
     def sweep(self, base: Trial) -> Trial:
         best = base
-        for s in SWEEP:
-            if self.out_of_time() or best.score.meets:
+        for s in SWEEP:  # settings cost no speed: measure them all and keep the widest margin
+            if self.out_of_time():
                 break
             if s == base.candidate.setting:
                 continue
@@ -78,7 +80,7 @@ class Search:
                        key=lambda t: (t.score.deficit, -t.int8_share))
         for variant in (replace(best.candidate.setting, two_sided=not best.candidate.setting.two_sided),
                         replace(best.candidate.setting, bias_correction=not best.candidate.setting.bias_correction)):
-            if self.out_of_time() or best.score.meets:
+            if self.out_of_time():
                 break
             trial = self.t.trial(replace(best.candidate, setting=variant), "settings", f"all tensors: {variant.label}")
             best = trial if _better(trial, best) else best
@@ -113,6 +115,19 @@ class Search:
             out.update({u: rec / len(g) for u in g})
         return out
 
+    def try_pairs(self, state: Trial, ranking: dict[str, float], top: int = 6) -> Trial:
+        """When no single unit helps any more: units that only help together (a layer and its readers)."""
+        best = sorted(self.recovery, key=lambda u: -self.recovery[u])[:top]
+        for i, a in enumerate(best):
+            for b in best[i + 1:]:
+                if self.out_of_time() or {a, b} <= state.candidate.floats:
+                    continue
+                trial = self.t.trial(state.candidate.with_floats(state.candidate.floats | {a, b}), "mixed precision",
+                                     f"keep {a} and {b} float")
+                if trial.int8_share >= self.budget.min_int8_share and trial.score.deficit < state.score.deficit:
+                    return trial
+        return state
+
     def float_greedily(self, state: Trial) -> Trial:
         candidates = [u for u in self.t.units if u not in state.candidate.floats]
         ranking = self.rank(state, candidates)
@@ -121,14 +136,19 @@ class Search:
         while not state.score.meets and not self.out_of_time():
             order = [u for u in sorted(ranking, key=lambda u: -ranking[u]) if ranking[u] > 0]
             if not order:
-                break
+                paired = self.try_pairs(state, ranking)
+                if paired is state:
+                    break
+                state = paired
+                ranking = self.rank(state, [u for u in self.t.units if u not in state.candidate.floats])
+                continue
             unit = order[0]
             ranking.pop(unit)
-            floats = state.candidate.floats | {unit}
-            if self.t.int8_share(floats) < self.budget.min_int8_share:
+            trial = self.t.trial(state.candidate.with_floats(state.candidate.floats | {unit}), "mixed precision",
+                                 f"keep {unit} float")
+            if trial.int8_share < self.budget.min_int8_share:
                 continue
-            trial = self.t.trial(state.candidate.with_floats(floats), "mixed precision", f"keep {unit} float")
-            if _better(trial, state) and trial.score.deficit < state.score.deficit:
+            if trial.score.deficit < state.score.deficit:
                 state, accepted = trial, accepted + 1
                 if accepted % RERANK_EVERY == 0 and ranking:
                     ranking = self.rank(state, sorted(ranking, key=lambda u: -ranking[u])[:MAX_GROUP_PROBES // 2])
@@ -138,7 +158,7 @@ class Search:
     def restore(self, state: Trial) -> Trial:
         """Put floated layers back to int8 (least useful first) while the budget still holds."""
         for unit in sorted(state.candidate.floats, key=lambda u: self.recovery.get(u, 0.0)):
-            if self.out_of_time() or unit in self.t.cfg.skip.names:
+            if self.out_of_time():
                 break
             trial = self.t.trial(state.candidate.with_floats(state.candidate.floats - {unit}), "speed",
                                  f"{unit} back to int8")
@@ -148,15 +168,16 @@ class Search:
 
     def run(self) -> SearchResult:
         base = self.t.trial(Candidate(Setting.of(self.t.cfg)), "start", "configured setting")
-        state = base if base.score.meets else self.sweep(base)
+        state = self.sweep(base)
         if not state.score.meets and not self.out_of_time():
             state = self.float_greedily(state)
             if state.score.meets:
                 state = self.restore(state)
-        best = best_of(self.t.trials and [t for t in self.t.trials if t.phase != "sensitivity"] or [state])
+        best = best_of([t for t in self.t.trials if t.phase != "sensitivity"], self.budget.min_int8_share)
         log.info("slimq: accuracy search: %d candidates in %.0f s; %s", len(self.t.trials), self.clock.elapsed,
                  "budget met" if best.score.meets else f"budget NOT met (deficit {best.score.deficit:.3f})")
-        return SearchResult(best, tuple(self.t.trials), self.recovery, self.clock.elapsed, self.t.fp32_latency)
+        return SearchResult(best, tuple(self.t.trials), self.recovery, self.clock.elapsed, self.t.fp32_latency,
+                            self.t.nodes_of(best.candidate.floats))
 
 
 def budget_warning(result: SearchResult, budget: Budget) -> list[str]:

@@ -21,6 +21,7 @@ from slimq.report.build import Check, Evidence, build_report, op_counts
 from slimq.report.schema import FloatOp, Report
 from slimq.runtime.cpu import cpu_info
 from slimq.static.calibrate import Calibration, calibrate
+from slimq.static.diagnostics import diagnostics
 
 log = logging.getLogger("slimq")
 
@@ -75,7 +76,7 @@ def run_calibration(fp32: onnx.ModelProto, irm: ir.Model, plan: QuantPlan, sampl
     return calibrate(fp32, plan.roots, lambda: samples.batches(idx, cfg.batch_size), get_algorithm(cfg.algo),
                      observer_settings(plan.rules, cfg), cfg.memory_budget_mb, cfg.show_progress,
                      -(-len(idx) // cfg.batch_size), plan.bounds,
-                     mean_tensors=sorted({s.bias.activation for s in sites}))
+                     mean_tensors=sorted({s.bias.activation for s in sites}), keep_observers=True)
 
 
 def apply_plan(irm: ir.Model, plan: QuantPlan, calib: Calibration, cfg: StaticConfig) -> tuple[onnx.ModelProto, int]:
@@ -105,8 +106,11 @@ def static_report(fp32: onnx.ModelProto, int8: onnx.ModelProto, plan: QuantPlan,
                "constant_tensors": list(calib.constant)}
     if search_details is not None:
         details["search"] = search_details
+    check = [samples.sample(i) for i in split.check]
+    if calib.observers:
+        details.update(diagnostics(fp32, int8, plan, calib, check))
     inputs = "samples also used for calibration (none held back)" if split.in_sample else "held-back samples"
-    ev = Evidence("static", cfg.target, plan.rules.description, fp32, int8, [samples.sample(i) for i in split.check],
+    ev = Evidence("static", cfg.target, plan.rules.description, fp32, int8, check,
                   inputs, split.in_sample, op_counts(list(plan.quantized_nodes.values())),
                   [FloatOp(f.node, f.op_type, f.reason) for f in plan.float_nodes],
                   warnings=[*budget_warning, *_constant_warning(calib.constant)], details=details,

@@ -48,14 +48,15 @@ class Setting:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One model the search can build: a setting, per-tensor overrides, and the units kept float."""
+    """One model the search can build: a setting, per-tensor overrides, and the units kept float
+    (a unit is a layer, "node:NAME", or a tensor, "tensor:NAME": every quantized op reading it)."""
 
     setting: Setting
-    floats: frozenset[str] = frozenset()
+    floats: frozenset[str] = frozenset()  # unit names
     overrides: tuple[tuple[str, Setting], ...] = ()  # (root tensor, setting)
 
-    def with_floats(self, floats: frozenset[str]) -> Candidate:
-        return replace(self, floats=floats)
+    def with_floats(self, floats: frozenset[str] | set[str]) -> Candidate:
+        return replace(self, floats=frozenset(floats))
 
 
 @dataclass(frozen=True)
@@ -93,9 +94,37 @@ class Clock:
         return self.budget_s - self.elapsed
 
 
-def quantizable_units(plan: QuantPlan) -> list[str]:
-    """Nodes a search may keep float: quantized compute ops (not pass-through or fused activations)."""
-    return [n for n, op in plan.quantized_nodes.items() if op_info(op).role is Role.COMPUTE]
+def quantizable_units(plan: QuantPlan, graph: ir.Graph) -> dict[str, frozenset[str]]:
+    """What a search may keep float, as unit name -> the quantized compute nodes it floats: every layer
+    ("node:NAME"), and every calibrated tensor ("tensor:NAME": all compute ops reading it or a tensor
+    sharing its scale, so the tensor itself stays float — where an activation range is the damage)."""
+    compute = {n for n, op in plan.quantized_nodes.items() if op_info(op).role is Role.COMPUTE}
+    units = {f"node:{n}": frozenset({n}) for n in compute}
+    readers: dict[str, set[str]] = {}
+    for node in graph:
+        name = node.name or node.outputs[0].name
+        if name in compute:
+            for v in node.inputs:
+                if v is not None and v.name in plan.activations:
+                    readers.setdefault(plan.activations[v.name], set()).add(name)
+    for root, nodes in readers.items():
+        if len(nodes) > 1:  # a single reader is already its layer's unit
+            units[f"tensor:{root}"] = frozenset(nodes)
+    for node in graph:  # a layer with its output: outlier weights and the range they produce
+        name = node.name or node.outputs[0].name
+        root = plan.activations.get(_see_through(node).name) if name in compute else None
+        if root in readers:
+            units[f"block:{name}"] = frozenset({name} | readers[root])
+    return units
+
+
+def _see_through(node: ir.Node) -> ir.Value:
+    """The tensor a node's result is quantized as: its output, or that of a fused Relu/Clip reading it."""
+    out = node.outputs[0]
+    uses = list(out.uses())
+    if len(uses) == 1 and op_info(uses[0].node.op_type).role is Role.FUSED_ACTIVATION:
+        return uses[0].node.outputs[0]
+    return out
 
 
 class Tuner:
@@ -106,7 +135,7 @@ class Tuner:
         self.fp32, self.cfg, self.budget = fp32, cfg, budget
         irm = ir.from_proto(fp32)
         self.plan = plan_static(irm.graph, cfg)
-        self.units = quantizable_units(self.plan)
+        self.units = quantizable_units(self.plan, irm.graph)
         self.calib = self._calibrate(irm, samples, split)
         check = [samples.sample(i) for i in split.check]
         self.measure = BudgetMeasure(budget, fp32, check, metric)
@@ -114,6 +143,8 @@ class Tuner:
         self.time_latency = time_latency
         self.fp32_latency = latency_ms(fp32, self.feed) if time_latency else None
         self.macs = count_macs(fp32, self.feed).per_node
+        self._data_input = {(n.name or n.outputs[0].name): n.inputs[0].name for n in irm.graph
+                            if n.inputs and n.inputs[0] is not None}
         self._ranges: dict[tuple[str, Setting], tuple[float, float]] = {}
         self.trials: list[Trial] = []
 
@@ -135,9 +166,13 @@ class Tuner:
             self._ranges[key] = compute_range(self.calib.observers[root], get_algorithm(s.algo), settings)
         return self._ranges[key]
 
+    def nodes_of(self, units: frozenset[str] | set[str]) -> frozenset[str]:
+        return frozenset().union(*(self.units[u] for u in units)) if units else frozenset()
+
     def config_for(self, c: Candidate) -> StaticConfig:
         skip = self.cfg.skip
-        return replace(self.cfg, skip=SkipSpec(skip.names + tuple(sorted(c.floats)), skip.op_types, skip.patterns),
+        nodes = tuple(sorted(self.nodes_of(c.floats)))
+        return replace(self.cfg, skip=SkipSpec(skip.names + nodes, skip.op_types, skip.patterns),
                        algo=c.setting.algo, hist_percent=c.setting.hist_percent,
                        two_sided_ranges=c.setting.two_sided, bias_correction=c.setting.bias_correction)
 
@@ -155,18 +190,20 @@ class Tuner:
         model, corrected = apply_plan(irm, plan, self.calib, cfg)
         return model, plan, corrected
 
-    def int8_share(self, floats: frozenset[str]) -> float:
+    def int8_share(self, plan: QuantPlan) -> float:
+        """Share of MACs in compute nodes the plan runs in int8 (quantized, with a quantized data input)."""
         total = sum(self.macs.values())
-        lost = sum(self.macs.get(n, 0) for n in floats)
-        return 1.0 - lost / total if total else 1.0
+        int8 = sum(m for n, m in self.macs.items()
+                   if n in plan.quantized_nodes and self._data_input.get(n) in plan.activations)
+        return int8 / total if total else 1.0
 
     def trial(self, c: Candidate, phase: str, change: str, timed: bool | None = None) -> Trial:
         t0 = time.perf_counter()
-        model, _, _ = self.build(c)
+        model, plan, _ = self.build(c)
         score = self.measure(model)
         timed = self.time_latency if timed is None else timed
         lat = latency_ms(model, self.feed) if timed else None
-        t = Trial(len(self.trials), phase, change, c, score, lat, self.int8_share(c.floats), time.perf_counter() - t0)
+        t = Trial(len(self.trials), phase, change, c, score, lat, self.int8_share(plan), time.perf_counter() - t0)
         self.trials.append(t)
         return t
 
@@ -175,10 +212,12 @@ class Tuner:
         return self.trial(c, phase, change, timed=False).score.deficit
 
 
-def best_of(trials: Sequence[Trial]) -> Trial:
-    """The fastest trial that meets the budget; else the one closest to it."""
+def best_of(trials: Sequence[Trial], min_int8_share: float = 0.0) -> Trial:
+    """The fastest trial that meets the budget (fewest MACs kept float; measured latencies are too noisy
+    to separate candidates of equal structure), widest margin first; else the one closest to the budget.
+    Trials below the int8-share floor are not eligible (the first trial, all int8, always is)."""
+    trials = [t for t in trials if t.int8_share >= min_int8_share] or list(trials[:1])
     meeting = [t for t in trials if t.score.meets]
     if meeting:
-        return min(meeting, key=lambda t: (t.latency_ms if t.latency_ms is not None else float("inf"),
-                                           -t.int8_share, t.score.deficit))
+        return min(meeting, key=lambda t: (-round(t.int8_share, 4), len(t.candidate.floats), t.score.deficit))
     return min(trials, key=lambda t: (t.score.deficit, -t.int8_share))
