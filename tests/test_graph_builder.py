@@ -14,14 +14,15 @@ import pytest
 
 from slimq import testing
 from slimq.core import qmath
-from slimq.dynamic.graph import GemmToMatMulPass, gemm_to_matmul
 from slimq.graph.builder import GraphBuilder
 from slimq.graph.names import UniqueNames, node_name
 from slimq.graph.passes import (
     FoldBatchNormPass,
     FoldConvAffinePass,
     FuseHardSwishPass,
+    GemmToMatMulPass,
     RewriteResult,
+    gemm_to_matmul,
     ir_passes,
 )
 

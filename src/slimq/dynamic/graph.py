@@ -29,6 +29,7 @@ from slimq.core.ops import op_info, weight_only_op_types
 from slimq.graph.builder import GraphBuilder
 from slimq.graph.names import node_name
 from slimq.graph.passes.base import RewritePass, rewrite_count
+from slimq.graph.passes.gemm import GemmToMatMulPass, gemm_to_matmul  # noqa: F401 (re-exported)
 
 WEIGHT_OPS = weight_only_op_types()  # MatMul, Gemm, Conv, ConvTranspose, Gather
 INT8_W = qmath.INT8.narrow()  # symmetric [-127, 127]
@@ -153,57 +154,6 @@ def find_candidates(graph: ir.Graph) -> tuple[list[Candidate], list[tuple[str, s
         elif reason:
             floats.append((node_name(n), n.op_type, reason))
     return found, floats
-
-
-# -- Gemm -> MatMul (+ Add) so that Gemm weights get the MatMul kernels -------------------------
-
-def _attr(n: ir.Node, name: str, default: float) -> float:
-    return n.attributes[name].value if name in n.attributes else default
-
-
-class GemmToMatMulPass(RewritePass):
-    """Rewrite plain Gemm nodes (alpha=beta=1, no transA, constant float32 B) as MatMul (+ Add).
-
-    The MatMul keeps the Gemm's name (decisions and skip lists name it); `done` lists the names."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.done: list[str] = []
-
-    def _why_not(self, n: ir.Node) -> str | None:
-        if not _float32_const(n.inputs[1]):
-            return "B is not a float32 constant"
-        if _attr(n, "alpha", 1.0) != 1.0 or _attr(n, "beta", 1.0) != 1.0 or _attr(n, "transA", 0):
-            return "alpha, beta or transA differ from a plain x @ B + C"
-        return None
-
-    def rewrite(self, model: ir.Model) -> int:
-        graph, b, transposed = model.graph, GraphBuilder(model.graph), {}
-        self.done = []
-        for n in [n for n in graph if n.op_type == "Gemm" and n.domain in ("", "ai.onnx")]:
-            if (why := self._why_not(n)) is not None:
-                self.not_fired(node_name(n), why)
-                continue
-            name, wv = node_name(n), n.inputs[1]
-            if _attr(n, "transB", 0):
-                if wv.name not in transposed:
-                    transposed[wv.name] = b.initializer(f"{wv.name}_kn", np.ascontiguousarray(wv.const_value.numpy().T))
-                wv = transposed[wv.name]
-            last = mm = b.node("MatMul", [n.inputs[0], wv], base=name, name=name, after=n)
-            c = n.inputs[2] if len(n.inputs) > 2 else None
-            if c is not None:
-                last = b.node("Add", [mm.outputs[0], c], base=name, name=b.fresh(f"{name}_bias"), after=mm)
-            b.replace_uses(n.outputs[0], last.outputs[0], take_name=True)
-            graph.remove(n, safe=True)
-            self.done.append(name)
-        return len(self.done)
-
-
-def gemm_to_matmul(model: ir.Model) -> list[str]:
-    """Rewrite plain Gemm nodes as MatMul (+ Add), in place; returns the names of the rewritten nodes."""
-    rewrite = GemmToMatMulPass()
-    rewrite(model)
-    return rewrite.done
 
 
 # -- weight quantization ---------------------------------------------------------------------

@@ -8,7 +8,7 @@ graph outputs keep their names.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,12 +33,15 @@ class GraphBuilder:
         """A new initializer named after `base` holding `data` (an array or numpy scalar, or a tensor such
         as ir.PackedTensor). typed: also record its type and shape on the value (written as value_info)."""
         name = self.fresh(base)
-        is_array = isinstance(data, (np.ndarray, np.generic))
-        tensor = ir.tensor(data, dtype=dtype, name=name) if is_array else data
-        tensor.name = name
+        tensor: ir.TensorProtocol
+        if isinstance(data, (np.ndarray, np.generic)):
+            tensor = ir.tensor(data, dtype=dtype, name=name)
+        else:
+            tensor = data
+            tensor.name = name
         value = ir.Value(name=name, const_value=tensor)
         if typed:
-            value.shape, value.type = ir.Shape(tensor.shape), ir.TensorType(tensor.dtype)
+            value.shape, value.type = ir.Shape(tensor.shape.numpy()), ir.TensorType(ir.DataType(tensor.dtype))
         self.graph.register_initializer(value)
         return value
 
@@ -82,14 +85,15 @@ class GraphBuilder:
         """A QuantizeLinear -> DequantizeLinear pair on `x` (per tensor); returns the dequantized value."""
         return self.dequantize(self.quantize(x, scale, zero_point, base), scale, zero_point, base)
 
-    def replace_uses(self, old: ir.Value, new: ir.Value, *, readers: Sequence[ir.Usage] | None = None,
+    def replace_uses(self, old: ir.Value, new: ir.Value, *, readers: Iterable[tuple[ir.Node, int]] | None = None,
                      rename: str = "replaced", take_name: bool = False) -> None:
         """Route the readers of `old` (all of them, or those in `readers`) to `new`.
 
-        A graph output keeps its name, type and shape: `new` takes its place, name (and, where it has
-        none, its type and shape), and `old` is renamed ``{name}_{rename}``. With `take_name` (`old` is about to be removed) `new` takes the name anyway."""
-        for use in list(old.uses()) if readers is None else readers:
-            use.node.replace_input_with(use.idx, new)
+        A graph output keeps its name, type and shape: `new` takes its place, its name (and, where `new`
+        has none, its type and shape), and `old` is renamed ``{name}_{rename}``. With `take_name` (`old`
+        is about to be removed) `new` takes the name anyway."""
+        for node, idx in list(old.uses()) if readers is None else readers:
+            node.replace_input_with(idx, new)
         is_output = old.is_graph_output()
         if is_output and new.is_graph_output():
             raise ValueError(f"cannot route graph output {old.name!r} to {new.name!r}, which is one already: "

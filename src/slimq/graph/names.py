@@ -7,7 +7,7 @@ import onnx_ir as ir
 
 def node_name(node: ir.Node) -> str:
     """The name slimq reports a node by: its name, else its first output's name."""
-    return node.name or node.outputs[0].name
+    return node.name or node.outputs[0].name or ""
 
 
 class UniqueNames:

@@ -9,6 +9,7 @@ from slimq.graph.passes.fusions import (
     fold_input_affine,
     fuse_hardswish,
 )
+from slimq.graph.passes.gemm import GemmToMatMulPass, gemm_to_matmul
 from slimq.graph.passes.preprocess import (
     FoldBatchNormPass,
     fold_batchnorm,
@@ -18,6 +19,6 @@ from slimq.graph.passes.preprocess import (
     preprocess,
 )
 
-__all__ = ["FoldBatchNormPass", "FoldConvAffinePass", "FoldInputAffinePass", "FuseHardSwishPass", "RewritePass",
-           "RewriteResult", "fold_batchnorm", "fold_conv_affine", "fold_input_affine", "fuse_hardswish",
-           "infer_shapes", "ir_passes", "ort_constant_fold", "preprocess", "rewrite_count"]
+__all__ = ["FoldBatchNormPass", "FoldConvAffinePass", "FoldInputAffinePass", "FuseHardSwishPass", "GemmToMatMulPass",
+           "RewritePass", "RewriteResult", "fold_batchnorm", "fold_conv_affine", "fold_input_affine", "fuse_hardswish",
+           "gemm_to_matmul", "infer_shapes", "ir_passes", "ort_constant_fold", "preprocess", "rewrite_count"]
