@@ -48,8 +48,8 @@ def dequantize_at_load(model: str | os.PathLike | onnx.ModelProto) -> bool:
     dq_out = {n.output[0] for n, _ in nodes if is_dequantize(n.op_type, n.domain)}
     if not dq_out or any(info.quantizes_activations for _, info in nodes):
         return False
-    convs = [(n, info.mac) for n, info in nodes
-             if is_float_mac(n.op_type, n.domain) and info.mac.kind in (MacKind.CONV, MacKind.CONV_T)]
+    convs = [(n, mac) for n, info in nodes if (mac := info.mac) is not None
+             and is_float_mac(n.op_type, n.domain) and mac.kind in (MacKind.CONV, MacKind.CONV_T)]
     return any(len(n.input) > mac.weight_input and n.input[mac.weight_input] in dq_out for n, mac in convs)
 
 
