@@ -98,12 +98,11 @@ class GraphBuilder:
         if is_output and new.is_graph_output():
             raise ValueError(f"cannot route graph output {old.name!r} to {new.name!r}, which is one already: "
                              "insert an Identity in front of one of them first")
-        if is_output:
+        if is_output:  # a graph output keeps its place, and its declared type and shape
             outputs = self.graph.outputs
             for i, o in enumerate(outputs):
                 if o is old:
                     outputs[i] = new
-        if is_output:  # a graph output keeps its declared type and shape
             new.type = new.type if new.type is not None else old.type
             new.shape = new.shape if new.shape is not None else old.shape
         if is_output or take_name:
