@@ -27,6 +27,7 @@ from slimq.core.ops import (
 )
 from slimq.core.targets import TargetRules
 from slimq.graph.names import node_name
+from slimq.graph.values import const_of, value_name
 
 _FLOATS = {ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE}
 
@@ -204,7 +205,7 @@ class _Planner:
         if info.weight is not None and info.weight.required and not _has_weight(n, info):
             return "weight is not a constant"
         bias = n.inputs[info.bias_input] if info.bias_input is not None and len(n.inputs) > info.bias_input else None
-        if info.bias_vector and bias is not None and not (_is_const(bias) and bias.const_value.numpy().ndim == 1):
+        if info.bias_vector and bias is not None and not (_is_const(bias) and const_of(bias).ndim == 1):
             return f"{n.op_type} bias is not a 1-D constant"
         return None
 
@@ -253,15 +254,18 @@ class _Planner:
         return False
 
     def _mark(self, v: ir.Value) -> None:
-        if v.name not in self.acts:
-            self.acts[v.name] = v.name
+        name = value_name(v)
+        if name not in self.acts:
+            self.acts[name] = name
 
     def _plan_compute(self, n: ir.Node) -> None:
         name, info = self._name(n), _info(n)
         self.quantized[name] = n.op_type
-        weight_idx = info.weight.input if _has_weight(n, info) else None
+        weight_idx = info.weight.input if info.weight is not None and _has_weight(n, info) else None
         for i in _act_indices(n, info):
             v = n.inputs[i]
+            if v is None:
+                continue
             if i == weight_idx or _is_const(v):
                 self._add_weight(n, i, v, info if i == weight_idx else None)
             elif not self._from_float_mac(v):
@@ -275,22 +279,23 @@ class _Planner:
         if info.bias_input is not None and weight_idx is not None and len(n.inputs) > info.bias_input:
             b, x = n.inputs[info.bias_input], n.inputs[_act_indices(n, info)[0]]
             if b is not None and _is_const(b):
-                self.biases.append(BiasEntry(name, info.bias_input, b.name, x.name, n.inputs[weight_idx].name))
+                w = value_name(n.inputs[weight_idx])
+                self.biases.append(BiasEntry(name, info.bias_input, value_name(b), value_name(x), w))
         if weight_idx is not None and weight_idx not in _act_indices(n, info):
             self._add_weight(n, weight_idx, n.inputs[weight_idx], info)
 
-    def _add_weight(self, n: ir.Node, idx: int, v: ir.Value, info: OpInfo | None) -> None:
+    def _add_weight(self, n: ir.Node, idx: int, v: ir.Value | None, info: OpInfo | None) -> None:
         if info is None:  # a constant operand of Add/Mul/Concat: per-tensor, activation type
             qt, sym = self.rules.activation_qtype, self.rules.activation_symmetric
-            self.weights.append(WeightEntry(self._name(n), idx, v.name, None, qt, sym))
+            self.weights.append(WeightEntry(self._name(n), idx, value_name(v), None, qt, sym))
             return
-        self.weights.append(WeightEntry(self._name(n), idx, v.name, self._weight_axis(n, info, v),
+        self.weights.append(WeightEntry(self._name(n), idx, value_name(v), self._weight_axis(n, info, v),
                                         self.rules.weight_qtype, True))
 
-    def _weight_axis(self, n: ir.Node, info: OpInfo, v: ir.Value) -> int | None:
+    def _weight_axis(self, n: ir.Node, info: OpInfo, v: ir.Value | None) -> int | None:
         if not self.rules.per_channel or info.weight is None:
             return None
-        return info.weight.per_channel_axis(n, v.const_value.numpy().ndim)
+        return info.weight.per_channel_axis(n, const_of(v).ndim)
 
     def _saturation_bounds(self) -> dict[str, Bounds]:
         """Per root, the union of its readers' saturation intervals, where every reader has one."""
@@ -324,11 +329,11 @@ class _Planner:
         if info.role is not Role.PASSTHROUGH or name in self.reasons or not n.inputs:
             return
         x = n.inputs[PASSTHROUGH_DATA_INPUT]
-        if x is None or x.name not in self.acts or not _is_float(x):
+        if x is None or value_name(x) not in self.acts or not _is_float(x):
             return
         self.quantized[name] = n.op_type
         for o in n.outputs:
-            self.acts[o.name] = self.acts[x.name]
+            self.acts[value_name(o)] = self.acts[value_name(x)]
 
 
 def build_plan(graph: ir.Graph, rules: TargetRules, skip: SkipSpec = SkipSpec(),

@@ -17,16 +17,17 @@ from slimq.graph.builder import GraphBuilder
 from slimq.graph.names import node_name
 from slimq.graph.passes.base import RewritePass
 from slimq.graph.plan import BiasEntry, QuantPlan, WeightEntry
+from slimq.graph.values import const_of, value_name
 
 
 class _Inserter:
     def __init__(self, model: ir.Model, plan: QuantPlan) -> None:
         self.graph, self.plan = model.graph, plan
         self.b = GraphBuilder(self.graph)
-        self.values: dict[str, ir.Value] = {v.name: v for v in self.graph.inputs}
+        self.values: dict[str, ir.Value] = {value_name(v): v for v in self.graph.inputs}
         self.values.update(self.graph.initializers)
         for n in self.graph:
-            self.values.update({o.name: o for o in n.outputs})
+            self.values.update({value_name(o): o for o in n.outputs})
         self.nodes = {node_name(n): n for n in self.graph}
         self.params_cache: dict[str, tuple[ir.Value, ir.Value]] = {}
         self.weight_dq: dict[tuple[str, int | None, str], ir.Value] = {}
@@ -43,7 +44,7 @@ class _Inserter:
     def weight(self, e: WeightEntry) -> None:
         key = (e.tensor, e.axis, e.qtype.name)
         if key not in self.weight_dq:
-            w = self.values[e.tensor].const_value.numpy()
+            w = const_of(self.values[e.tensor])
             if e.symmetric:
                 qt = qmath.quantize_weight(w, e.qtype, e.axis)
             else:
@@ -57,7 +58,7 @@ class _Inserter:
     def bias(self, b: BiasEntry) -> None:
         s_in = self.plan.params[self.plan.activations[b.activation]].scale
         s_w = self.weight_scales[(b.node, b.weight)]
-        qt = qmath.quantize_bias(self.values[b.tensor].const_value.numpy(), s_in, s_w)
+        qt = qmath.quantize_bias(const_of(self.values[b.tensor]), s_in, s_w)
         self.nodes[b.node].replace_input_with(b.input_index, self._dequantized(b.tensor, qt))
 
     # -- activations -------------------------------------------------------

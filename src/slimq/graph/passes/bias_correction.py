@@ -19,6 +19,7 @@ from slimq.core.ops import MacKind, op_info
 from slimq.graph.names import node_name
 from slimq.graph.passes.base import RewritePass, rewrite_count
 from slimq.graph.plan import BiasEntry, QuantPlan, WeightEntry
+from slimq.graph.values import const_of
 
 
 @dataclass(frozen=True)
@@ -86,13 +87,13 @@ class CorrectBiasesPass(RewritePass):
         for site in bias_sites(model, self.plan):
             x_mean, node = self.means.get(site.bias.activation), site.node
             b_val = node.inputs[site.bias.input_index]
-            if x_mean is None or len(list(b_val.uses())) != 1:
+            if x_mean is None or b_val is None or len(list(b_val.uses())) != 1:
                 self.not_fired(site.bias.node, "no input mean" if x_mean is None else "bias shared with another node")
                 continue
-            w = node.inputs[site.weight.input_index].const_value.numpy()
+            w = const_of(node.inputs[site.weight.input_index])
             shift = output_shift(w, site.weight, x_mean.astype(np.float64), node.op_type,
                                  int(_attr(node, "group", 1)), bool(_attr(node, "transB", 0)))
-            b = b_val.const_value.numpy()
+            b = const_of(b_val)
             b_val.const_value = ir.tensor((b.astype(np.float64) - shift).astype(b.dtype), name=b_val.name)
             corrected += 1
         return corrected

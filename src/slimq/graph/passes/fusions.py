@@ -29,7 +29,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 from slimq.graph.builder import GraphBuilder
 from slimq.graph.names import node_name
 from slimq.graph.passes.base import RewritePass, rewrite_count
-from slimq.graph.passes.common import const_array
+from slimq.graph.passes.common import const_array, const_of
 
 _ONNX = ("", "ai.onnx")
 
@@ -39,14 +39,16 @@ def _scalar(v: ir.Value | None) -> float | None:
     return float(c.reshape(())) if c is not None and c.size == 1 else None
 
 
-def _sole_use(v: ir.Value) -> ir.Node | None:
+def _sole_use(v: ir.Value | None) -> ir.Node | None:
+    if v is None:
+        return None
     uses = list(v.uses())
     if len(uses) != 1 or v.is_graph_output():
         return None
     return uses[0].node
 
 
-def _other_input(node: ir.Node, v: ir.Value) -> ir.Value | None:
+def _other_input(node: ir.Node, v: ir.Value | None) -> ir.Value | None:
     others = [x for x in node.inputs if x is not v]
     return others[0] if len(others) == 1 else None
 
@@ -82,7 +84,8 @@ def _affine_check(conv: ir.Node) -> tuple[ir.Node, np.ndarray] | str:
 
 
 def _fold_into(b: GraphBuilder, conv: ir.Node, op: ir.Node, vec: np.ndarray) -> None:
-    w = const_array(conv.inputs[1]).astype(np.float64)
+    w0 = const_of(conv.inputs[1])
+    w = w0.astype(np.float64)
     bias = const_array(conv.inputs[2]) if len(conv.inputs) > 2 else None
     bias = np.zeros(w.shape[0]) if bias is None else bias.astype(np.float64)
     if op.op_type == "Mul":
@@ -90,7 +93,7 @@ def _fold_into(b: GraphBuilder, conv: ir.Node, op: ir.Node, vec: np.ndarray) -> 
         bias = bias * vec
     else:
         bias = bias + vec
-    base, dtype = node_name(conv), const_array(conv.inputs[1]).dtype
+    base, dtype = node_name(conv), w0.dtype
     conv.replace_input_with(1, b.initializer(f"{base}.weight_affine", w.astype(dtype)))
     if len(conv.inputs) < 3:
         conv.resize_inputs(3)
@@ -127,20 +130,24 @@ def _unpadded(conv: ir.Node) -> bool:
     return not any(pads) and auto in ("NOTSET", "VALID")
 
 
-def _const_operand_op(x: ir.Value, op_type: str, reader: ir.Node, cin: int) -> tuple[ir.Node, ir.Value, np.ndarray] | None:
+def _const_operand_op(x: ir.Value | None, op_type: str, reader: ir.Node,
+                      cin: int) -> tuple[ir.Node, ir.Value, np.ndarray] | None:
     """(node, data input, channel vector) when `x` = node(data, constant) is read only by `reader`."""
     node = _producer(x, op_type)
     if node is None or _sole_use(x) is not reader or len(node.inputs) != 2:
         return None
     data = next((v for v in node.inputs if const_array(v) is None), None)
-    c = const_array(_other_input(node, data)) if data is not None else None
+    if data is None:
+        return None
+    c = const_array(_other_input(node, data))
     vec = _channel_vector(c, cin, 4) if c is not None and c.ndim <= 4 else None
     return (node, data, vec) if vec is not None else None
 
 
-def _input_affine(conv: ir.Node, cin: int) -> tuple[ir.Value, np.ndarray, np.ndarray, list[ir.Node]] | None:
+def _input_affine(conv: ir.Node, cin: int) -> tuple[ir.Value | None, np.ndarray, np.ndarray, list[ir.Node]] | None:
     """(h, a, beta, nodes) when the Conv's input is ``h * a + beta`` (Mul or Add alone too)."""
-    h, a, beta, dead, reader = conv.inputs[0], np.ones(cin), np.zeros(cin), [], conv
+    h, a, beta, reader = conv.inputs[0], np.ones(cin), np.zeros(cin), conv
+    dead: list[ir.Node] = []
     if (add := _const_operand_op(h, "Add", reader, cin)) is not None:
         reader, h, beta = add[0], add[1], add[2]
         dead.append(reader)
@@ -150,8 +157,9 @@ def _input_affine(conv: ir.Node, cin: int) -> tuple[ir.Value, np.ndarray, np.nda
     return (h, a, beta, dead) if dead else None
 
 
-def _fold_input_into(b: GraphBuilder, conv: ir.Node, h: ir.Value, a: np.ndarray, beta: np.ndarray) -> None:
-    w = const_array(conv.inputs[1]).astype(np.float64)
+def _fold_input_into(b: GraphBuilder, conv: ir.Node, h: ir.Value | None, a: np.ndarray, beta: np.ndarray) -> None:
+    w0 = const_of(conv.inputs[1])
+    w = w0.astype(np.float64)
     group = conv.attributes["group"].as_int() if "group" in conv.attributes else 1
     cin_g, cout_g = w.shape[1], w.shape[0] // group
     # input channel of weight [o, j] is (o // cout_g) * cin_g + j
@@ -161,7 +169,7 @@ def _fold_input_into(b: GraphBuilder, conv: ir.Node, h: ir.Value, a: np.ndarray,
     bias = np.zeros(w.shape[0]) if bias is None else bias.astype(np.float64)
     bias = bias + (w * beta[chan].reshape(shape)).reshape(w.shape[0], -1).sum(axis=1)
     w = w * a[chan].reshape(shape)
-    base, dtype = node_name(conv), const_array(conv.inputs[1]).dtype
+    base, dtype = node_name(conv), w0.dtype
     conv.replace_input_with(0, h)
     conv.replace_input_with(1, b.initializer(f"{base}.weight_inaffine", w.astype(dtype)))
     if len(conv.inputs) < 3:
@@ -169,7 +177,7 @@ def _fold_input_into(b: GraphBuilder, conv: ir.Node, h: ir.Value, a: np.ndarray,
     conv.replace_input_with(2, b.initializer(f"{base}.bias_inaffine", bias.astype(dtype)))
 
 
-def _input_affine_check(conv: ir.Node) -> tuple[ir.Value, np.ndarray, np.ndarray, list[ir.Node]] | str:
+def _input_affine_check(conv: ir.Node) -> tuple[ir.Value | None, np.ndarray, np.ndarray, list[ir.Node]] | str:
     """The affine step in front of `conv` to fold, or why nothing fires."""
     w = const_array(conv.inputs[1]) if len(conv.inputs) > 1 else None
     if w is None:
@@ -230,14 +238,17 @@ def _hardswish_site(mul: ir.Node) -> tuple[ir.Value, ir.Value, list[ir.Node]] | 
     why = "no Clip(x + 3, 0, 6) or HardSigmoid(x, 1/6, 1/2) operand times x"
     for gate_v in mul.inputs:
         gate = _producer(gate_v, "Clip") or _producer(gate_v, "HardSigmoid")
-        x = _gate_input(gate) if gate is not None else None
+        if gate is None:
+            continue
+        x = _gate_input(gate)
         if x is None or _other_input(mul, gate_v) is not x or _sole_use(gate_v) is not mul:
             continue
         if gate.op_type == "HardSigmoid":
             return x, mul.outputs[0], [mul, gate]
         div = _sole_use(mul.outputs[0])
-        add = gate.inputs[0].producer()
-        if div is None or div.op_type != "Div" or _scalar(div.inputs[1]) != 6.0 or _sole_use(add.outputs[0]) is not gate:
+        add = _producer(gate.inputs[0], "Add")  # x + 3, found by _gate_input
+        if (div is None or add is None or div.op_type != "Div" or _scalar(div.inputs[1]) != 6.0
+                or _sole_use(add.outputs[0]) is not gate):
             why = "x * relu6(x + 3) is not divided by 6 (or an intermediate has other readers)"
             continue
         return x, div.outputs[0], [div, mul, gate, add]

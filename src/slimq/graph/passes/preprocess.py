@@ -31,16 +31,17 @@ from slimq.io.model import PROTOBUF_LIMIT, upgrade_opset
 
 def _fold_one_bn(b: GraphBuilder, bn: ir.Node) -> str | None:
     """Fold `bn` into the Conv feeding it. Returns None on success, else why it did not fire."""
-    conv = bn.inputs[0].producer() if bn.inputs[0] is not None else None
-    if conv is None or conv.op_type != "Conv" or conv.domain not in ("", "ai.onnx"):
+    x = bn.inputs[0]
+    conv = x.producer() if x is not None else None
+    if x is None or conv is None or conv.op_type != "Conv" or conv.domain not in ("", "ai.onnx"):
         return "input is not produced by a Conv"
-    if len(bn.inputs[0].uses()) != 1 or bn.inputs[0].is_graph_output():
+    if len(x.uses()) != 1 or x.is_graph_output():
         return "Conv output has other consumers"
     if len([o for o in bn.outputs if o.uses() or o.is_graph_output()]) > 1:
         return "BatchNormalization in training mode"
-    params = [const_array(v) for v in bn.inputs[1:5]]
+    params = [p for p in (const_array(v) for v in bn.inputs[1:5]) if p is not None]
     w = const_array(conv.inputs[1])
-    if w is None or any(p is None for p in params):
+    if w is None or len(params) != 4:
         return "weights or BN statistics are not constants"
     scale, beta, mean, var = (p.astype(np.float64) for p in params)
     eps = bn.attributes["epsilon"].as_float() if "epsilon" in bn.attributes else 1e-5
