@@ -44,14 +44,14 @@ def say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def slimq_model(case: BenchModel, work: Path, requantize: bool) -> Path:
-    """The cached slimq INT8 model of a case, quantized (static PTQ, defaults) when missing or asked."""
-    path = work / f"{case.name}.slimq.onnx"
+def slimq_model(case: BenchModel, work: Path, requantize: bool, target: str = "x86") -> Path:
+    """The cached slimq INT8 model of a case for `target`, quantized (static PTQ) when missing or asked."""
+    path = work / f"{case.name}.slimq{'' if target == 'x86' else '.' + target}.onnx"
     if requantize or not path.is_file():
         from run_all import quantize_slimq
 
-        say(f"{case.name}: slimq static PTQ")
-        path, seconds, _ = quantize_slimq(case, work)
+        say(f"{case.name}: slimq static PTQ (--target {target})")
+        path, seconds, _ = quantize_slimq(case, work, target)
         say(f"  {seconds:.1f} s")
     return path
 
@@ -80,27 +80,15 @@ def summary_rows(b: BenchResult, name: str, ov_shares: dict[str, float]) -> list
 SUMMARY_HEADERS = ["model", "threads", "INT8 model", "FP32 ORT p50 ms", "FP32 OV p50 ms", "INT8-ORT / FP32-ORT",
                    "INT8-OV / FP32-OV", "INT8-OV / FP32-ORT", "int8 MACs in OV",
                    "quality FP32-ORT / INT8-ORT / INT8-OV"]
-PLACED = "slimq INT8, OV placement"
-
-
-def ov_placed(int8: Path) -> Path:
-    """The OpenVINO-placement variant of a slimq model (benchmarks/ov_placement.py), next to it."""
-    import onnx
-    from ov_placement import ov_placement
-
-    out = int8.with_name(int8.name.removesuffix(".onnx") + ".ovplace.onnx")
-    model, removed = ov_placement(onnx.load(str(int8)))
-    onnx.save(model, str(out))
-    say(f"  OV placement: removed {removed} Q/DQ pairs that fed only elementwise ops")
-    return out
+PLACED = "slimq INT8, --target openvino"
 
 
 def run_case(name: str, args: argparse.Namespace, timing: TimingConfig) -> tuple[BenchResult, dict[str, float]]:
     say(f"{name}: preparing model and data")
     case = build_case(name, args.cache, args.quick)
     int8 = {"slimq INT8": slimq_model(case, args.cache / "quantized", args.requantize)}
-    if args.ov_placement:
-        int8[PLACED] = ov_placed(int8["slimq INT8"])
+    if args.ov_target:
+        int8[PLACED] = slimq_model(case, args.cache / "quantized", args.requantize, "openvino")
     feed = {k: v[:1] for k, v in next(iter(case.evaluator.inputs())).items()}
     shares = {q: openvino_mac_count(path, feed).int8_share for q, path in int8.items()}
     say(f"{name}: int8 share of MACs in OpenVINO's graph {shares}; evaluating and timing")
@@ -121,8 +109,8 @@ def report(results: list[tuple[str, BenchResult, float]], meta: dict) -> str:
              "- Ratios: samples/s ratio (mean over all timed runs), and in brackets the ratio of median "
              "latencies, which other processes on the machine disturb less.",
              "- int8 MACs in OV: share of convolution/matmul MACs that OpenVINO's execution graph runs in u8/i8.",
-             f"- {PLACED}: the slimq model without the Q/DQ pairs that feed only elementwise ops "
-             "(benchmarks/ov_placement.py; a prototype for an OpenVINO target).", "",
+             f"- {PLACED}: Q/DQ only on the inputs of int8 ops, elementwise ops in float (OpenVINO fuses "
+             "them into its int8 convolutions; it replaced the benchmarks/ov_placement.py prototype).", "",
              format_table(SUMMARY_HEADERS, rows), ""]
     for name, b, _ in results:
         lines += [f"## {name}", "", results_markdown([b]).replace("### ", "#### "), ""]
@@ -136,8 +124,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", default="1,all", help="comma-separated thread counts (default 1,all)")
     p.add_argument("--quick", action="store_true", help="small data and short timing (smoke run)")
     p.add_argument("--requantize", action="store_true", help="quantize the INT8 models again")
-    p.add_argument("--no-ov-placement", dest="ov_placement", action="store_false",
-                   help="skip the OpenVINO-placement variant of the slimq model (benchmarks/ov_placement.py)")
+    p.add_argument("--no-openvino-target", "--no-ov-placement", dest="ov_target", action="store_false",
+                   help="skip the slimq model quantized with --target openvino (Q/DQ on int8-op inputs only)")
     p.add_argument("--min-time", type=float, default=2.0, help="seconds per model and timing round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", type=Path, help="write the markdown here (and JSON next to it)")

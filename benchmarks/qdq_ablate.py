@@ -4,60 +4,107 @@
 activation QuantizeLinear -> DequantizeLinear pair whose input tensor does *not*
 satisfy ``keep`` is replaced by an Identity (that tensor stays float; weights stay
 int8). ``keep=lambda t: False`` gives a weights-only model. ``float_weights`` puts
-the original FP32 weights back (activations-only quantization).
+the original FP32 weights back (activations-only quantization). Both are onnx-ir
+passes on slimq's graph builder (:class:`BypassActivationsPass`, :class:`FloatWeightsPass`).
 """
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
 
 import onnx
-from onnx import helper
+import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+from slimq.core.ops import is_dequantize, is_quantize
+from slimq.graph.builder import GraphBuilder
+from slimq.graph.names import node_name
+from slimq.graph.passes import RewritePass, rewrite_count
+from slimq.io.model import load_model, save_model
 
 
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    return m
+def _dequantize_nodes(model: ir.Model) -> list[ir.Node]:
+    return [n for n in model.graph if is_dequantize(n.op_type, n.domain)]
+
+
+class BypassActivationsPass(RewritePass):
+    """Replace the activation Q -> DQ pairs of tensors `keep` rejects by an Identity (they stay float)."""
+
+    def __init__(self, keep: Callable[[str], bool]) -> None:
+        super().__init__()
+        self.keep = keep
+
+    def rewrite(self, model: ir.Model) -> int:
+        b, bypassed = GraphBuilder(model.graph), 0
+        for dq in _dequantize_nodes(model):
+            q = dq.inputs[0].producer()
+            if q is None or not is_quantize(q.op_type, q.domain) or q.inputs[0].const_value is not None:
+                continue  # a weight (constant input) or a DequantizeLinear of an initializer
+            x = q.inputs[0]
+            if self.keep(x.name):
+                continue
+            ident = b.node("Identity", [x], base=node_name(dq), outputs=[f"{x.name}_bypass"],
+                           name=b.fresh(f"{node_name(dq)}_bypass"), after=dq)
+            b.replace_uses(dq.outputs[0], ident.outputs[0], take_name=True)
+            bypassed += 1
+        RemoveUnusedNodesPass()(model)
+        return bypassed
+
+
+class FloatWeightsPass(RewritePass):
+    """Make weight DequantizeLinear nodes output the original FP32 weights again.
+
+    `fp32` holds the preprocessed FP32 initializers; weight DQ nodes are named ``<weight>_DequantizeLinear``."""
+
+    def __init__(self, fp32: dict[str, ir.Value]) -> None:
+        super().__init__()
+        self.fp32 = fp32
+
+    def rewrite(self, model: ir.Model) -> int:
+        b, restored = GraphBuilder(model.graph), 0
+        for dq in _dequantize_nodes(model):
+            base = dq.name.removesuffix("_DequantizeLinear")
+            if not dq.inputs[0].is_initializer() or base not in self.fp32:
+                continue
+            w = b.initializer(f"{base}_fp32", self.fp32[base].const_value.numpy())
+            b.replace_uses(dq.outputs[0], w)
+            restored += 1
+        RemoveUnusedNodesPass()(model)
+        return restored
 
 
 def bypass_activations(model: onnx.ModelProto, keep: Callable[[str], bool]) -> onnx.ModelProto:
     """Copy of ``model`` with the activation Q/DQ pairs of tensors not kept replaced by Identity."""
-    m = _copy(model)
-    inits = {t.name for t in m.graph.initializer}
-    q_of = {n.output[0]: n for n in m.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits}
-    drop: set[int] = set()
-    nodes = []
-    for n in m.graph.node:
-        q = q_of.get(n.input[0]) if n.op_type == "DequantizeLinear" else None
-        if q is not None and not keep(q.input[0]):
-            nodes.append(helper.make_node("Identity", [q.input[0]], [n.output[0]], name=n.name + "_bypass"))
-            drop.add(id(q))
-        else:
-            nodes.append(n)
-    nodes = [n for n in nodes if id(n) not in drop]
-    del m.graph.node[:]
-    m.graph.node.extend(nodes)
-    return m
+    irm = ir.from_proto(model)
+    rewrite_count(BypassActivationsPass(keep), irm)
+    return ir.to_proto(irm)
 
 
 def float_weights(model: onnx.ModelProto, fp32: onnx.ModelProto) -> onnx.ModelProto:
-    """Copy of ``model`` whose weight DequantizeLinear nodes output the original FP32 weights again.
+    """Copy of ``model`` whose weight DequantizeLinear nodes output the original FP32 weights of ``fp32``
+    (the preprocessed FP32 model) again."""
+    irm = ir.from_proto(model)
+    rewrite_count(FloatWeightsPass(dict(ir.from_proto(fp32).graph.initializers)), irm)
+    return ir.to_proto(irm)
 
-    ``fp32`` is the preprocessed FP32 model; weight DQ nodes are named ``<weight>_DequantizeLinear``."""
-    m = _copy(model)
-    weights = {t.name: t for t in fp32.graph.initializer}
-    inits = {t.name for t in m.graph.initializer}
-    nodes = []
-    for n in m.graph.node:
-        base = n.name.removesuffix("_DequantizeLinear")
-        if n.op_type == "DequantizeLinear" and n.input[0] in inits and base in weights:
-            t = onnx.TensorProto()
-            t.CopyFrom(weights[base])
-            t.name = n.output[0]
-            m.graph.initializer.append(t)
-        else:
-            nodes.append(n)
-    del m.graph.node[:]
-    m.graph.node.extend(nodes)
-    return m
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Switch off activation (or weight) quantization of a QDQ model.")
+    p.add_argument("int8")
+    p.add_argument("out")
+    p.add_argument("--keep", nargs="*", default=[], help="activation tensors whose Q/DQ stays (default: none)")
+    p.add_argument("--float-weights", metavar="FP32", help="put the weights of this (preprocessed) FP32 model back")
+    args = p.parse_args(argv)
+    model = load_model(args.int8)
+    if args.float_weights:
+        model = float_weights(model, load_model(args.float_weights))
+    else:
+        model = bypass_activations(model, set(args.keep).__contains__)
+    save_model(model, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -7,12 +7,13 @@ kernels. ``--float-logits`` also runs each algorithm with the classifier's bias
 Add (the op feeding the final Softmax) left in float.
 det (``--det``, informational): prob-map IoU vs FP32, box F1, MAC share.
 
-``--rewrite`` first applies the exact graph rewrites of ``benchmarks/ppocr_rewrite.py``
-(Conv + affine folding, HardSwish fusion) to the FP32 rec model: a prototype of a core
-preprocessing pass.
+Conv + affine folding, HardSwish fusion (``slimq.graph.passes``, run by ``preprocess``) and
+bias correction (``StaticConfig.bias_correction``) are part of slimq; ``--no-bias-correction``
+turns the latter off. ``--cle`` first applies cross-layer equalization of Conv pairs
+(``benchmarks/ppocr_rewrite.py``, a prototype) to the preprocessed FP32 rec model.
 
 Usage: python benchmarks/static_ppocr.py [--algos hist mse ...] [--lines 400] [--calib-lines 64]
-       [--float-logits] [--rewrite [--cle] [--bias-correct]] [--skip NODE ...] [--float-stem N] [--with-proposed]
+       [--float-logits] [--cle] [--no-bias-correction] [--skip NODE ...] [--float-stem N] [--with-proposed]
        [--det] [--latency]
 """
 
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from ppocr_rewrite import bias_correct, rewrite
+from ppocr_rewrite import equalize_conv_pairs
 from static_resnet_shape import time_side_by_side
 
 from slimq.core.config import SkipSpec, StaticConfig
@@ -49,16 +50,13 @@ HOLDOUT = 16
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "slimq" / "bench"
 
 
-def rewritten_rec(cle: bool, bias_feeds: list[dict[str, np.ndarray]] | None) -> str:
-    """The rec model after the prototype rewrites (and bias correction on ``bias_feeds``), in the bench cache."""
-    tag = "_cle" * cle + "_biascorr" * (bias_feeds is not None)
-    path = CACHE / f"ch_PP-OCRv4_rec_rewritten{tag}.onnx"
+def equalized_rec() -> str:
+    """The preprocessed rec model after cross-layer equalization (prototype), in the bench cache."""
+    path = CACHE / "ch_PP-OCRv4_rec_cle.onnx"
     CACHE.mkdir(parents=True, exist_ok=True)
-    model, info = rewrite(preprocess(load_model(rapidocr_model_path("rec"))), cle=cle)
-    if bias_feeds is not None:
-        model, info["bias_corrected_convs"] = bias_correct(model, bias_feeds)
+    model, pairs = equalize_conv_pairs(preprocess(load_model(rapidocr_model_path("rec"))))
     save_model(model, path)
-    print(f"rewrote rec model: {info}")
+    print(f"rec model: cross-layer equalization of {pairs} Conv pairs")
     return str(path)
 
 
@@ -84,23 +82,22 @@ def stem_nodes(path: str, n_convs: int) -> tuple[str, ...]:
 
 
 def quantize_rec(path: str, ev: RecEvaluator, algo: str, calib_lines: int, skip: SkipSpec,
-                 target: str = "x86") -> QuantResult:
+                 target: str = "x86", bias_correction: bool = True) -> QuantResult:
     calib = ev.calibration_batches(-(-(calib_lines + HOLDOUT) // 8), 8)
     cfg = StaticConfig(algo=algo, max_samples=calib_lines, holdout=HOLDOUT, skip=skip, show_progress=False,
-                       target=target)
+                       target=target, bias_correction=bias_correction)
     return quantize_static(path, calib, cfg)
 
 
 def run_rec(args: argparse.Namespace) -> list[dict]:
     ev = RecEvaluator(n_lines=args.lines, seed=0, batch_size=8)
-    bias_feeds = ev.calibration_batches(-(-args.calib_lines // 8), 8) if args.bias_correct else None
     original = str(rapidocr_model_path("rec"))
-    path = rewritten_rec(args.cle, bias_feeds) if args.rewrite else original
+    path = equalized_rec() if args.cle else original
     fp32 = evaluate(Predictor(original, threads=args.threads).run, ev)
     n_chars = sum(len(t.replace(" ", "")) for t in ev.texts)
-    if args.rewrite:
+    if args.cle:
         rw = evaluate(Predictor(path, threads=args.threads).run, ev)
-        print(f"rec FP32 after the rewrites: CER {rw['cer']:.2f} % (deltas below are against the original)")
+        print(f"rec FP32 after equalization: CER {rw['cer']:.2f} % (deltas below are against the original)")
     print(f"rec FP32: CER {fp32['cer']:.2f} %, line accuracy {fp32['line_acc']:.1f} % "
           f"on {args.lines} lines ({n_chars} characters)", flush=True)
     skip = tuple(args.skip) + stem_nodes(path, args.float_stem)
@@ -112,7 +109,7 @@ def run_rec(args: argparse.Namespace) -> list[dict]:
     for algo in args.algos:
         for label, skip in variants:
             t = time.perf_counter()
-            res = quantize_rec(path, ev, algo, args.calib_lines, skip, args.target)
+            res = quantize_rec(path, ev, algo, args.calib_lines, skip, args.target, args.bias_correction)
             secs = time.perf_counter() - t
             m = evaluate(Predictor(res.model, threads=args.threads, backend=args.backend).run, ev)
             delta, share = m["cer"] - fp32["cer"], res.report.int8_mac_share
@@ -156,9 +153,9 @@ def main() -> int:
     ap.add_argument("--lines", type=int, default=400, help="evaluation lines (>= 200)")
     ap.add_argument("--calib-lines", type=int, default=64)
     ap.add_argument("--float-logits", action="store_true")
-    ap.add_argument("--rewrite", action="store_true", help="apply the prototype rewrites to rec first")
-    ap.add_argument("--cle", action="store_true", help="with --rewrite: cross-layer equalization of Conv pairs")
-    ap.add_argument("--bias-correct", action="store_true", help="with --rewrite: bias correction of int8 weights")
+    ap.add_argument("--cle", action="store_true", help="cross-layer equalization of rec's Conv pairs first (prototype)")
+    ap.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
+                    help="turn off slimq's bias correction (StaticConfig.bias_correction)")
     ap.add_argument("--skip", nargs="+", default=[], help="node names to leave in float")
     ap.add_argument("--float-stem", type=int, default=0, help="leave every node before the N-th Conv in float")
     ap.add_argument("--det", action="store_true")

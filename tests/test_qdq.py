@@ -11,8 +11,9 @@ import pytest
 
 from slimq import testing
 from slimq.core.config import target_rules
+from slimq.graph.names import UniqueNames
 from slimq.graph.plan import build_plan
-from slimq.graph.qdq import UniqueNames, insert_qdq
+from slimq.graph.qdq import insert_qdq
 
 # x -> Conv(w, b) -> a -> MaxPool -> y (graph output, tied to a)
 #   -> Conv(w, b2) -> c -> Relu -> z (graph output); w is shared by both convs

@@ -20,6 +20,7 @@ import onnx
 import onnxruntime as ort
 
 from slimq.bench.tables import format_table
+from slimq.core.ops import is_dequantize
 from slimq.io.spec import Feeds
 from slimq.runtime.session import session_options
 
@@ -111,7 +112,7 @@ def float_islands(p: Profile) -> list[NodeTime]:
     """Nodes of a quantized graph that read float activations (float islands, QuantizeLinear) or make them
     (DequantizeLinear), slowest first."""
     return [n for n in p.nodes if not n.op_type.startswith(INTEGER_OP_PREFIXES)
-            and (n.input_types.startswith("float") or n.op_type == "DequantizeLinear")]
+            and (n.input_types.startswith("float") or is_dequantize(n.op_type))]
 
 
 def _island_lines(p: Profile, top: int) -> list[str]:

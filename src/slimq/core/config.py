@@ -1,4 +1,4 @@
-"""Frozen configuration dataclasses and the per-target quantization rules."""
+"""Frozen configuration dataclasses (the per-target rules live in :mod:`slimq.core.targets`)."""
 
 from __future__ import annotations
 
@@ -6,58 +6,10 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 
-from slimq.core import qmath
 from slimq.core.budget import Budget
 from slimq.core.errors import ConfigError, did_you_mean, unknown_choice
 from slimq.core.observers import ALGORITHMS, get_algorithm
-
-TARGETS = ("x86", "tensorrt", "arm", "openvino")
-X86_FLOAT_OPS = (("ConvTranspose", "onnxruntime's CPU EP has no int8 ConvTranspose kernel (it would run float "
-                                   "behind DequantizeLinear)"),)
-_OV_ELEMENTWISE = "OpenVINO fuses elementwise ops into the convolution epilogue in float; Q/DQ here would add kernels"
-OPENVINO_FLOAT_OPS = tuple((op, _OV_ELEMENTWISE) for op in ("Add", "Mul", "Sigmoid", "LeakyRelu"))
-
-
-@dataclass(frozen=True)
-class TargetRules:
-    """Integer types a deployment target runs fast."""
-
-    name: str
-    activation_qtype: qmath.QType
-    activation_symmetric: bool
-    weight_qtype: qmath.QType
-    per_channel: bool = True
-    # op types the target runs no faster in int8, with the reason (they stay float)
-    float_ops: tuple[tuple[str, str], ...] = ()
-    # int8 conv/matmul kernels may write float: outputs are quantized only for quantized readers
-    float_outputs: bool = False
-    # Add/Mul with a constant operand (BN-like affine, scalar scales) run in float: exact, and an
-    # int8 version would only add a requantization step
-    float_constant_affine: bool = False
-
-    @property
-    def description(self) -> str:
-        sym = "symmetric" if self.activation_symmetric else "asymmetric"
-        return (f"{self.name}: {self.activation_qtype.name} {sym} activations x {self.weight_qtype.name} "
-                f"[{self.weight_qtype.qmin},{self.weight_qtype.qmax}] weights, "
-                f"{'per-channel' if self.per_channel else 'per-tensor'}")
-
-
-def target_rules(target: str, reduce_range: bool = False, per_channel: bool = True) -> TargetRules:
-    """x86: u8 activations x s8 weights (VNNI path; reduce_range without VNNI).
-    tensorrt: symmetric s8 activations. arm: s8 activations, weights in [-127, 127].
-    openvino: x86's types, but Q/DQ only on the inputs of int8 ops (NNCF-style placement):
-    elementwise ops stay float, which OpenVINO fuses into its int8 convolutions."""
-    if target not in TARGETS:
-        raise unknown_choice("target", target, TARGETS)
-    weight = qmath.INT8.narrow()
-    if target == "x86":
-        w = weight.reduced() if reduce_range else weight
-        return TargetRules("x86", qmath.UINT8, False, w, per_channel, X86_FLOAT_OPS, float_constant_affine=True)
-    if target == "openvino":
-        w = weight.reduced() if reduce_range else weight
-        return TargetRules("openvino", qmath.UINT8, False, w, per_channel, OPENVINO_FLOAT_OPS, float_outputs=True)
-    return TargetRules(target, qmath.INT8, True, weight, per_channel)
+from slimq.core.targets import TARGETS, TargetRules, target_rules
 
 
 @dataclass(frozen=True)

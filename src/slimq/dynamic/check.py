@@ -21,6 +21,7 @@ import onnx
 import onnx.helper as oh
 import onnx.numpy_helper as nh
 
+from slimq.core.ops import op_info
 from slimq.dynamic.graph import Choice, Decision, node_name
 from slimq.io.spec import Feeds, model_inputs
 from slimq.report.agreement import Reference, worst_cosine
@@ -28,7 +29,6 @@ from slimq.runtime.exposed import expose
 from slimq.runtime.session import Predictor, predictor
 
 log = logging.getLogger("slimq")
-_SHAPE_OPS = ("Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity")
 
 
 def index_ranges(model: onnx.ModelProto) -> dict[str, int]:
@@ -45,10 +45,12 @@ def index_ranges(model: onnx.ModelProto) -> dict[str, int]:
             t = frontier.pop()
             seen.add(t)
             for n in consumers.get(t, []):
-                if n.op_type == "Gather" and len(n.input) > 1 and n.input[1] == t and n.input[0] in inits:
+                info = op_info(n.op_type, n.domain)
+                idx = info.index_input
+                if idx is not None and len(n.input) > idx and n.input[idx] == t and n.input[0] in inits:
                     rows = inits[n.input[0]].dims[0] if inits[n.input[0]].dims else 0
                     out[inp.name] = min(out.get(inp.name, rows), rows)
-                elif n.op_type in _SHAPE_OPS and n.input[0] == t:
+                elif info.keeps_values and n.input[0] == t:
                     frontier += [o for o in n.output if o not in seen]
     return out
 

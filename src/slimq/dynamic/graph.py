@@ -15,7 +15,7 @@ revert any single node:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -25,10 +25,13 @@ import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass, TopologicalSortPass
 
 from slimq.core import qmath
-from slimq.core.ops import op_info
-from slimq.graph.qdq import UniqueNames
+from slimq.core.ops import op_info, weight_only_op_types
+from slimq.graph.builder import GraphBuilder
+from slimq.graph.names import node_name
+from slimq.graph.passes.base import RewritePass, rewrite_count
+from slimq.graph.passes.gemm import GemmToMatMulPass, gemm_to_matmul  # noqa: F401 (re-exported)
 
-WEIGHT_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose", "Gather")
+WEIGHT_OPS = weight_only_op_types()  # MatMul, Gemm, Conv, ConvTranspose, Gather
 INT8_W = qmath.INT8.narrow()  # symmetric [-127, 127]
 INT4_W = qmath.INT4.narrow()  # symmetric [-7, 7]
 BLOCK_OPSET = 21  # DequantizeLinear with block_size and INT4 inputs
@@ -98,42 +101,37 @@ class Decision:
                 "reason": self.reason}
 
 
-def node_name(n: ir.Node) -> str:
-    return n.name or n.outputs[0].name
-
-
 def _float32_const(v: ir.Value | None) -> bool:
     return v is not None and v.const_value is not None and v.const_value.dtype == ir.DataType.FLOAT
 
 
 def _embedding(n: ir.Node) -> Candidate | None:
+    """A Gather over a constant 2-D float32 table with data-dependent indices."""
     axis = n.attributes["axis"].as_int() if "axis" in n.attributes else 0
-    data = n.inputs[0]
-    if axis != 0 or not _float32_const(data) or len(data.const_value.shape) != 2 or n.inputs[1].const_value is not None:
+    data, idx = n.inputs[0], op_info(n.op_type, n.domain).index_input
+    if axis != 0 or not _float32_const(data) or len(data.const_value.shape) != 2 or n.inputs[idx].const_value is not None:
         return None
-    return Candidate(node_name(n), "Gather", data.name, 0, 0, 1, False, tuple(data.const_value.shape))
+    return Candidate(node_name(n), n.op_type, data.name, 0, 0, 1, False, tuple(data.const_value.shape))
 
 
-def _weight_axes(n: ir.Node, ndim: int) -> tuple[int, int | None]:
-    """(channel axis, block axis) of a MatMul/Gemm/Conv weight, from the op table."""
+def _dynamic_ok(n: ir.Node, idx: int, shape: tuple[int, ...]) -> bool:
+    """An op with a dynamic-activation kernel, a 2-D weight and a float32 activation."""
     info = op_info(n.op_type, n.domain)
-    axis = info.weight_axis
-    if info.weight_axis_attr and info.weight_axis_attr in n.attributes:
-        axis = 0 if n.attributes[info.weight_axis_attr].as_int() else 1
-    axis %= ndim
-    if n.op_type in ("MatMul", "Gemm"):
-        return axis, (ndim - 2 if n.op_type == "MatMul" else 1 - axis) if ndim >= 2 else None
-    return axis, (1 - axis if ndim > 1 else None)  # Conv: (Cout, Cin, ...), ConvTranspose: (Cin, Cout, ...)
+    if not info.weight_only.dynamic_kernel or len(shape) != 2:
+        return False
+    x = n.inputs[1 - idx]
+    return x is not None and x.dtype in (None, ir.DataType.FLOAT)
 
 
 def candidate_for(n: ir.Node) -> tuple[Candidate | None, str | None]:
     """The candidate for node `n`, or None with the reason it stays float (None: not a weight op)."""
-    if n.domain not in ("", "ai.onnx") or n.op_type not in WEIGHT_OPS:
+    info = op_info(n.op_type, n.domain)
+    if n.domain not in ("", "ai.onnx") or info.weight_only is None:
         return None, None
-    if n.op_type == "Gather":
+    if info.weight_only.embedding:
         return _embedding(n), None
-    idx = op_info(n.op_type).weight_input
-    w = n.inputs[idx] if idx is not None and idx < len(n.inputs) else None
+    idx = info.weight.input
+    w = n.inputs[idx] if idx < len(n.inputs) else None
     if w is None or w.const_value is None:
         return None, "both inputs are activations (e.g. attention scores): no weight to quantize, stays float"
     if not _float32_const(w):
@@ -141,10 +139,9 @@ def candidate_for(n: ir.Node) -> tuple[Candidate | None, str | None]:
     shape = tuple(w.const_value.shape)
     if not shape:
         return None, "scalar weight"
-    channel, block = _weight_axes(n, len(shape))
-    x = n.inputs[1 - idx] if n.op_type == "MatMul" else None
-    dyn = n.op_type == "MatMul" and len(shape) == 2 and x is not None and x.dtype in (None, ir.DataType.FLOAT)
-    return Candidate(node_name(n), n.op_type, w.name, idx, channel, block, dyn, shape), None
+    channel = info.weight.axes(n, len(shape))[0]
+    block = info.weight.block_axis(n, len(shape))
+    return Candidate(node_name(n), n.op_type, w.name, idx, channel, block, _dynamic_ok(n, idx, shape), shape), None
 
 
 def find_candidates(graph: ir.Graph) -> tuple[list[Candidate], list[tuple[str, str, str]]]:
@@ -157,50 +154,6 @@ def find_candidates(graph: ir.Graph) -> tuple[list[Candidate], list[tuple[str, s
         elif reason:
             floats.append((node_name(n), n.op_type, reason))
     return found, floats
-
-
-# -- Gemm -> MatMul (+ Add) so that Gemm weights get the MatMul kernels -------------------------
-
-def _attr(n: ir.Node, name: str, default: float) -> float:
-    return n.attributes[name].value if name in n.attributes else default
-
-
-def gemm_to_matmul(model: ir.Model) -> list[str]:
-    """Rewrite plain Gemm nodes (alpha=beta=1, no transA, constant B) as MatMul (+ Add), in place."""
-    graph, done, transposed = model.graph, [], {}
-    for n in list(graph):
-        if n.op_type != "Gemm" or n.domain not in ("", "ai.onnx") or not _float32_const(n.inputs[1]):
-            continue
-        if _attr(n, "alpha", 1.0) != 1.0 or _attr(n, "beta", 1.0) != 1.0 or _attr(n, "transA", 0):
-            continue
-        name, wv = node_name(n), n.inputs[1]
-        if _attr(n, "transB", 0) and wv.name not in transposed:
-            wt, tname = np.ascontiguousarray(wv.const_value.numpy().T), f"{wv.name}_kn"
-            while tname in graph.initializers:
-                tname += "_"
-            transposed[wv.name] = ir.Value(name=tname, const_value=ir.tensor(wt, name=tname))
-            graph.register_initializer(transposed[wv.name])
-        wv = transposed.get(wv.name, wv) if _attr(n, "transB", 0) else wv
-        mm = ir.node("MatMul", [n.inputs[0], wv], name=name)
-        new = [mm]
-        c = n.inputs[2] if len(n.inputs) > 2 else None
-        if c is not None:
-            new.append(ir.node("Add", [mm.outputs[0], c], name=f"{name}_bias"))
-        graph.insert_after(n, new)
-        replace_output(graph, n.outputs[0], new[-1].outputs[0])
-        graph.remove(n, safe=True)
-        done.append(name)
-    return done
-
-
-def replace_output(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
-    """Route every use of `old` to `new`; a graph output keeps its name."""
-    name = old.name
-    was_output = old.is_graph_output()
-    old.replace_all_uses_with(new, replace_graph_outputs=True)
-    if was_output:
-        old.name = f"{name}__replaced"
-        new.name = name
 
 
 # -- weight quantization ---------------------------------------------------------------------
@@ -247,84 +200,84 @@ def int_tensor(q: np.ndarray, qtype: qmath.QType, name: str) -> ir.TensorProtoco
 class _Rewriter:
     def __init__(self, model: ir.Model, cache: WeightCache) -> None:
         self.graph, self.cache = model.graph, cache
-        g = self.graph
-        self.fresh = UniqueNames(g).fresh
-        self.nodes = {node_name(n): n for n in g}
+        self.b = GraphBuilder(self.graph)
+        self.nodes = {node_name(n): n for n in self.graph}
         self.done: dict[tuple[str, str, WeightFormat], list[ir.Value]] = {}
-
-    def const(self, base: str, tensor_or_array) -> ir.Value:
-        name = self.fresh(base)
-        t = tensor_or_array if not isinstance(tensor_or_array, np.ndarray) else ir.tensor(tensor_or_array, name=name)
-        t.name = name
-        v = ir.Value(name=name, const_value=t)
-        self.graph.register_initializer(v)
-        return v
-
-    def op(self, op_type: str, inputs: Sequence[ir.Value | None], base: str, attrs: dict | None = None,
-           num_outputs: int = 1) -> list[ir.Value]:
-        outs = [ir.Value(name=self.fresh(f"{base}_{op_type}_out{i}")) for i in range(num_outputs)]
-        self.graph.append(ir.node(op_type, inputs, attrs or {}, outputs=outs, name=self.fresh(f"{base}_{op_type}")))
-        return outs
 
     def _weight(self, d: Decision) -> tuple[np.ndarray, np.ndarray]:
         w = self.graph.initializers[d.candidate.weight].const_value.numpy()
         return self.cache.get(d.candidate.weight, w, d.fmt)
 
+    def _replace(self, c: Candidate, out: ir.Value) -> None:
+        self.b.replace_uses(self.nodes[c.node].outputs[0], out)
+
     def weight_only(self, d: Decision) -> None:
-        c, key = d.candidate, (d.candidate.weight, "dq", d.fmt)
+        c, key, b = d.candidate, (d.candidate.weight, "dq", d.fmt), self.b
         if key not in self.done:
             q, s = self._weight(d)
-            qv = self.const(f"{c.weight}_quantized", int_tensor(q, d.fmt.qtype, ""))
-            sv = self.const(f"{c.weight}_scale", s.astype(np.float32))
+            qv = b.initializer(f"{c.weight}_quantized", int_tensor(q, d.fmt.qtype, ""))
+            sv = b.initializer(f"{c.weight}_scale", s.astype(np.float32))
             attrs = {"axis": d.fmt.axis, **({"block_size": d.fmt.block} if d.fmt.block else {})}
-            self.done[key] = self.op("DequantizeLinear", [qv, sv], c.weight, attrs)
+            self.done[key] = b.op("DequantizeLinear", [qv, sv], c.weight, attrs)
         self.nodes[c.node].replace_input_with(c.input_index, self.done[key][0])
 
     def embedding(self, d: Decision) -> None:
-        c, key = d.candidate, (d.candidate.weight, "rows", d.fmt)
+        c, key, b = d.candidate, (d.candidate.weight, "rows", d.fmt), self.b
         if key not in self.done:
             q, s = self._weight(d)
-            self.done[key] = [self.const(f"{c.weight}_quantized", q.astype(np.int8)),
-                              self.const(f"{c.weight}_row_scale", s.astype(np.float32).reshape(-1, 1))]
+            self.done[key] = [b.initializer(f"{c.weight}_quantized", q.astype(np.int8)),
+                              b.initializer(f"{c.weight}_row_scale", s.astype(np.float32).reshape(-1, 1))]
         qv, sv = self.done[key]
-        node = self.nodes[c.node]
-        ids = node.inputs[1]
-        rows = self.op("Gather", [qv, ids], c.node, {"axis": 0})[0]
-        scales = self.op("Gather", [sv, ids], f"{c.node}_scale", {"axis": 0})[0]
-        rows_f = self.op("Cast", [rows], c.node, {"to": ir.DataType.FLOAT})[0]
-        out = self.op("Mul", [rows_f, scales], c.node)[0]
-        replace_output(self.graph, node.outputs[0], out)
+        ids = self.nodes[c.node].inputs[1]
+        rows = b.op("Gather", [qv, ids], c.node, {"axis": 0})[0]
+        scales = b.op("Gather", [sv, ids], f"{c.node}_scale", {"axis": 0})[0]
+        rows_f = b.op("Cast", [rows], c.node, {"to": ir.DataType.FLOAT})[0]
+        self._replace(c, b.op("Mul", [rows_f, scales], c.node)[0])
 
     def dynamic(self, d: Decision) -> None:
-        c, key = d.candidate, (d.candidate.weight, "dyn", d.fmt)
+        c, key, b = d.candidate, (d.candidate.weight, "dyn", d.fmt), self.b
         if key not in self.done:
             q, s = self._weight(d)
-            self.done[key] = [self.const(f"{c.weight}_quantized", q.astype(np.int8)),
-                              self.const(f"{c.weight}_scale", s.astype(np.float32)),
-                              self.const(f"{c.weight}_zero_point", np.zeros(q.shape[1], np.int8))]
+            self.done[key] = [b.initializer(f"{c.weight}_quantized", q.astype(np.int8)),
+                              b.initializer(f"{c.weight}_scale", s.astype(np.float32)),
+                              b.initializer(f"{c.weight}_zero_point", np.zeros(q.shape[1], np.int8))]
         qv, sv, zv = self.done[key]
-        node = self.nodes[c.node]
-        xq, xs, xz = self.op("DynamicQuantizeLinear", [node.inputs[c.activation_input]], c.node, num_outputs=3)
-        acc = self.op("MatMulInteger", [xq, qv, xz, zv], c.node)[0]
-        acc_f = self.op("Cast", [acc], c.node, {"to": ir.DataType.FLOAT})[0]
-        scale = self.op("Mul", [xs, sv], f"{c.node}_scales")[0]
-        out = self.op("Mul", [acc_f, scale], c.node)[0]
-        replace_output(self.graph, node.outputs[0], out)
+        x = self.nodes[c.node].inputs[c.activation_input]
+        xq, xs, xz = b.op("DynamicQuantizeLinear", [x], c.node, num_outputs=3)
+        acc = b.op("MatMulInteger", [xq, qv, xz, zv], c.node)[0]
+        acc_f = b.op("Cast", [acc], c.node, {"to": ir.DataType.FLOAT})[0]
+        scale = b.op("Mul", [xs, sv], f"{c.node}_scales")[0]
+        self._replace(c, b.op("Mul", [acc_f, scale], c.node)[0])
+
+
+class ApplyDecisionsPass(RewritePass):
+    """Apply every non-float decision (dynamic-activation, embedding or weight-only rewrite); counts them."""
+
+    def __init__(self, decisions: Iterable[Decision], cache: WeightCache) -> None:
+        super().__init__()
+        self.decisions, self.cache = list(decisions), cache
+
+    def rewrite(self, model: ir.Model) -> int:
+        rw, applied = _Rewriter(model, self.cache), 0
+        for d in self.decisions:
+            if d.choice is Choice.FLOAT:
+                continue
+            if d.choice is Choice.DYNAMIC:
+                rw.dynamic(d)
+            elif op_info(d.candidate.op_type).weight_only.embedding:
+                rw.embedding(d)
+            else:
+                rw.weight_only(d)
+            applied += 1
+        RemoveUnusedNodesPass()(model)
+        TopologicalSortPass()(model)
+        return applied
 
 
 def apply_decisions(base: onnx.ModelProto, decisions: Iterable[Decision], cache: WeightCache) -> onnx.ModelProto:
     """A new model: `base` with every non-float decision applied (base is not modified)."""
     model = ir.from_proto(base)
-    rw = _Rewriter(model, cache)
-    for d in decisions:
-        if d.choice is Choice.DYNAMIC:
-            rw.dynamic(d)
-        elif d.choice is Choice.WEIGHT_ONLY and d.candidate.op_type == "Gather":
-            rw.embedding(d)
-        elif d.choice is Choice.WEIGHT_ONLY:
-            rw.weight_only(d)
-    RemoveUnusedNodesPass()(model)
-    TopologicalSortPass()(model)
+    rewrite_count(ApplyDecisionsPass(decisions, cache), model)
     return ir.to_proto(model)
 
 

@@ -39,6 +39,7 @@ from slimq.core.errors import (
     NothingToQuantizeError,
     RuntimeTooOldError,
 )
+from slimq.core.ops import op_info
 from slimq.dynamic.check import (
     Demotion,
     activation_rows,
@@ -125,14 +126,14 @@ def _check_feeds(fp32: onnx.ModelProto, check_data, config: DynamicConfig) -> tu
 
 def weight_only_format(c: Candidate, config: DynamicConfig) -> tuple[WeightFormat, str]:
     """Storage format of a weight-only node and the reason for it."""
-    block, bits = config.block_size, config.weight_bits
-    if c.op_type == "Gather":
-        why = " (Gather cannot index packed int4 rows)" if bits == 4 else ""
+    block, bits, facts = config.block_size, config.weight_bits, op_info(c.op_type).weight_only
+    if facts.embedding:
+        why = f" ({c.op_type} cannot index packed int4 rows)" if bits == 4 else ""
         return WeightFormat(INT8_W, 0), f"embedding table: int8 rows dequantized after the lookup{why}"
-    if c.op_type in ("Conv", "ConvTranspose") and (bits == 4 or block):
+    if not facts.low_bit and (bits == 4 or block):
         return WeightFormat(INT8_W, c.channel_axis), "no int4/group-wise conv kernel: int8 per-channel weights"
     qtype = INT4_W if bits == 4 else INT8_W
-    why = ("integer weights + DequantizeLinear (onnxruntime fuses it into MatMulNBits)" if c.op_type == "MatMul"
+    why = (f"integer weights + DequantizeLinear (onnxruntime fuses it into {facts.fused_kernel})" if facts.fused_kernel
            else "integer weights + DequantizeLinear, float compute")
     if block and c.block_axis is not None:
         return WeightFormat(qtype, c.block_axis, block), why
@@ -145,13 +146,14 @@ def _weight_only(c: Candidate, config: DynamicConfig) -> Decision:
 
 
 def _skipped(c: Candidate, config: DynamicConfig) -> str | None:
+    facts = op_info(c.op_type).weight_only
     if config.skip.matches(c.node, c.op_type):
         return "skipped by configuration"
     if config.op_types is not None and c.op_type not in config.op_types:
         return "op type not selected for quantization"
-    if c.op_type == "Gather" and not config.embeddings:
+    if facts.embedding and not config.embeddings:
         return "embedding quantization disabled"
-    if c.op_type in ("Conv", "ConvTranspose") and config.mode == "dynamic-activation":
+    if facts.float_with_dynamic_activation and config.mode == "dynamic-activation":
         return CONV_REASON
     return None
 
@@ -178,8 +180,9 @@ def decide(candidates: list[Candidate], config: DynamicConfig, work: onnx.ModelP
         elif c in dyn:
             t = timings.get(c.node)
             speed = f": {t.dynamic_us:.0f} us vs float {t.float_us:.0f} us at M={t.m}" if t else ""
+            kernel = op_info(c.op_type).weight_only.dynamic_kernel
             decisions.append(Decision(c, Choice.DYNAMIC, dyn_fmt, "DynamicQuantizeLinear + MatMulInteger (u8 x s8), "
-                                      f"fused by onnxruntime into DynamicQuantizeMatMul{speed}"))
+                                      f"fused by onnxruntime into {kernel}{speed}"))
         else:
             decisions.append(_weight_only(c, config))
     return decisions

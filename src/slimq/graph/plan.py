@@ -15,7 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from slimq.core import qmath
-from slimq.core.config import SkipSpec, TargetRules
+from slimq.core.config import SkipSpec
 from slimq.core.ops import (
     ALL_INPUTS,
     PASSTHROUGH_DATA_INPUT,
@@ -25,6 +25,9 @@ from slimq.core.ops import (
     input_saturation,
     op_info,
 )
+from slimq.core.targets import TargetRules
+from slimq.graph.names import node_name
+from slimq.graph.values import const_of, value_name
 
 _FLOATS = {ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE}
 
@@ -116,7 +119,16 @@ def _act_indices(node: ir.Node, info: OpInfo) -> list[int]:
 
 
 def _has_weight(node: ir.Node, info: OpInfo) -> bool:
-    return info.weight_input is not None and info.weight_input < len(node.inputs) and _is_const(node.inputs[info.weight_input])
+    return info.weight is not None and info.weight.input < len(node.inputs) and _is_const(node.inputs[info.weight.input])
+
+
+def _info(node: ir.Node) -> OpInfo:
+    return op_info(node.op_type, node.domain)
+
+
+def _const_operand_affine(node: ir.Node, info: OpInfo) -> bool:
+    """An elementwise affine step with a constant operand (x * c, x + c)."""
+    return info.constant_affine and any(_is_const(v) for v in node.inputs)
 
 
 class _Planner:
@@ -149,7 +161,7 @@ class _Planner:
 
     @staticmethod
     def _name(n: ir.Node) -> str:
-        return n.name or n.outputs[0].name
+        return node_name(n)
 
     @staticmethod
     def _on_data_path(n: ir.Node) -> bool:
@@ -157,13 +169,13 @@ class _Planner:
         return any(_is_float(v) and not _is_const(v) for v in n.inputs)
 
     def _reason(self, n: ir.Node) -> str:
-        role = op_info(n.op_type, n.domain).role
+        role = _info(n).role
         default = {Role.FUSED_ACTIVATION: "not directly after a quantized op; runs in float",
                    Role.PASSTHROUGH: "its input is not quantized"}.get(role, "not quantized")
         return self.reasons.get(self._name(n), default)
 
     def _classify(self, n: ir.Node) -> None:
-        name, info = self._name(n), op_info(n.op_type, n.domain)
+        name, info = self._name(n), _info(n)
         if not self._on_data_path(n):
             return
         reason = self._float_reason(n, info)
@@ -180,35 +192,34 @@ class _Planner:
         target_reason = dict(self.rules.float_ops).get(n.op_type)
         if target_reason:
             return f"{self.rules.name}: {target_reason}"
-        if self.rules.float_constant_affine and n.op_type in ("Add", "Mul") and any(_is_const(v) for v in n.inputs):
+        if self.rules.float_constant_affine and _const_operand_affine(n, info):
             return f"{self.rules.name}: Add/Mul with a constant stays float (exact; int8 would add a requantization)"
         if self.op_types is not None and n.op_type not in self.op_types and info.role is Role.COMPUTE:
             return "op type not selected for quantization"
-        if info.role is Role.COMPUTE:
-            acts = _act_indices(n, info)
-            if any(not _is_float(n.inputs[i]) for i in acts):
-                return "non-float inputs"
-            if n.op_type in ("Conv", "ConvTranspose", "Gemm") and not _has_weight(n, info):
-                return "weight is not a constant"
-            if n.op_type == "Gemm" and len(n.inputs) > 2 and n.inputs[2] is not None and not self._bias_ok(n):
-                return "Gemm bias is not a 1-D constant"
+        return self._compute_reason(n, info) if info.role is Role.COMPUTE else None
+
+    def _compute_reason(self, n: ir.Node, info: OpInfo) -> str | None:
+        """Why a compute op's inputs keep it float (None: they do not)."""
+        if any(not _is_float(n.inputs[i]) for i in _act_indices(n, info)):
+            return "non-float inputs"
+        if info.weight is not None and info.weight.required and not _has_weight(n, info):
+            return "weight is not a constant"
+        bias = n.inputs[info.bias_input] if info.bias_input is not None and len(n.inputs) > info.bias_input else None
+        if info.bias_vector and bias is not None and not (_is_const(bias) and const_of(bias).ndim == 1):
+            return f"{n.op_type} bias is not a 1-D constant"
         return None
 
     def _drop_float_fed_constant_op(self, n: ir.Node) -> None:
         """An Add/Mul with a constant operand whose output only float ops read gains nothing from
         int8 (e.g. the classifier bias before Softmax) and only adds a rounding step: keep it float."""
         name = self._name(n)
-        if name not in self.eligible or n.op_type not in ("Add", "Mul") or not any(_is_const(v) for v in n.inputs):
+        if name not in self.eligible or not _const_operand_affine(n, _info(n)):
             return
         out = n.outputs[0]
         if self._wants_quantized(out) or self._fused_activation(n) is not None:
             return
         self.eligible.discard(name)
         self.reasons[name] = "constant operand and only float readers: int8 would add rounding, not speed"
-
-    def _bias_ok(self, n: ir.Node) -> bool:
-        b = n.inputs[2]
-        return _is_const(b) and b.const_value.numpy().ndim == 1
 
     def _fused_activation(self, n: ir.Node) -> ir.Node | None:
         """The Relu/Clip that is the sole consumer of a compute node's output, if any."""
@@ -217,7 +228,7 @@ class _Planner:
         if len(uses) != 1 or out.is_graph_output():
             return None
         act = uses[0].node
-        fusable = (op_info(act.op_type, act.domain).role is Role.FUSED_ACTIVATION
+        fusable = (_info(act).role is Role.FUSED_ACTIVATION
                    and not self.skip.matches(self._name(act), act.op_type)
                    and all(_is_const(v) for v in act.inputs[1:] if v is not None))
         return act if fusable else None
@@ -228,25 +239,24 @@ class _Planner:
         itself and runs the node in int8 anyway, silently undoing a skip."""
         p = v.producer()
         see_through = (Role.FUSED_ACTIVATION, Role.PASSTHROUGH)
-        while p is not None and op_info(p.op_type, p.domain).role in see_through and p.inputs:
+        while p is not None and _info(p).role in see_through and p.inputs:
             p = p.inputs[0].producer() if p.inputs[0] is not None else None
-        if p is None or self._name(p) not in self.reasons or op_info(p.op_type, p.domain).weight_input is None:
+        if p is None or self._name(p) not in self.reasons or _info(p).weight is None:
             return False
-        acts = _act_indices(p, op_info(p.op_type, p.domain))
+        acts = _act_indices(p, _info(p))
         return bool(acts) and self._input_quantized(p.inputs[acts[0]])
 
     def _feeds_float_mac(self, v: ir.Value) -> bool:
-        return any(self._name(u.node) in self.reasons and op_info(u.node.op_type, u.node.domain).weight_input
-                   is not None for u in v.uses())
+        return any(self._name(u.node) in self.reasons and _info(u.node).weight is not None for u in v.uses())
 
     def _input_quantized(self, x: ir.Value | None) -> bool:
         """Whether `x` has (or, through pass-through ops, will have) Q/DQ. A float MAC node whose input is
         float can have a quantized output: onnxruntime only re-quantizes it between Q/DQ on both sides."""
         while x is not None:
-            if x.name in self.acts:
+            if value_name(x) in self.acts:
                 return True
             p = x.producer()
-            if (p is None or op_info(p.op_type, p.domain).role is not Role.PASSTHROUGH or self._name(p) in self.reasons
+            if (p is None or _info(p).role is not Role.PASSTHROUGH or self._name(p) in self.reasons
                     or not self._wants_quantized(x) or not p.inputs):
                 return False
             x = p.inputs[PASSTHROUGH_DATA_INPUT]
@@ -254,7 +264,7 @@ class _Planner:
 
     def _wants_quantized(self, v: ir.Value) -> bool:
         for use in v.uses():
-            info = op_info(use.node.op_type, use.node.domain)
+            info = _info(use.node)
             name = self._name(use.node)
             if name in self.eligible and use.idx in _act_indices(use.node, info):
                 return True
@@ -263,15 +273,18 @@ class _Planner:
         return False
 
     def _mark(self, v: ir.Value) -> None:
-        if v.name not in self.acts:
-            self.acts[v.name] = v.name
+        name = value_name(v)
+        if name not in self.acts:
+            self.acts[name] = name
 
     def _plan_compute(self, n: ir.Node) -> None:
-        name, info = self._name(n), op_info(n.op_type, n.domain)
+        name, info = self._name(n), _info(n)
         self.quantized[name] = n.op_type
-        weight_idx = info.weight_input if _has_weight(n, info) else None
+        weight_idx = info.weight.input if info.weight is not None and _has_weight(n, info) else None
         for i in _act_indices(n, info):
             v = n.inputs[i]
+            if v is None:
+                continue
             if i == weight_idx or _is_const(v):
                 self._add_weight(n, i, v, info if i == weight_idx else None)
             elif not self._from_float_mac(v):
@@ -284,32 +297,24 @@ class _Planner:
                 self.quantized[self._name(act)] = act.op_type
         if info.bias_input is not None and weight_idx is not None and len(n.inputs) > info.bias_input:
             b, x = n.inputs[info.bias_input], n.inputs[_act_indices(n, info)[0]]
-            if b is not None and _is_const(b) and x.name in self.acts:  # int32 bias needs the input scale
-                self.biases.append(BiasEntry(name, info.bias_input, b.name, x.name, n.inputs[weight_idx].name))
+            if b is not None and _is_const(b) and value_name(x) in self.acts:  # int32 bias needs the input scale
+                w = value_name(n.inputs[weight_idx])
+                self.biases.append(BiasEntry(name, info.bias_input, value_name(b), value_name(x), w))
         if weight_idx is not None and weight_idx not in _act_indices(n, info):
             self._add_weight(n, weight_idx, n.inputs[weight_idx], info)
 
-    def _add_weight(self, n: ir.Node, idx: int, v: ir.Value, info: OpInfo | None) -> None:
+    def _add_weight(self, n: ir.Node, idx: int, v: ir.Value | None, info: OpInfo | None) -> None:
         if info is None:  # a constant operand of Add/Mul/Concat: per-tensor, activation type
             qt, sym = self.rules.activation_qtype, self.rules.activation_symmetric
-            self.weights.append(WeightEntry(self._name(n), idx, v.name, None, qt, sym))
+            self.weights.append(WeightEntry(self._name(n), idx, value_name(v), None, qt, sym))
             return
-        self.weights.append(WeightEntry(self._name(n), idx, v.name, self._weight_axis(n, info, v),
+        self.weights.append(WeightEntry(self._name(n), idx, value_name(v), self._weight_axis(n, info, v),
                                         self.rules.weight_qtype, True))
 
-    def _weight_axis(self, n: ir.Node, info: OpInfo, v: ir.Value) -> int | None:
-        ndim = v.const_value.numpy().ndim
-        if not self.rules.per_channel or ndim == 0:
+    def _weight_axis(self, n: ir.Node, info: OpInfo, v: ir.Value | None) -> int | None:
+        if not self.rules.per_channel or info.weight is None:
             return None
-        if n.op_type == "MatMul" and ndim != 2:
-            return None
-        group = n.attributes["group"].as_int() if "group" in n.attributes else 1
-        if n.op_type == "ConvTranspose" and group > 1:
-            return None
-        axis = info.weight_axis
-        if info.weight_axis_attr and info.weight_axis_attr in n.attributes:
-            axis = 0 if n.attributes[info.weight_axis_attr].as_int() else 1
-        return axis % ndim
+        return info.weight.per_channel_axis(n, const_of(v).ndim)
 
     def _saturation_bounds(self) -> dict[str, Bounds]:
         """Per root, the union of its readers' saturation intervals, where every reader has one."""
@@ -328,7 +333,7 @@ class _Planner:
             return unbounded
         lo, hi = math.inf, -math.inf
         for use in v.uses():
-            node, info = use.node, op_info(use.node.op_type, use.node.domain)
+            node, info = use.node, _info(use.node)
             tied = info.role is Role.PASSTHROUGH and use.idx == PASSTHROUGH_DATA_INPUT and self._name(node) in self.quantized
             if tied and info.commutes_with_clip:
                 continue  # its outputs share the root and are checked themselves
@@ -339,17 +344,17 @@ class _Planner:
         return lo, hi
 
     def _plan_passthrough(self, n: ir.Node) -> None:
-        name, info = self._name(n), op_info(n.op_type, n.domain)
+        name, info = self._name(n), _info(n)
         if info.role is not Role.PASSTHROUGH or name in self.reasons or not n.inputs:
             return
         x = n.inputs[PASSTHROUGH_DATA_INPUT]
-        if x is None or x.name not in self.acts or not _is_float(x):
+        if x is None or value_name(x) not in self.acts or not _is_float(x):
             return
         if any(self._feeds_float_mac(o) for o in n.outputs) and not any(self._wants_quantized(o) for o in n.outputs):
             return  # a float conv/matmul reads it: keep its input float so onnxruntime cannot re-quantize it
         self.quantized[name] = n.op_type
         for o in n.outputs:
-            self.acts[o.name] = self.acts[x.name]
+            self.acts[value_name(o)] = self.acts[value_name(x)]
 
 
 def build_plan(graph: ir.Graph, rules: TargetRules, skip: SkipSpec = SkipSpec(),

@@ -27,25 +27,15 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 from slimq.core.errors import ConfigError, did_you_mean, unknown_choice
+from slimq.core.targets import QAT_TARGETS, TargetRules, target_rules
 
 Variant = Literal["ste", "pact", "lsq"]
 Target = Literal["x86", "tensorrt", "arm"]
 VARIANTS: tuple[str, ...] = ("ste", "pact", "lsq")
 
 
-@dataclass(frozen=True)
-class TargetRules:
-    """How one deployment target stores activations and weights."""
-
-    act_dtype: Literal["uint8", "int8"]
-    unsigned_grid: bool  # non-negative tensors use [0, 2**b - 1]
-
-
-TARGETS: dict[str, TargetRules] = {
-    "x86": TargetRules(act_dtype="uint8", unsigned_grid=True),
-    "tensorrt": TargetRules(act_dtype="int8", unsigned_grid=False),
-    "arm": TargetRules(act_dtype="int8", unsigned_grid=True),
-}
+# The storage rules of each QAT target (activation dtype, unsigned grid), from the one target table.
+TARGETS: dict[str, TargetRules] = {t: target_rules(t) for t in QAT_TARGETS}
 
 
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:

@@ -42,6 +42,9 @@ from slimq.core.errors import (
     ModelLoadError,
     unknown_choice,
 )
+from slimq.core.ops import is_quantize
+from slimq.graph.builder import GraphBuilder
+from slimq.graph.passes.base import RewritePass, rewrite_count
 from slimq.qat.config import TARGETS
 from slimq.qat.fidelity import build_qat_report, float_network, sample_feeds
 from slimq.qat.model import QATModel, as_inputs, unwrap
@@ -181,30 +184,30 @@ def _quantize_constant(x: np.ndarray, scale: np.ndarray, zero: np.ndarray, axis:
     return np.clip(q, lo, hi).astype(zero.dtype)
 
 
+class FoldWeightQuantizationPass(RewritePass):
+    """Replace QuantizeLinear of constant tensors by int8/uint8 initializers; counts them."""
+
+    def rewrite(self, model: ir.Model) -> int:
+        b, folded = GraphBuilder(model.graph), 0
+        for node in [n for n in model.graph if is_quantize(n.op_type, n.domain)]:
+            consts = [get_const_tensor(v) if v is not None else None for v in node.inputs[:3]]
+            if len(consts) < 3 or any(c is None for c in consts):
+                continue  # an activation quantizer
+            x, scale, zero = (c.numpy() for c in consts)
+            axis = node.attributes["axis"].as_int() if "axis" in node.attributes else 1
+            q = _quantize_constant(x, scale, zero, axis if axis >= 0 else axis + x.ndim)
+            b.replace_uses(node.outputs[0], b.initializer(f"{node.inputs[0].name}_quantized", q, typed=True))
+            model.graph.remove(node, safe=True)
+            folded += 1
+        IdentityEliminationPass()(model)  # the TorchScript exporter aliases equal constants
+        LiftConstantsToInitializersPass(size_limit=0)(model)
+        RemoveUnusedNodesPass()(model)
+        return folded
+
+
 def fold_weight_quantization(model: ir.Model) -> int:
     """Replace QuantizeLinear of constant tensors by int8/uint8 initializers; returns the count."""
-    graph = model.graph
-    folded = 0
-    for node in list(graph):
-        if node.op_type != "QuantizeLinear" or node.domain not in ("", "ai.onnx") or len(node.inputs) < 3:
-            continue
-        consts = [get_const_tensor(v) if v is not None else None for v in node.inputs[:3]]
-        if any(c is None for c in consts):
-            continue
-        x, scale, zero = (c.numpy() for c in consts)
-        axis = node.attributes["axis"].as_int() if "axis" in node.attributes else 1
-        q = _quantize_constant(x, scale, zero, axis if axis >= 0 else axis + x.ndim)
-        name = f"{node.inputs[0].name}_quantized"
-        value = ir.Value(name=name, const_value=ir.tensor(q, name=name),
-                         shape=ir.Shape(q.shape), type=ir.TensorType(ir.DataType.from_numpy(q.dtype)))
-        graph.register_initializer(value)
-        node.outputs[0].replace_all_uses_with(value)
-        graph.remove(node, safe=True)
-        folded += 1
-    IdentityEliminationPass()(model)  # the TorchScript exporter aliases equal constants
-    LiftConstantsToInitializersPass(size_limit=0)(model)
-    RemoveUnusedNodesPass()(model)
-    return folded
+    return rewrite_count(FoldWeightQuantizationPass(), model)
 
 
 def _export_onnx(net: nn.Module, qm: QATModel, dest: Path, exporter: str, opset: int,

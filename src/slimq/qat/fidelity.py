@@ -23,6 +23,7 @@ import torch
 from torch import fx, nn
 
 from slimq.core.config import StaticConfig
+from slimq.core.ops import OP_TABLE, is_float_mac, mac_info
 from slimq.qat.config import TARGETS
 from slimq.qat.graph import PrepareReport
 from slimq.qat.model import QATModel
@@ -30,13 +31,12 @@ from slimq.qat.modules import QATConv, QATLinear, bind_input
 from slimq.qat.quantizers import ActQuantizer
 from slimq.report.build import Check, Evidence, build_report
 from slimq.report.schema import FloatOp, Report
-from slimq.runtime import macs as macs_module
 from slimq.runtime.session import optimized_graph
 
 log = logging.getLogger("slimq")
 
 MIN_COSINE = StaticConfig.min_cosine
-MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+MAC_OPS = tuple(i.op_type for i in OP_TABLE.values() if is_float_mac(i.op_type, i.domain))  # Conv, MatMul, ...
 NOT_QUANTIZED = "not quantized in the QAT model (unsupported module or skipped)"
 SKIPPED = "skipped by configuration (QATConfig.skip)"
 QAT_ADVICE = ("Train longer or with a lower learning rate, calibrate before training, or leave the guilty "
@@ -132,7 +132,7 @@ def graph_ops(model: onnx.ModelProto, prep: PrepareReport) -> tuple[dict[str, in
 def ort_int8_nodes(model: onnx.ModelProto) -> set[str]:
     """Names of the nodes onnxruntime's optimized graph runs with integer MAC kernels."""
     return {n.name for n in optimized_graph(model, "extended").graph.node
-            if n.op_type in macs_module.MAC_OPS and macs_module.MAC_OPS[n.op_type][3]}
+            if (mac := mac_info(n.op_type)) is not None and mac.integer}
 
 
 def flag_requantized(floats: list[dict], model: onnx.ModelProto) -> list[str]:

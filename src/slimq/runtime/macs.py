@@ -9,21 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from slimq.core.ops import Mac, MacKind, mac_info
 from slimq.runtime.exposed import ExposedRunner
-
-# op_type -> (role, weight input index, A input index); role "conv", "convT" or "matmul"
-MAC_OPS: dict[str, tuple[str, int, int, bool]] = {
-    # op: (kind, weight/B input, A input, int8?)
-    "Conv": ("conv", 1, 0, False), "FusedConv": ("conv", 1, 0, False), "NhwcFusedConv": ("conv", 1, 0, False),
-    "ConvTranspose": ("convT", 1, 0, False),
-    "QLinearConv": ("conv", 3, 0, True), "ConvInteger": ("conv", 1, 0, True),
-    "QLinearConvTranspose": ("convT", 3, 0, True),
-    "MatMul": ("matmul", 1, 0, False), "FusedMatMul": ("matmul", 1, 0, False), "Gemm": ("matmul", 1, 0, False),
-    "FusedGemm": ("matmul", 1, 0, False),
-    "QLinearMatMul": ("matmul", 3, 0, True), "MatMulInteger": ("matmul", 1, 0, True),
-    "MatMulIntegerToFloat": ("matmul", 1, 0, True), "DynamicQuantizeMatMul": ("matmul", 1, 0, True),
-    "QGemm": ("matmul", 3, 0, True), "MatMulNBits": ("matmul", 1, 0, False),
-}
 
 
 @dataclass
@@ -46,17 +33,16 @@ class MacCount:
                 "float_mac_nodes": self.float_nodes[:50]}
 
 
-def _node_macs(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]]) -> int:
-    kind, w_idx, a_idx, _ = MAC_OPS[node.op_type]
+def _node_macs(node: onnx.NodeProto, mac: Mac, shapes: dict[str, tuple[int, ...]]) -> int:
+    w_idx, a_idx = mac.weight_input, mac.a_input
     if len(node.input) <= w_idx or node.input[w_idx] not in shapes or node.output[0] not in shapes:
         return 0
     w, out = shapes[node.input[w_idx]], shapes[node.output[0]]
-    if kind == "conv":
+    if mac.kind is MacKind.CONV:
         return int(np.prod(out, dtype=np.int64) * np.prod(w[1:], dtype=np.int64))
-    if kind == "convT":
-        a = shapes.get(node.input[a_idx])
-        return int(np.prod(a, dtype=np.int64) * np.prod(w[1:], dtype=np.int64)) if a else 0
     a = shapes.get(node.input[a_idx])
+    if mac.kind is MacKind.CONV_T:
+        return int(np.prod(a, dtype=np.int64) * np.prod(w[1:], dtype=np.int64)) if a else 0
     if not a:
         return 0
     trans_a = any(at.name == "transA" and at.i for at in node.attribute)
@@ -64,14 +50,10 @@ def _node_macs(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]]) -> int:
     return int(np.prod(out, dtype=np.int64) * k)
 
 
-def count_macs(optimized: onnx.ModelProto, feeds: dict[str, np.ndarray], budget_mb: int = 1024,
-               is_int8: Callable[[onnx.NodeProto], bool] | None = None) -> MacCount:
-    """MACs of every conv/matmul-type node, split by whether its kernel is integer.
-
-    Activation shapes come from running the optimized graph once on `feeds`. `is_int8` overrides the
-    kernel table (e.g. to judge Q/DQ placement in an unoptimized graph)."""
+def _shapes(optimized: onnx.ModelProto, nodes: list[onnx.NodeProto], feeds: dict[str, np.ndarray],
+            budget_mb: int) -> dict[str, tuple[int, ...]]:
+    """Shapes of the MAC nodes' inputs and outputs: initializers, feeds, and one run of the graph."""
     shapes = {i.name: tuple(i.dims) for i in optimized.graph.initializer}
-    nodes = [n for n in optimized.graph.node if n.op_type in MAC_OPS]
     wanted = sorted({t for n in nodes for t in (*n.input, n.output[0]) if t and t not in shapes})
     graph_inputs = {i.name for i in optimized.graph.input}
     shapes.update({k: v.shape for k, v in feeds.items()})
@@ -79,15 +61,26 @@ def count_macs(optimized: onnx.ModelProto, feeds: dict[str, np.ndarray], budget_
     if runnable:
         runner = ExposedRunner(optimized, runnable, feeds, budget_mb * 2**20)
         shapes.update({name: arr.shape for name, arr in runner.run(feeds)})
+    return shapes
+
+
+def count_macs(optimized: onnx.ModelProto, feeds: dict[str, np.ndarray], budget_mb: int = 1024,
+               is_int8: Callable[[onnx.NodeProto], bool] | None = None) -> MacCount:
+    """MACs of every conv/matmul-type node, split by whether its kernel is integer (facts: slimq.core.ops).
+
+    Activation shapes come from running the optimized graph once on `feeds`. `is_int8` overrides the
+    kernel facts (e.g. to judge Q/DQ placement in an unoptimized graph)."""
+    macs = [(n, m) for n in optimized.graph.node if (m := mac_info(n.op_type)) is not None]
+    shapes = _shapes(optimized, [n for n, _ in macs], feeds, budget_mb)
     count = MacCount()
-    for n in nodes:
-        macs = _node_macs(n, shapes)
-        count.per_node[n.name or n.output[0]] = macs
-        if (is_int8(n) if is_int8 is not None else MAC_OPS[n.op_type][3]):
-            count.int8_macs += macs
+    for n, mac in macs:
+        k = _node_macs(n, mac, shapes)
+        count.per_node[n.name or n.output[0]] = k
+        if is_int8(n) if is_int8 is not None else mac.integer:
+            count.int8_macs += k
             count.int8_ops[n.op_type] += 1
         else:
-            count.float_macs += macs
+            count.float_macs += k
             count.float_ops[n.op_type] += 1
-            count.float_nodes.append(f"{n.name or n.output[0]} ({n.op_type}, {macs} MACs)")
+            count.float_nodes.append(f"{n.name or n.output[0]} ({n.op_type}, {k} MACs)")
     return count

@@ -14,6 +14,7 @@ import onnx
 import onnxruntime as ort
 
 from slimq.core.errors import ConfigError
+from slimq.core.ops import MacKind, is_dequantize, is_float_mac, op_info
 from slimq.io.model import PROTOBUF_LIMIT
 
 
@@ -34,10 +35,6 @@ def resolve_threads(threads: int | str) -> int:
     return n
 
 
-_ACTIVATION_QUANT_OPS = {"QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QLinearConv",
-                         "QLinearMatMul"}
-
-
 def dequantize_at_load(model: str | os.PathLike | onnx.ModelProto) -> bool:
     """True for weight-only QDQ models whose convolutions read DequantizeLinear'd weights.
 
@@ -47,11 +44,13 @@ def dequantize_at_load(model: str | os.PathLike | onnx.ModelProto) -> bool:
     """
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model), load_external_data=False)
-    ops = {n.op_type for n in model.graph.node}
-    if "DequantizeLinear" not in ops or ops & _ACTIVATION_QUANT_OPS:
+    nodes = [(n, op_info(n.op_type, n.domain)) for n in model.graph.node]
+    dq_out = {n.output[0] for n, _ in nodes if is_dequantize(n.op_type, n.domain)}
+    if not dq_out or any(info.quantizes_activations for _, info in nodes):
         return False
-    dq_out = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
-    return any(n.op_type in ("Conv", "ConvTranspose") and n.input[1] in dq_out for n in model.graph.node)
+    convs = [(n, mac) for n, info in nodes if (mac := info.mac) is not None
+             and is_float_mac(n.op_type, n.domain) and mac.kind in (MacKind.CONV, MacKind.CONV_T)]
+    return any(len(n.input) > mac.weight_input and n.input[mac.weight_input] in dq_out for n, mac in convs)
 
 
 def session_options(threads: int | str = 1, level: str = "all", optimized_path: str | None = None,

@@ -15,7 +15,11 @@ import numpy as np
 import onnx_ir as ir
 
 from slimq.core import qmath
+from slimq.core.ops import MacKind, op_info
+from slimq.graph.names import node_name
+from slimq.graph.passes.base import RewritePass, rewrite_count
 from slimq.graph.plan import BiasEntry, QuantPlan, WeightEntry
+from slimq.graph.values import const_of
 
 
 @dataclass(frozen=True)
@@ -35,17 +39,17 @@ def _attr(node: ir.Node, name: str, default: float | int) -> float | int:
 
 
 def bias_sites(model: ir.Model, plan: QuantPlan) -> list[BiasSite]:
-    """Conv and plain Gemm (alpha = beta = 1, transA = 0) layers with a quantized weight and a bias."""
-    nodes = {(n.name or n.outputs[0].name): n for n in model.graph}
+    """Layers whose op allows bias correction (Conv; Gemm with alpha = beta = 1, transA = 0) with a
+    quantized symmetric weight and a bias."""
+    nodes = {node_name(n): n for n in model.graph}
     weights = {(w.node, w.tensor): w for w in plan.weights}
     sites = []
     for b in plan.biases:
         node, w = nodes.get(b.node), weights.get((b.node, b.weight))
-        if node is None or w is None or not w.symmetric:
+        if node is None or w is None or not w.symmetric or not op_info(node.op_type, node.domain).bias_correction:
             continue
-        plain_gemm = node.op_type == "Gemm" and _attr(node, "transA", 0) == 0 and \
-            _attr(node, "alpha", 1.0) == 1.0 and _attr(node, "beta", 1.0) == 1.0
-        if node.op_type == "Conv" or plain_gemm:
+        plain = _attr(node, "transA", 0) == 0 and _attr(node, "alpha", 1.0) == 1.0 and _attr(node, "beta", 1.0) == 1.0
+        if plain:
             sites.append(BiasSite(b, w, node))
     return sites
 
@@ -59,29 +63,42 @@ def output_shift(w: np.ndarray, entry: WeightEntry, mean_x: np.ndarray, op_type:
                  group: int = 1, trans_b: bool = False) -> np.ndarray:
     """Expected change of each output channel caused by rounding `w`, for inputs with channel means `mean_x`."""
     dw = _rounding_error(w, entry)
-    if op_type == "Gemm":
+    mac = op_info(op_type).mac
+    if mac is not None and mac.kind is MacKind.MATMUL:
         return (dw @ mean_x) if trans_b else (mean_x @ dw)
     per_in = dw.reshape(dw.shape[0], dw.shape[1], -1).sum(axis=2)  # (cout, cin / group)
     cin_g = per_in.shape[1]
     return np.einsum("gok,gk->go", per_in.reshape(group, -1, cin_g), mean_x.reshape(group, cin_g)).reshape(-1)
 
 
-def correct_biases(model: ir.Model, plan: QuantPlan, means: dict[str, np.ndarray]) -> int:
-    """Subtract the weight-rounding shift from each site's bias, in place. Returns the number corrected.
+class CorrectBiasesPass(RewritePass):
+    """Subtract the weight-rounding shift from each site's bias.
 
     `means[t]` is the per-channel mean (axis 1) of activation tensor t over the calibration data.
     A bias shared with another node is left alone.
     """
-    corrected = 0
-    for site in bias_sites(model, plan):
-        x_mean, node = means.get(site.bias.activation), site.node
-        b_val = node.inputs[site.bias.input_index]
-        w = node.inputs[site.weight.input_index].const_value.numpy()
-        if x_mean is None or len(list(b_val.uses())) != 1:
-            continue
-        shift = output_shift(w, site.weight, x_mean.astype(np.float64), node.op_type,
-                             int(_attr(node, "group", 1)), bool(_attr(node, "transB", 0)))
-        b = b_val.const_value.numpy()
-        b_val.const_value = ir.tensor((b.astype(np.float64) - shift).astype(b.dtype), name=b_val.name)
-        corrected += 1
-    return corrected
+
+    def __init__(self, plan: QuantPlan, means: dict[str, np.ndarray]) -> None:
+        super().__init__()
+        self.plan, self.means = plan, means
+
+    def rewrite(self, model: ir.Model) -> int:
+        corrected = 0
+        for site in bias_sites(model, self.plan):
+            x_mean, node = self.means.get(site.bias.activation), site.node
+            b_val = node.inputs[site.bias.input_index]
+            if x_mean is None or b_val is None or len(list(b_val.uses())) != 1:
+                self.not_fired(site.bias.node, "no input mean" if x_mean is None else "bias shared with another node")
+                continue
+            w = const_of(node.inputs[site.weight.input_index])
+            shift = output_shift(w, site.weight, x_mean.astype(np.float64), node.op_type,
+                                 int(_attr(node, "group", 1)), bool(_attr(node, "transB", 0)))
+            b = const_of(b_val)
+            b_val.const_value = ir.tensor((b.astype(np.float64) - shift).astype(b.dtype), name=b_val.name)
+            corrected += 1
+        return corrected
+
+
+def correct_biases(model: ir.Model, plan: QuantPlan, means: dict[str, np.ndarray]) -> int:
+    """Run :class:`CorrectBiasesPass` in place. Returns the number of biases corrected."""
+    return rewrite_count(CorrectBiasesPass(plan, means), model)

@@ -15,7 +15,9 @@ fold or fuse such ops without changing FP32 results:
 * :func:`fuse_hardswish`: ``x * Clip(x + 3, 0, 6) / 6`` (and ``x * HardSigmoid(x)``)
   becomes ``HardSwish(x)``.
 
-Each pass mutates the onnx-ir model in place and returns how many sites it rewrote.
+Each is an onnx-ir in-place pass (:class:`FoldConvAffinePass`, :class:`FoldInputAffinePass`,
+:class:`FuseHardSwishPass`) whose result counts the sites it rewrote; the functions of the same
+names run one and return that count.
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from slimq.graph.passes.common import add_initializer, const_array
+from slimq.graph.builder import GraphBuilder
+from slimq.graph.names import node_name
+from slimq.graph.passes.base import RewritePass, rewrite_count
+from slimq.graph.passes.common import const_array, const_of
 
 _ONNX = ("", "ai.onnx")
 
@@ -34,14 +39,16 @@ def _scalar(v: ir.Value | None) -> float | None:
     return float(c.reshape(())) if c is not None and c.size == 1 else None
 
 
-def _sole_use(v: ir.Value) -> ir.Node | None:
+def _sole_use(v: ir.Value | None) -> ir.Node | None:
+    if v is None:
+        return None
     uses = list(v.uses())
     if len(uses) != 1 or v.is_graph_output():
         return None
     return uses[0].node
 
 
-def _other_input(node: ir.Node, v: ir.Value) -> ir.Value | None:
+def _other_input(node: ir.Node, v: ir.Value | None) -> ir.Value | None:
     others = [x for x in node.inputs if x is not v]
     return others[0] if len(others) == 1 else None
 
@@ -76,35 +83,45 @@ def _affine_check(conv: ir.Node) -> tuple[ir.Node, np.ndarray] | str:
     return nxt, vec
 
 
-def _fold_into(graph: ir.Graph, conv: ir.Node, op: ir.Node, vec: np.ndarray) -> None:
-    w = const_array(conv.inputs[1]).astype(np.float64)
-    b = const_array(conv.inputs[2]) if len(conv.inputs) > 2 else None
-    b = np.zeros(w.shape[0]) if b is None else b.astype(np.float64)
+def _fold_into(b: GraphBuilder, conv: ir.Node, op: ir.Node, vec: np.ndarray) -> None:
+    w0 = const_of(conv.inputs[1])
+    w = w0.astype(np.float64)
+    bias = const_array(conv.inputs[2]) if len(conv.inputs) > 2 else None
+    bias = np.zeros(w.shape[0]) if bias is None else bias.astype(np.float64)
     if op.op_type == "Mul":
         w = w * vec.reshape(-1, *[1] * (w.ndim - 1))
-        b = b * vec
+        bias = bias * vec
     else:
-        b = b + vec
-    base = conv.name or conv.outputs[0].name
-    dtype = const_array(conv.inputs[1]).dtype
-    conv.replace_input_with(1, add_initializer(graph, f"{base}.weight_affine", w.astype(dtype)))
+        bias = bias + vec
+    base, dtype = node_name(conv), w0.dtype
+    conv.replace_input_with(1, b.initializer(f"{base}.weight_affine", w.astype(dtype)))
     if len(conv.inputs) < 3:
         conv.resize_inputs(3)
-    conv.replace_input_with(2, add_initializer(graph, f"{base}.bias_affine", b.astype(dtype)))
-    op.outputs[0].replace_all_uses_with(conv.outputs[0], replace_graph_outputs=True)
-    graph.remove(op, safe=True)
+    conv.replace_input_with(2, b.initializer(f"{base}.bias_affine", bias.astype(dtype)))
+    b.replace_uses(op.outputs[0], conv.outputs[0])
+    b.graph.remove(op, safe=True)
+
+
+class FoldConvAffinePass(RewritePass):
+    """Fold constant per-channel Mul/Add chains that directly follow a Conv into it."""
+
+    def rewrite(self, model: ir.Model) -> int:
+        b, folds = GraphBuilder(model.graph), 0
+        for conv in [n for n in model.graph if n.op_type == "Conv" and n.domain in _ONNX]:
+            before = folds
+            while not isinstance(found := _affine_check(conv), str):
+                _fold_into(b, conv, *found)
+                folds += 1
+            if folds == before:
+                self.not_fired(node_name(conv), found)
+        if folds:
+            RemoveUnusedNodesPass()(model)
+        return folds
 
 
 def fold_conv_affine(model: ir.Model) -> int:
-    """Fold constant per-channel Mul/Add chains that directly follow a Conv into it (in place)."""
-    graph, folds = model.graph, 0
-    for conv in [n for n in graph if n.op_type == "Conv" and n.domain in _ONNX]:
-        while not isinstance(found := _affine_check(conv), str):
-            _fold_into(graph, conv, *found)
-            folds += 1
-    if folds:
-        RemoveUnusedNodesPass()(model)
-    return folds
+    """Fold constant per-channel Mul/Add chains that directly follow a Conv into it (in place); returns the folds."""
+    return rewrite_count(FoldConvAffinePass(), model)
 
 
 def _unpadded(conv: ir.Node) -> bool:
@@ -113,20 +130,24 @@ def _unpadded(conv: ir.Node) -> bool:
     return not any(pads) and auto in ("NOTSET", "VALID")
 
 
-def _const_operand_op(x: ir.Value, op_type: str, reader: ir.Node, cin: int) -> tuple[ir.Node, ir.Value, np.ndarray] | None:
+def _const_operand_op(x: ir.Value | None, op_type: str, reader: ir.Node,
+                      cin: int) -> tuple[ir.Node, ir.Value, np.ndarray] | None:
     """(node, data input, channel vector) when `x` = node(data, constant) is read only by `reader`."""
     node = _producer(x, op_type)
     if node is None or _sole_use(x) is not reader or len(node.inputs) != 2:
         return None
     data = next((v for v in node.inputs if const_array(v) is None), None)
-    c = const_array(_other_input(node, data)) if data is not None else None
+    if data is None:
+        return None
+    c = const_array(_other_input(node, data))
     vec = _channel_vector(c, cin, 4) if c is not None and c.ndim <= 4 else None
     return (node, data, vec) if vec is not None else None
 
 
-def _input_affine(conv: ir.Node, cin: int) -> tuple[ir.Value, np.ndarray, np.ndarray, list[ir.Node]] | None:
+def _input_affine(conv: ir.Node, cin: int) -> tuple[ir.Value | None, np.ndarray, np.ndarray, list[ir.Node]] | None:
     """(h, a, beta, nodes) when the Conv's input is ``h * a + beta`` (Mul or Add alone too)."""
-    h, a, beta, dead, reader = conv.inputs[0], np.ones(cin), np.zeros(cin), [], conv
+    h, a, beta, reader = conv.inputs[0], np.ones(cin), np.zeros(cin), conv
+    dead: list[ir.Node] = []
     if (add := _const_operand_op(h, "Add", reader, cin)) is not None:
         reader, h, beta = add[0], add[1], add[2]
         dead.append(reader)
@@ -136,40 +157,58 @@ def _input_affine(conv: ir.Node, cin: int) -> tuple[ir.Value, np.ndarray, np.nda
     return (h, a, beta, dead) if dead else None
 
 
-def _fold_input_into(graph: ir.Graph, conv: ir.Node, h: ir.Value, a: np.ndarray, beta: np.ndarray) -> None:
-    w = const_array(conv.inputs[1]).astype(np.float64)
+def _fold_input_into(b: GraphBuilder, conv: ir.Node, h: ir.Value | None, a: np.ndarray, beta: np.ndarray) -> None:
+    w0 = const_of(conv.inputs[1])
+    w = w0.astype(np.float64)
     group = conv.attributes["group"].as_int() if "group" in conv.attributes else 1
     cin_g, cout_g = w.shape[1], w.shape[0] // group
     # input channel of weight [o, j] is (o // cout_g) * cin_g + j
     chan = (np.arange(w.shape[0])[:, None] // cout_g) * cin_g + np.arange(cin_g)[None, :]
     shape = (*chan.shape, *[1] * (w.ndim - 2))
-    b = const_array(conv.inputs[2]) if len(conv.inputs) > 2 else None
-    b = np.zeros(w.shape[0]) if b is None else b.astype(np.float64)
-    b = b + (w * beta[chan].reshape(shape)).reshape(w.shape[0], -1).sum(axis=1)
+    bias = const_array(conv.inputs[2]) if len(conv.inputs) > 2 else None
+    bias = np.zeros(w.shape[0]) if bias is None else bias.astype(np.float64)
+    bias = bias + (w * beta[chan].reshape(shape)).reshape(w.shape[0], -1).sum(axis=1)
     w = w * a[chan].reshape(shape)
-    base, dtype = conv.name or conv.outputs[0].name, const_array(conv.inputs[1]).dtype
+    base, dtype = node_name(conv), w0.dtype
     conv.replace_input_with(0, h)
-    conv.replace_input_with(1, add_initializer(graph, f"{base}.weight_inaffine", w.astype(dtype)))
+    conv.replace_input_with(1, b.initializer(f"{base}.weight_inaffine", w.astype(dtype)))
     if len(conv.inputs) < 3:
         conv.resize_inputs(3)
-    conv.replace_input_with(2, add_initializer(graph, f"{base}.bias_inaffine", b.astype(dtype)))
+    conv.replace_input_with(2, b.initializer(f"{base}.bias_inaffine", bias.astype(dtype)))
+
+
+def _input_affine_check(conv: ir.Node) -> tuple[ir.Value | None, np.ndarray, np.ndarray, list[ir.Node]] | str:
+    """The affine step in front of `conv` to fold, or why nothing fires."""
+    w = const_array(conv.inputs[1]) if len(conv.inputs) > 1 else None
+    if w is None:
+        return "weight is not a constant"
+    if not _unpadded(conv):
+        return "padded Conv (padded zeros would become the Add constant)"
+    group = conv.attributes["group"].as_int() if "group" in conv.attributes else 1
+    site = _input_affine(conv, w.shape[1] * group)
+    return site if site is not None else "input is not a per-channel constant Mul/Add read only by this Conv"
+
+
+class FoldInputAffinePass(RewritePass):
+    """Fold constant per-channel Mul/Add in front of unpadded Convs into them."""
+
+    def rewrite(self, model: ir.Model) -> int:
+        b, folds = GraphBuilder(model.graph), 0
+        for conv in [n for n in model.graph if n.op_type == "Conv" and n.domain in _ONNX]:
+            site = _input_affine_check(conv)
+            if isinstance(site, str):
+                self.not_fired(node_name(conv), site)
+                continue
+            h, a, beta, dead = site
+            _fold_input_into(b, conv, h, a, beta)
+            model.graph.remove(dead, safe=True)
+            folds += len(dead)
+        return folds
 
 
 def fold_input_affine(model: ir.Model) -> int:
-    """Fold constant per-channel Mul/Add in front of unpadded Convs into them (in place)."""
-    graph, folds = model.graph, 0
-    for conv in [n for n in graph if n.op_type == "Conv" and n.domain in _ONNX]:
-        w = const_array(conv.inputs[1]) if len(conv.inputs) > 1 else None
-        if w is None or not _unpadded(conv):
-            continue
-        group = conv.attributes["group"].as_int() if "group" in conv.attributes else 1
-        if (site := _input_affine(conv, w.shape[1] * group)) is None:
-            continue
-        h, a, beta, dead = site
-        _fold_input_into(graph, conv, h, a, beta)
-        graph.remove(dead, safe=True)
-        folds += len(dead)
-    return folds
+    """Fold constant per-channel Mul/Add in front of unpadded Convs into them (in place); returns the ops folded."""
+    return rewrite_count(FoldInputAffinePass(), model)
 
 
 def _producer(v: ir.Value | None, op_type: str) -> ir.Node | None:
@@ -194,46 +233,59 @@ def _gate_input(gate: ir.Node) -> ir.Value | None:
     return None
 
 
-def _hardswish_site(mul: ir.Node) -> tuple[ir.Value, ir.Value, list[ir.Node]] | None:
-    """(x, output, nodes to remove) when `mul` is the product of x * gate(x) [/ 6]."""
+def _hardswish_site(mul: ir.Node) -> tuple[ir.Value, ir.Value, list[ir.Node]] | str:
+    """(x, output, nodes to remove) when `mul` is the product of x * gate(x) [/ 6], else why not."""
+    why = "no Clip(x + 3, 0, 6) or HardSigmoid(x, 1/6, 1/2) operand times x"
     for gate_v in mul.inputs:
         gate = _producer(gate_v, "Clip") or _producer(gate_v, "HardSigmoid")
-        x = _gate_input(gate) if gate is not None else None
+        if gate is None:
+            continue
+        x = _gate_input(gate)
         if x is None or _other_input(mul, gate_v) is not x or _sole_use(gate_v) is not mul:
             continue
         if gate.op_type == "HardSigmoid":
             return x, mul.outputs[0], [mul, gate]
         div = _sole_use(mul.outputs[0])
-        add = gate.inputs[0].producer()
-        if div is None or div.op_type != "Div" or _scalar(div.inputs[1]) != 6.0 or _sole_use(add.outputs[0]) is not gate:
+        add = _producer(gate.inputs[0], "Add")  # x + 3, found by _gate_input
+        if (div is None or add is None or div.op_type != "Div" or _scalar(div.inputs[1]) != 6.0
+                or _sole_use(add.outputs[0]) is not gate):
+            why = "x * relu6(x + 3) is not divided by 6 (or an intermediate has other readers)"
             continue
         return x, div.outputs[0], [div, mul, gate, add]
-    return None
+    return why
 
 
-def fuse_hardswish(model: ir.Model) -> int:
-    """Replace decomposed HardSwish patterns by the HardSwish op, in place.
+class FuseHardSwishPass(RewritePass):
+    """Replace decomposed HardSwish patterns by the HardSwish op.
 
     HardSwish needs opset 14. A model at opset 13 is moved to 14 when a site is found: the
     ops that changed from 13 to 14 only gained types or attributes whose defaults keep the
     old behaviour (BatchNormalization differs in training mode only).
     """
-    graph, fused = model.graph, 0
-    opset = model.opset_imports.get("", 0)
-    if opset < 13:
-        return 0
-    for mul in [n for n in graph if n.op_type == "Mul" and n.domain in _ONNX]:
-        if mul.graph is None or (site := _hardswish_site(mul)) is None:
-            continue
-        x, out, dead = site
-        hs = ir.node("HardSwish", [x], name=f"{mul.name or out.name}_hardswish")
-        graph.insert_before(dead[-1], hs)
-        out.replace_all_uses_with(hs.outputs[0], replace_graph_outputs=True)
-        name = out.name
-        out.name = f"{name}_unfused"
-        hs.outputs[0].name = name
-        graph.remove(dead, safe=True)
-        fused += 1
-    if fused and opset == 13:
-        model.opset_imports[""] = 14
-    return fused
+
+    def rewrite(self, model: ir.Model) -> int:
+        graph, fused = model.graph, 0
+        opset = model.opset_imports.get("", 0)
+        if opset < 13:
+            return 0
+        b = GraphBuilder(graph)
+        for mul in [n for n in graph if n.op_type == "Mul" and n.domain in _ONNX]:
+            if mul.graph is None:
+                continue
+            if isinstance(site := _hardswish_site(mul), str):
+                self.not_fired(node_name(mul), site)
+                continue
+            x, out, dead = site
+            name = b.fresh(f"{mul.name or out.name}_hardswish")
+            hs = b.node("HardSwish", [x], base=name, outputs=[f"{out.name}_hardswish"], name=name, before=dead[-1])
+            b.replace_uses(out, hs.outputs[0], rename="unfused", take_name=True)
+            graph.remove(dead, safe=True)
+            fused += 1
+        if fused and opset == 13:
+            model.opset_imports[""] = 14
+        return fused
+
+
+def fuse_hardswish(model: ir.Model) -> int:
+    """Replace decomposed HardSwish patterns by the HardSwish op, in place; returns the fusions."""
+    return rewrite_count(FuseHardSwishPass(), model)

@@ -21,50 +21,64 @@ from onnx_ir.passes.common import (
 )
 
 from slimq.core.errors import ModelLoadError
-from slimq.graph.passes.common import add_initializer, const_array
-from slimq.graph.passes.fusions import fold_conv_affine, fuse_hardswish
+from slimq.graph.builder import GraphBuilder
+from slimq.graph.names import node_name
+from slimq.graph.passes.base import RewritePass
+from slimq.graph.passes.common import const_array
+from slimq.graph.passes.fusions import FoldConvAffinePass, FuseHardSwishPass
 from slimq.io.model import PROTOBUF_LIMIT, upgrade_opset
 
 
-def _fold_one_bn(graph: ir.Graph, bn: ir.Node) -> str | None:
+def _fold_one_bn(b: GraphBuilder, bn: ir.Node) -> str | None:
     """Fold `bn` into the Conv feeding it. Returns None on success, else why it did not fire."""
-    conv = bn.inputs[0].producer() if bn.inputs[0] is not None else None
-    if conv is None or conv.op_type != "Conv" or conv.domain not in ("", "ai.onnx"):
+    x = bn.inputs[0]
+    conv = x.producer() if x is not None else None
+    if x is None or conv is None or conv.op_type != "Conv" or conv.domain not in ("", "ai.onnx"):
         return "input is not produced by a Conv"
-    if len(bn.inputs[0].uses()) != 1 or bn.inputs[0].is_graph_output():
+    if len(x.uses()) != 1 or x.is_graph_output():
         return "Conv output has other consumers"
     if len([o for o in bn.outputs if o.uses() or o.is_graph_output()]) > 1:
         return "BatchNormalization in training mode"
-    params = [const_array(v) for v in bn.inputs[1:5]]
+    params = [p for p in (const_array(v) for v in bn.inputs[1:5]) if p is not None]
     w = const_array(conv.inputs[1])
-    if w is None or any(p is None for p in params):
+    if w is None or len(params) != 4:
         return "weights or BN statistics are not constants"
     scale, beta, mean, var = (p.astype(np.float64) for p in params)
     eps = bn.attributes["epsilon"].as_float() if "epsilon" in bn.attributes else 1e-5
     k = scale / np.sqrt(var + eps)
-    b = const_array(conv.inputs[2]) if len(conv.inputs) > 2 else None
-    b = np.zeros_like(mean) if b is None else b.astype(np.float64)
+    bias = const_array(conv.inputs[2]) if len(conv.inputs) > 2 else None
+    bias = np.zeros_like(mean) if bias is None else bias.astype(np.float64)
     w_new = (w.astype(np.float64) * k.reshape(-1, *([1] * (w.ndim - 1)))).astype(w.dtype)
-    b_new = ((b - mean) * k + beta).astype(w.dtype)
-    base = conv.name or conv.outputs[0].name
-    conv.replace_input_with(1, add_initializer(graph, f"{base}.weight_bnfold", w_new))
+    b_new = ((bias - mean) * k + beta).astype(w.dtype)
+    base = node_name(conv)
+    conv.replace_input_with(1, b.initializer(f"{base}.weight_bnfold", w_new))
     if len(conv.inputs) < 3:
         conv.resize_inputs(3)
-    conv.replace_input_with(2, add_initializer(graph, f"{base}.bias_bnfold", b_new))
-    bn.outputs[0].replace_all_uses_with(conv.outputs[0], replace_graph_outputs=True)
-    graph.remove(bn, safe=True)
+    conv.replace_input_with(2, b.initializer(f"{base}.bias_bnfold", b_new))
+    b.replace_uses(bn.outputs[0], conv.outputs[0])
+    b.graph.remove(bn, safe=True)
     return None
+
+
+class FoldBatchNormPass(RewritePass):
+    """Fold every Conv -> BatchNormalization pair into the Conv."""
+
+    def rewrite(self, model: ir.Model) -> int:
+        b, folded = GraphBuilder(model.graph), 0
+        for node in [n for n in model.graph if n.op_type == "BatchNormalization" and n.domain in ("", "ai.onnx")]:
+            why = _fold_one_bn(b, node)
+            if why is None:
+                folded += 1
+            else:
+                self.not_fired(node_name(node), why)
+        if folded:
+            RemoveUnusedNodesPass()(model)
+        return folded
 
 
 def fold_batchnorm(model: ir.Model) -> bool:
     """Fold every Conv -> BatchNormalization pair in place. Returns True if the model changed."""
-    changed = False
-    for node in list(model.graph):
-        if node.op_type == "BatchNormalization" and node.domain in ("", "ai.onnx"):
-            changed |= _fold_one_bn(model.graph, node) is None
-    if changed:
-        RemoveUnusedNodesPass()(model)
-    return changed
+    return FoldBatchNormPass()(model).modified
 
 
 def ort_constant_fold(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -93,18 +107,26 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
 
 
+def ir_passes() -> ir.passes.PassManager:
+    """The exact onnx-ir rewrites of :func:`preprocess`, in order."""
+    return ir.passes.PassManager([
+        LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=0),
+        FoldBatchNormPass(),
+        FoldConvAffinePass(),
+        FuseHardSwishPass(),
+        RemoveUnusedOpsetsPass(),
+    ], early_stop=False)  # one step; early_stop would only log that nothing changed
+
+
 def preprocess(model: onnx.ModelProto) -> onnx.ModelProto:
     """Opset upgrade to >= 13, constant folding, BatchNorm and affine folding, HardSwish fusion, shapes.
 
     Every step is exact in FP32; they remove elementwise ops that would otherwise become
-    requantization points or float islands in the INT8 model.
+    requantization points or float islands in the INT8 model. The onnx-ir steps run as one
+    pass manager (:func:`ir_passes`).
     """
     model = upgrade_opset(model)
     model = ort_constant_fold(model)
     irm = ir.from_proto(model)
-    LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=0)(irm)
-    fold_batchnorm(irm)
-    fold_conv_affine(irm)
-    fuse_hardswish(irm)
-    RemoveUnusedOpsetsPass()(irm)
+    ir_passes()(irm)
     return infer_shapes(ir.to_proto(irm))
