@@ -11,15 +11,13 @@ import onnx
 import onnxruntime as ort
 
 from slimq.core.config import DynamicConfig
+from slimq.core.ops import FLOAT_BY_DESIGN, WeightOnly, op_info
 from slimq.dynamic.check import Demotion
 from slimq.dynamic.graph import Choice, Decision, WeightCache, weight_bytes
 from slimq.report.agreement import Stats
 from slimq.report.build import Check, Evidence, build_report
 from slimq.report.schema import FloatOp, Report
 
-FLOAT_BY_DESIGN = {"LayerNormalization": "normalisation stays float for accuracy",
-                   "Softmax": "kept float for accuracy (attention probabilities)",
-                   "Erf": "GELU stays float", "Gelu": "GELU stays float", "Tanh": "activation stays float"}
 NBITS_NOTE = ("onnxruntime runs DequantizeLinear -> MatMul as MatMulNBits, which by default "
               "(session config session.qdq_matmulnbits_accuracy_level=4) quantizes activations to int8 per block: "
               "faster, slightly less exact; set it to 1 for float compute. The fidelity check measured the default.")
@@ -43,6 +41,10 @@ class Findings:
     models_checked: int
 
 
+def _weight_only(op_type: str) -> WeightOnly:
+    return op_info(op_type).weight_only or WeightOnly()
+
+
 def node_name_proto(n: onnx.NodeProto) -> str:
     return n.name or n.output[0]
 
@@ -60,7 +62,7 @@ def _notes(weights: dict[str, dict], found: Findings, quantized_ops: dict[str, i
     notes = [f"{op} weights: {r['tensors']} tensors, {r['fp32_bytes'] / 1e6:.2f} MB -> "
              f"{r['quantized_bytes'] / 1e6:.2f} MB ({r['ratio']:.3f}x)" for op, r in weights.items()]
     extra: dict[str, Any] = {}
-    convs = [d for d in found.decisions if d.candidate.op_type in ("Conv", "ConvTranspose")]
+    convs = [d for d in found.decisions if _weight_only(d.candidate.op_type).float_with_dynamic_activation]
     if config.mode == "dynamic-activation" and convs:
         extra["conv_note"] = CONV_REASON
     if any(d.choice is Choice.WEIGHT_ONLY for d in convs):

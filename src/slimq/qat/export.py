@@ -286,6 +286,6 @@ def convert(qmodel: nn.Module, path: str | Path, target: str | None = None, *,
     onnx.checker.check_model(proto, full_check=True)
     report = build_qat_report(qm, proto, fp32, sample_feeds(batch, names[0]), target, samples is not None,
                               extra={"exporter": exporter, "opset": opset})
-    n_q = sum(1 for n in proto.graph.node if n.op_type == "QuantizeLinear")
+    n_q = sum(1 for n in proto.graph.node if is_quantize(n.op_type, n.domain))
     return publish(proto, report, out, strict=strict, source=fp32,
                    artifacts={"target": target, "exporter": exporter, "int8_weights": folded, "quantize_nodes": n_q})

@@ -23,7 +23,7 @@ import torch
 from torch import fx, nn
 
 from slimq.core.config import StaticConfig
-from slimq.core.ops import OP_TABLE, is_float_mac, mac_info
+from slimq.core.ops import OP_TABLE, is_dequantize, is_float_mac, is_quantize, mac_info
 from slimq.qat.config import TARGETS
 from slimq.qat.graph import PrepareReport
 from slimq.qat.model import QATModel
@@ -109,12 +109,12 @@ def _module_of(node: onnx.NodeProto, modules: dict[str, str]) -> str | None:
 def graph_ops(model: onnx.ModelProto, prep: PrepareReport) -> tuple[dict[str, int], list[dict]]:
     """Quantized op counts (data input from DequantizeLinear) and float ops with reasons:
     MAC nodes without Q/DQ inputs, then prepare's other float ops."""
-    from_dq = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    from_dq = {o for n in model.graph.node if is_dequantize(n.op_type, n.domain) for o in n.output}
     modules = float_modules(prep)
     quantized: Counter = Counter()
     floats: list[dict] = []
     for n in model.graph.node:
-        if n.op_type in ("QuantizeLinear", "DequantizeLinear") or not n.input:
+        if is_quantize(n.op_type, n.domain) or is_dequantize(n.op_type, n.domain) or not n.input:
             continue
         is_mac = n.op_type in MAC_OPS
         if all(i in from_dq for i in n.input[: 2 if is_mac else 1]):

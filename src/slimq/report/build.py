@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from slimq.core.ops import is_dequantize
 from slimq.report.agreement import CLASS_SCORES, Stats, measure_agreement
 from slimq.report.schema import AgreementRow, FloatOp, MacShare, Report
 from slimq.runtime.backends import BackendError, openvino_available, openvino_mac_count
@@ -72,7 +73,7 @@ def _share(count: MacCount, runtime: str, note: str = "") -> MacShare:
 
 
 def _placement_int8(model: onnx.ModelProto):
-    dq_out = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    dq_out = {o for n in model.graph.node if is_dequantize(n.op_type, n.domain) for o in n.output}
 
     def is_int8(node: onnx.NodeProto) -> bool:
         data = [i for i in node.input[:2] if i]
