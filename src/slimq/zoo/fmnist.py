@@ -13,8 +13,9 @@ import warnings
 from pathlib import Path
 
 import onnx
+import onnx_ir as ir
 import torch
-from onnx import numpy_helper
+from onnx_ir.passes.common import IdentityEliminationPass, LiftConstantsToInitializersPass
 from torch import nn
 
 from slimq.core.errors import unknown_choice
@@ -151,7 +152,7 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> Path:
                 do_constant_folding=True,
             )
         proto = onnx.load(tmp)
-        constants_to_initializers(proto.graph)
+        proto = constants_to_initializers(proto)
         onnx.checker.check_model(proto)
         onnx.save(proto, tmp)
         os.chmod(tmp, 0o644)
@@ -162,25 +163,13 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> Path:
     return path
 
 
-def constants_to_initializers(graph: onnx.GraphProto) -> None:
-    """Turn top-level Constant nodes, and Identity nodes of initializers, into initializers.
+def constants_to_initializers(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Top-level Constant nodes, and Identity nodes of initializers, become initializers.
 
-    The TorchScript exporter emits Clip bounds as Constant nodes and deduplicates equal
-    weights through Identity nodes; both become plain initializers here, in place.
+    The TorchScript exporter emits Clip bounds as Constant nodes and deduplicates equal weights
+    through Identity nodes; onnx-ir's passes lift and remove them.
     """
-    inits = {t.name: t for t in graph.initializer}
-    outputs = {o.name for o in graph.output}
-    keep = []
-    for node in graph.node:
-        value = [a for a in node.attribute if a.name == "value"]
-        if node.op_type == "Constant" and len(node.attribute) == 1 and value:
-            array = numpy_helper.to_array(value[0].t)
-        elif node.op_type == "Identity" and node.input[0] in inits and node.output[0] not in outputs:
-            array = numpy_helper.to_array(inits[node.input[0]])
-        else:
-            keep.append(node)
-            continue
-        inits[node.output[0]] = numpy_helper.from_array(array, node.output[0])
-        graph.initializer.append(inits[node.output[0]])
-    del graph.node[:]
-    graph.node.extend(keep)
+    model = ir.from_proto(proto)
+    IdentityEliminationPass()(model)
+    LiftConstantsToInitializersPass(size_limit=0)(model)
+    return ir.to_proto(model)
