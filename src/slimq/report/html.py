@@ -68,13 +68,25 @@ def _f(x: Any, pattern: str = "{:.4f}", none: str = "—") -> str:
     return "∞" if math.isinf(v) else pattern.format(v)
 
 
+def _cos(x: Any) -> str:
+    """A cosine with enough digits to tell it from 1 (0.999994 is not 1.0000)."""
+    v = num(x)
+    return _f(v, "{:.6f}" if v is not None and 0.9999 <= v < 1.0 else "{:.4f}")
+
+
+def _ms(x: Any) -> str:
+    return _f(x, "{:.3g}")
+
+
 def _mb(n: int | None) -> str:
     return "—" if n is None else f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
 
 def _card(label: str, value: str, sub: str = "", cls: str = "") -> str:
     sub_html = f'<div class="sub">{escape(sub)}</div>' if sub else ""
-    return f'<div class="card {cls}"><div class="label">{escape(label)}</div><div class="value">{escape(value)}</div>{sub_html}</div>'
+    size = " long" if len(value) > 12 else ""
+    return (f'<div class="card {cls}"><div class="label">{escape(label)}</div>'
+            f'<div class="value{size}">{escape(value)}</div>{sub_html}</div>')
 
 
 def _names(names: Sequence[str], summary: str) -> str:
@@ -101,12 +113,12 @@ def _warnings(r: Report) -> str:
 def _cards(r: Report, search: Mapping[str, Any]) -> str:
     m, s = r.macs, r.sizes
     share = f"{m.int8_share * 100:.1f} %" if m.measured else "no MACs found"
-    size = f"{_mb(s.fp32_bytes)} → {_mb(s.quantized_bytes)}" if s.fp32_bytes else _mb(s.quantized_bytes)
+    size_from = f"from {_mb(s.fp32_bytes)} FP32" if s.fp32_bytes else ""
+    size_from += "" if s.ratio is None else f" ({s.ratio:.3f}×)"
     cards = [_card("Method", METHODS.get(r.method, r.method)),
              _card("INT8 share of MACs", share, f"measured by {m.runtime}"),
-             _card("Size", size, "" if s.ratio is None else f"{s.ratio:.3f}× of FP32"),
-             _card("Worst output cosine", _f(r.worst_cosine), f"on {r.agreement_samples} {r.agreement_inputs}",
-                   "" if r.ok else "bad")]
+             _card("Size", _mb(s.quantized_bytes), size_from),
+             _card("Worst output cosine", _cos(r.worst_cosine), f"on {r.agreement_samples} {r.agreement_inputs}")]
     if search:
         met = bool(search.get("met"))
         cards.append(_card("Accuracy search", "budget met" if met else "budget NOT met",
@@ -115,7 +127,7 @@ def _cards(r: Report, search: Mapping[str, Any]) -> str:
 
 
 def _agreement(r: Report) -> str:
-    rows = [[f"<code>{escape(a.output)}</code>", escape(a.kind.replace("_", " ")), _f(a.cosine), _f(a.sqnr_db, "{:.1f} dB"),
+    rows = [[f"<code>{escape(a.output)}</code>", escape(a.kind.replace("_", " ")), _cos(a.cosine), _f(a.sqnr_db, "{:.1f} dB"),
              _f(a.top1_agreement, "{:.1%}") if a.kind == "class_scores" else "n/a (not class scores)"]
             for a in r.agreement]
     zero = [a.output for a in r.agreement if a.reference_is_zero]
@@ -148,7 +160,7 @@ def _float_ops(r: Report) -> str:
         kinds = " · ".join(f"{escape(t)} ×{n}" for t, n in Counter(f.op_type for f in ops).most_common())
         names = [f.node + (f" ({f.module})" if f.module else "") for f in ops]
         rows.append([f"<b>{len(ops)}</b>", kinds, escape(reason), _names(names, "node names")])
-    body = _table(["nodes", "op types", "why it stays float", ""], rows, numeric=(0,)) if rows else _absent(
+    body = _table(["count", "op types", "why it stays float", "nodes"], rows, numeric=(0,)) if rows else _absent(
         "No op on the data path was reported as left in float.")
     return _section("float-ops", f"Ops left in float ({len(r.float_ops)})", body,
                     "Grouped by reason; open a group for its node names.")
@@ -188,7 +200,7 @@ def _tensor_errors(raw: Any) -> str:
                         "fails" if i in worst else "plain") for i, (e, v) in enumerate(zip(rows, values))]
     chart = svg.series_chart(points, "tensor (graph order)", "SQNR (dB)")
     worst_rows = [[str(i), f"<code>{escape(str(rows[i].get('tensor', '?')))}</code>",
-                   escape(str(rows[i].get("producer", ""))), _f(v, "{:.1f} dB"), _f(rows[i].get("cosine"))]
+                   escape(str(rows[i].get("producer", ""))), _f(v, "{:.1f} dB"), _cos(rows[i].get("cosine"))]
                   for v, i in finite[:WORST_TENSORS]]
     table = _table(["#", "tensor", "producer", "SQNR", "cosine"], worst_rows, numeric=(0, 3, 4))
     lead = ("FP32 vs quantized for every tensor both graphs share, in graph order (hover a point for its "
@@ -198,7 +210,7 @@ def _tensor_errors(raw: Any) -> str:
 
 def _tensor_title(e: Mapping[str, Any], v: float | None) -> str:
     sqnr = "identical to FP32" if v is None or math.isinf(v) else f"SQNR {v:.1f} dB"
-    return f"{e.get('tensor', '?')} ({e.get('producer', '?')}): {sqnr}, cosine {_f(e.get('cosine'))}"
+    return f"{e.get('tensor', '?')} ({e.get('producer', '?')}): {sqnr}, cosine {_cos(e.get('cosine'))}"
 
 
 def _histogram(h: Mapping[str, Any]) -> str:
@@ -249,10 +261,11 @@ def _search_line(search: Mapping[str, Any], chosen: Mapping[str, Any]) -> str:
     head = (f"Budget <b>{escape(str(search.get('budget', '?')))}</b>: <b>{met}</b> after "
             f"{escape(str(search.get('candidates', '?')))} candidates in {_f(search.get('seconds'), '{:.0f}')} s.")
     lat, fp32 = num(chosen.get("latency_ms")), num(search.get("fp32_latency_ms"))
-    speed = f", {fp32 / lat:.2f}× faster than FP32 ({fp32:.2f} ms)" if lat and fp32 else ""
+    speed = "" if not (lat and fp32) else (f", {fp32 / lat:.2f}× faster than FP32 ({_ms(fp32)} ms)" if fp32 >= lat
+                                           else f", {lat / fp32:.2f}× slower than FP32 ({_ms(fp32)} ms)")
     pick = (f" Chosen: step {escape(str(chosen.get('step', '?')))}, <b>{escape(str(chosen.get('change', '')))}</b> "
             f"({escape(str(chosen.get('setting', '')))}), {_f(chosen.get('int8_share'), '{:.1%}')} of MACs int8, "
-            f"{_f(lat, '{:.2f} ms')}{speed}.") if chosen else ""
+            f"{_ms(lat)} ms{speed}.") if chosen else ""
     floats = [str(f) for f in search.get("float_layers", ()) or ()]
     names = _names(floats, f"{len(floats)} layer(s) kept float") if floats else ""
     return f"<p>{head}{pick}</p>{names}"
@@ -278,7 +291,7 @@ def _tradeoff_chart(trace: list[Mapping[str, Any]], chosen: Mapping[str, Any], s
 
 def _trial_title(t: Mapping[str, Any], key: str) -> str:
     return (f"step {t.get('step')} ({t.get('phase')}): {t.get('change')}; {key} {_f(t.get(key))}, "
-            f"cosine {_f(t.get('cosine'))}, {_f(t.get('latency_ms'), '{:.2f}')} ms, "
+            f"cosine {_cos(t.get('cosine'))}, {_ms(t.get('latency_ms'))} ms, "
             f"int8 {_f(t.get('int8_share'), '{:.1%}')}")
 
 
@@ -289,9 +302,9 @@ def _trace_table(trace: list[Mapping[str, Any]], chosen: Mapping[str, Any]) -> s
     for t in trace:
         floats = [str(f) for f in t.get("floats", ()) or ()]
         rows.append([escape(str(t.get("step", ""))), escape(str(t.get("phase", ""))), escape(str(t.get("change", ""))),
-                     escape(str(t.get("setting", ""))), str(len(floats)), _f(t.get("cosine")),
+                     escape(str(t.get("setting", ""))), str(len(floats)), _cos(t.get("cosine")),
                      _f(t.get("agreement"), "{:.1%}"), _f(t.get("metric_drop"), "{:.4g}"), _f(t.get("deficit"), "{:.3f}"),
-                     "✔" if t.get("meets") else "✘", _f(t.get("latency_ms"), "{:.2f}"),
+                     "✔" if t.get("meets") else "✘", _ms(t.get("latency_ms")),
                      _f(t.get("int8_share"), "{:.1%}"), _f(t.get("seconds"), "{:.1f}")])
         classes.append("chosen" if chosen and t.get("step") == chosen.get("step") else
                        "probe" if t.get("phase") == "sensitivity" else "")

@@ -38,7 +38,8 @@ p { margin:6px 0; }
 .cards { display:grid; grid-template-columns:repeat(auto-fit, minmax(200px, 1fr)); gap:12px; margin:4px 0 12px; }
 .card { border:1px solid var(--line); border-radius:8px; padding:10px 14px; background:#fcfcfd; }
 .card .label { color:var(--muted); font-size:12px; text-transform:uppercase; letter-spacing:.04em; }
-.card .value { font-size:21px; font-weight:600; }
+.card .value { font-size:20px; font-weight:600; }
+.card .value.long { font-size:16px; padding-top:4px; }
 .card .sub { color:var(--muted); font-size:12px; overflow-wrap:anywhere; }
 .card.bad { border-color:var(--red); } .card.bad .value { color:var(--red); }
 .card.good .value { color:var(--green); }
@@ -51,7 +52,7 @@ td code { overflow-wrap:anywhere; }
 tr.chosen td { background:#fff7ed; font-weight:600; }
 tr.probe td { color:var(--muted); }
 code { font-family:ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size:12px; }
-details summary { cursor:pointer; color:var(--blue); }
+details summary { cursor:pointer; color:var(--blue); white-space:nowrap; }
 ul.names { columns:3 260px; margin:6px 0; padding-left:18px; font-size:12px; }
 ul.notes li { margin:3px 0; }
 .scroll { max-height:520px; overflow:auto; border:1px solid var(--line); border-radius:6px; }

@@ -243,6 +243,20 @@ def _dot(x: float, y: float, style: str) -> str:
     return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="{colour}" fill-opacity="0.8" stroke="#fff"/>'
 
 
+def _tags(tags: Sequence[tuple[float, float, str]], cell: float = 10.0) -> list[str]:
+    """Point labels; points that land on (nearly) the same pixel share one label ("3, 5, 7")."""
+    groups: dict[tuple[int, int], list[tuple[float, float, str]]] = {}
+    for x, y, tag in tags:
+        groups.setdefault((round(x / cell), round(y / cell)), []).append((x, y, tag))
+    out = []
+    for members in groups.values():
+        x, y, _ = members[0]
+        names = [t for _, _, t in members]
+        label = ", ".join(names) if len(names) <= 4 else f"{', '.join(names[:3])} +{len(names) - 3}"
+        out.append(text(x + 9, y - 7, label, "start", 10, MUTED))
+    return out
+
+
 def scatter_chart(points: Sequence[Point], xlabel: str, ylabel: str, vlines: Sequence[Marker] = (),
                   hlines: Sequence[Marker] = (), width: float = 1100) -> str:
     """Candidates as dots (meets: green, fails: grey, chosen: orange ring), with reference lines."""
@@ -256,9 +270,8 @@ def scatter_chart(points: Sequence[Point], xlabel: str, ylabel: str, vlines: Seq
         y = ys(m.at)
         out += [line(f.x0, y, f.x1, y, m.colour, 1.5, m.dashed), text(f.x0 + 6, y - 5, m.label, "start", 10, m.colour)]
     out += vmarkers(f, xs, vlines)
-    ordered = sorted(points, key=lambda p: p.style == "chosen")
-    out += [f"<g><title>{escape(p.title)}</title>{_dot(xs(p.x), ys(p.y), p.style)}"
-            f"{text(xs(p.x) + 8, ys(p.y) - 7, p.tag, 'start', 10, MUTED) if p.tag else ''}</g>"
-            for p in ordered if p.y is not None]
+    shown = sorted((p for p in points if p.y is not None), key=lambda p: p.style == "chosen")
+    out += [f"<g><title>{escape(p.title)}</title>{_dot(xs(p.x), ys(p.y), p.style)}</g>" for p in shown]
+    out += _tags([(xs(p.x), ys(p.y), p.tag) for p in shown if p.tag and p.y is not None])
     out += legend(f, [(GREEN, "meets the budget"), (GREY, "does not"), (ORANGE, "chosen")])
     return svg(f, f"{ylabel} vs {xlabel}", out)
