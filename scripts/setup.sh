@@ -7,12 +7,13 @@ cd "$(dirname "$0")/.."
 need_apt=()
 [ -d /usr/share/datasets/fashion-mnist ] || need_apt+=(dataset-fashion-mnist)
 fc-list 2>/dev/null | grep -qiE 'noto.*cjk|wqy' || need_apt+=(fonts-noto-cjk fonts-wqy-microhei)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)  # headless screenshots of the HTML report (tests, docs)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "== installing ${need_apt[*]} (Debian packages)"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
   else
-    echo "== note: install ${need_apt[*]} (apt-get, as root) for Fashion-MNIST data and CJK fonts" >&2
+    echo "== note: install ${need_apt[*]} (apt-get, as root) for Fashion-MNIST data, CJK fonts and headless Chromium" >&2
   fi
 fi
 

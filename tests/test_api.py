@@ -85,7 +85,7 @@ def test_external_data_files_follow_the_umask_too(tmp_path):
     finally:
         os.umask(old)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
-    assert modes == {"m.onnx": 0o640, "m.onnx.data": 0o640, "m.onnx.report.json": 0o640}
+    assert modes == {"m.onnx": 0o640, "m.onnx.data": 0o640, "m.onnx.report.json": 0o640, "m.onnx.report.html": 0o640}
 
 
 def test_output_location_is_checked_before_any_work(tmp_path):

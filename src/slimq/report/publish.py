@@ -1,9 +1,10 @@
 """The one finish step every method ends with, and the one result type.
 
 `check_output` runs before any work (a bad output location fails in a second, not after calibration
-or training). `publish` refuses in strict mode, then stages the model (and its external data) and
-``<output>.report.json`` together and renames them into place atomically with signals deferred: a
-model on disk always has its report, and nothing partial is ever left at the output path.
+or training). `publish` refuses in strict mode, then stages the model (and its external data),
+``<output>.report.json`` and ``<output>.report.html`` together and renames them into place atomically
+with signals deferred: a model on disk always has its report, and nothing partial is ever left at the
+output path.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import onnx
 from slimq.core.errors import FidelityError
 from slimq.io.atomic import Stage
 from slimq.io.model import check_output_path, model_size_bytes, report_path, stage_model, staged_size
+from slimq.report.html import render_html
 from slimq.report.schema import Report, Sizes
 
 ModelSource = str | os.PathLike | onnx.ModelProto
@@ -92,5 +94,7 @@ def publish(model: onnx.ModelProto, report: Report, out: Path | None, *, strict:
         report = report.with_sizes(Sizes(fp32_bytes, sum(stage.path(n).stat().st_size for n in names)))
         rep = report_path(out).name
         stage.path(rep).write_text(report.to_json(), encoding="utf-8")
-        stage.commit([n for n in names if n != out.name] + [rep, out.name])
+        page = rep.removesuffix(".json") + ".html"
+        stage.path(page).write_text(render_html(report), encoding="utf-8")
+        stage.commit([n for n in names if n != out.name] + [rep, page, out.name])
     return QuantResult(model, report, out, dict(artifacts or {}))
