@@ -121,7 +121,8 @@ def test_static_search_page_shows_the_trade_off_and_the_trace(runs):
     report = runs["static"].report
     search = report.details["search"]
     _, page = _page_of(runs["static"])
-    assert page.count("svg") == 1  # the trade-off scatter (met at once: no sensitivity was needed)
+    # SQNR along the network + the worst tensors' histograms + the trade-off scatter (met at once: no sensitivity)
+    assert page.count("svg") == 2 + len(report.details["histograms"])
     assert "budget met" in page.all_text and search["budget"] in page.all_text
     assert "no layer was probed" in page.all_text
     chosen_rows = [a for t, a in page.tags if t == "tr" and a.get("class") == "chosen"]
@@ -130,7 +131,7 @@ def test_static_search_page_shows_the_trade_off_and_the_trace(runs):
     trace_rows = [a for t, a in page.tags if t == "tr"]
     assert len(trace_rows) >= len(search["trace"]) + 1  # header + one row per candidate (+ agreement table)
     assert any(t.startswith(f"step {search['chosen']['step']} ") for t in page.titles)
-    assert "Not recorded" in page.all_text  # no per-tensor errors / histograms in this report
+    assert report.details["tensor_errors"][0]["tensor"] in page.all_text
 
 
 def test_unmet_budget_page_has_prominent_warning_and_sensitivity_chart(runs):
@@ -140,9 +141,10 @@ def test_unmet_budget_page_has_prominent_warning_and_sensitivity_chart(runs):
     html, page = _page_of(runs["unmet"])
     assert html.index('class="warnings"') < html.index('id="summary"')  # warnings come first
     assert "budget NOT met" in page.all_text
-    assert page.count("svg") == 2  # sensitivity bars + trade-off scatter
+    # sensitivity bars + trade-off scatter + SQNR line + histograms
+    assert page.count("svg") == 3 + len(report.details["histograms"])
     for entry in search["sensitivity"]:
-        assert any(t.startswith(entry["node"] + ":") for t in page.titles)
+        assert any(t.startswith(entry["unit"] + ":") for t in page.titles)
     timed = [t for t in search["trace"] if t["latency_ms"] is not None]
     dots = [t for t in page.titles if t.startswith("step ")]
     assert len(dots) == len(timed)

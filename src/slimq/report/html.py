@@ -176,7 +176,7 @@ def _sensitivity(search: Mapping[str, Any], method: str) -> str:
     title = "Sensitivity: recovery from keeping one layer float"
     if not search:
         return _section("sensitivity", title, _absent(_no_search(method)))
-    items = [(str(e.get("node", "?")), v) for e in records(search.get("sensitivity"))
+    items = [(str(e.get("unit", e.get("node", "?"))), v) for e in records(search.get("sensitivity"))
              if (v := num(e.get("recovery"))) is not None and math.isfinite(v)]
     if not items:
         return _section("sensitivity", title, _absent(

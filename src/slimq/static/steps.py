@@ -53,11 +53,11 @@ def resolve_reduce_range(cfg: StaticConfig) -> bool:
     return cfg.target in ("x86", "openvino") and not cpu_info().vnni
 
 
-def plan_static(graph: ir.Graph, cfg: StaticConfig) -> QuantPlan:
-    """Which tensors get which quantization (no data needed)."""
+def plan_static(graph: ir.Graph, cfg: StaticConfig, allow_empty: bool = False) -> QuantPlan:
+    """Which tensors get which quantization (no data needed); `allow_empty` for search candidates."""
     rules = target_rules(cfg.target, resolve_reduce_range(cfg), cfg.per_channel)
     plan = build_plan(graph, rules, cfg.skip, cfg.op_types)
-    if not plan.quantized_nodes:
+    if not plan.quantized_nodes and not allow_empty:
         raise NothingToQuantizeError("No op in this model can be quantized statically (no Conv/MatMul/Gemm/... on "
                                      "float data). Nothing was written.")
     return plan
