@@ -101,3 +101,26 @@ def test_max_drop_with_a_callable_metric(calib):
     res = slimq.quantize(model, cfg, calib, metric=Metric("agree", agreement_pct))
     search = res.report.details["search"]
     assert search["met"] and search["chosen"]["metric"] == 100.0 and search["chosen"]["metric_drop"] == 0.0
+
+
+def test_sensitivity_command_ranks_the_culprit_and_the_search_reuses_it(tmp_path, calib, monkeypatch, caplog):
+    from slimq.static import sensitivity
+
+    monkeypatch.setattr(sensitivity, "CACHE_DIR", tmp_path / "cache")
+    model_path, data = tmp_path / "m.onnx", tmp_path / "c.npy"
+    onnx.save(damaged_conv_net(), model_path)
+    np.save(data, calib)
+    argv = ["sensitivity", str(model_path), "--calib", str(data), "--per-tensor", "--min-cosine", "0.999",
+            "--json", str(tmp_path / "s.json")]
+    assert main(argv) == 0
+    units = json.loads((tmp_path / "s.json").read_text())["units"]
+    assert "c2" in units[0]["nodes"] and units[0]["recovery"] > 0 and units[0]["damage"] > 0
+    recovery = {u["unit"]: u["recovery"] for u in units}
+    assert recovery["node:c2"] < 0  # floating c2 alone makes it worse: its output range is the damage
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+    cfg = slimq.StaticConfig(per_channel=False, budget=Budget(min_cosine=0.999, time_budget=120), **QUIET)
+    with caplog.at_level("INFO", logger="slimq"):
+        res = slimq.quantize(damaged_conv_net(), cfg, calib)
+    assert "using the cached sensitivity" in caplog.text
+    assert res.report.details["search"]["met"]
+    assert not any(t["phase"] == "sensitivity" for t in res.report.details["search"]["trace"])

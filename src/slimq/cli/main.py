@@ -12,7 +12,7 @@ from slimq.core.errors import SlimqError
 
 # Modules that define `register(commands, quantize_methods)`; a missing optional one (e.g. QAT without torch) is skipped.
 COMMAND_MODULES = ("slimq.cli.static", "slimq.cli.dynamic", "slimq.cli.inspect", "slimq.cli.bench", "slimq.cli.demo",
-                   "slimq.cli.debug", "slimq.cli.qat")
+                   "slimq.cli.debug", "slimq.cli.sensitivity", "slimq.cli.qat")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from slimq.core.budget import Budget
+from slimq.static.sensitivity import cache_key, load_cached
 from slimq.static.tuner import Candidate, Clock, Setting, Trial, Tuner, best_of
 
 log = logging.getLogger("slimq")
@@ -128,9 +129,20 @@ class Search:
                     return trial
         return state
 
+    def cached_ranking(self, state: Trial) -> dict[str, float] | None:
+        """Recoveries from an earlier `slimq sensitivity` run with the same model, data and budget."""
+        if state.candidate.floats:
+            return None
+        t = self.t
+        cached = load_cached(cache_key(t.fp32, t.samples, t.split, self.budget.describe()))
+        if cached is None or not set(t.units) <= set(cached):
+            return None
+        log.info("slimq: accuracy search: using the cached sensitivity of %d units", len(cached))
+        return {u: cached[u] for u in t.units}
+
     def float_greedily(self, state: Trial) -> Trial:
         candidates = [u for u in self.t.units if u not in state.candidate.floats]
-        ranking = self.rank(state, candidates)
+        ranking = self.cached_ranking(state) or self.rank(state, candidates)
         self.recovery = dict(ranking)
         accepted = 0
         while not state.score.meets and not self.out_of_time():

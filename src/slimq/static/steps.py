@@ -83,7 +83,7 @@ def apply_plan(irm: ir.Model, plan: QuantPlan, calib: Calibration, cfg: StaticCo
     """Bias correction (if on) and Q/DQ insertion; returns the INT8 model and the corrected-layer count."""
     corrected = correct_biases(irm, plan, calib.means) if cfg.bias_correction and calib.means else 0
     if corrected:
-        log.info("slimq: bias correction on %d layers", corrected)
+        log.debug("slimq: bias correction on %d layers", corrected)
     insert_qdq(irm, plan)
     return ir.to_proto(irm), corrected
 

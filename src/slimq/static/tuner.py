@@ -133,6 +133,7 @@ class Tuner:
     def __init__(self, fp32: onnx.ModelProto, cfg: StaticConfig, samples: SampleSet, split: Split, budget: Budget,
                  metric: Metric | None = None, time_latency: bool = True) -> None:
         self.fp32, self.cfg, self.budget = fp32, cfg, budget
+        self.samples, self.split = samples, split
         irm = ir.from_proto(fp32)
         self.plan = plan_static(irm.graph, cfg)
         self.units = quantizable_units(self.plan, irm.graph)
