@@ -17,13 +17,22 @@ def _csv(text: str | None) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip()) if text else ()
 
 
-def _floats(text: str | None) -> tuple[float, ...] | None:
-    if not text:
+def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
+    if text is None:
         return None
     try:
         return tuple(float(t) for t in _csv(text))
     except ValueError:
-        raise ConfigError(f'Expected comma-separated numbers, got "{text}".') from None
+        raise ConfigError(f'{flag} expects comma-separated numbers, got "{text}".') from None
+
+
+def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(t) for t in _csv(text))
+    except ValueError:
+        raise ConfigError(f'{flag} expects comma-separated whole numbers (e.g. 224,224), got "{text}".') from None
 
 
 def register(sub: argparse._SubParsersAction, methods: argparse._SubParsersAction) -> None:
@@ -68,17 +77,18 @@ def _static_config(args: argparse.Namespace, recipe: dict) -> StaticConfig:
     return replace(cfg, **overrides)
 
 
-def _preprocess_spec(args: argparse.Namespace, recipe: dict) -> PreprocessSpec:
+def _preprocess_spec(args: argparse.Namespace, recipe: dict) -> PreprocessSpec | None:
+    """The image preprocessing the user asked for (recipe section, then flags), or None when they asked for
+    none: arrays must then not be given any (slimq.io.samples refuses preprocessing settings for arrays)."""
     from slimq.io.recipe import preprocess_from_dict
 
     d = dict(recipe)
-    size = _floats(args.size)
-    for key, val in {"size": tuple(int(s) for s in size) if size else None, "resize_short": args.resize_short,
-                     "mean": _floats(args.mean), "std": _floats(args.std), "layout": args.layout,
+    for key, val in {"size": _ints(args.size, "--size"), "resize_short": args.resize_short,
+                     "mean": _floats(args.mean, "--mean"), "std": _floats(args.std, "--std"), "layout": args.layout,
                      "color": args.color}.items():
         if val is not None:
             d[key] = val
-    return preprocess_from_dict(d)
+    return preprocess_from_dict(d) if d else None
 
 
 def run_static(args: argparse.Namespace) -> int:

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 from slimq.core.budget import Budget
 from slimq.core.errors import ConfigError, did_you_mean, unknown_choice
+from slimq.core.fields import (
+    check_keys,
+    require_bool,
+    require_choice,
+    require_int,
+    require_number,
+    require_optional_bool,
+    require_str,
+    require_str_tuple,
+)
 from slimq.core.observers import ALGORITHMS, get_algorithm
 from slimq.core.targets import TARGETS, TargetRules, target_rules
 
@@ -19,6 +30,10 @@ class SkipSpec:
     names: tuple[str, ...] = ()
     op_types: tuple[str, ...] = ()
     patterns: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            object.__setattr__(self, f.name, require_str_tuple(f"skip.{f.name}", getattr(self, f.name)))
 
     def validate(self, node_names: Iterable[str], op_types: Iterable[str]) -> None:
         """Every listed name must exist; an unknown one is an error with a suggestion."""
@@ -71,36 +86,32 @@ class StaticConfig:
     budget: Budget | None = None
 
     def __post_init__(self) -> None:
-        get_algorithm(self.algo)
-        if self.target not in TARGETS:
-            raise unknown_choice("target", self.target, TARGETS)
-        if not 0.0 < self.hist_percent <= 1.0:
-            raise ConfigError(f"hist_percent must be in (0, 1], got {self.hist_percent}; the usual value is 0.9999.")
+        get_algorithm(require_str("algo", self.algo))
+        require_choice("target", self.target, TARGETS)
+        require_number("hist_percent", self.hist_percent, 0.0, 1.0, low_open=True)
+        require_int("bins", self.bins, 2)
         for name in ("batch_size", "max_samples", "memory_budget_mb"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        if self.holdout < 0:
-            raise ConfigError(f"holdout must be >= 0, got {self.holdout}.")
+            require_int(name, getattr(self, name), 1)
+        require_int("holdout", self.holdout, 0)
+        require_number("min_cosine", self.min_cosine, 0.0, 1.0, low_open=True)
+        require_optional_bool("reduce_range", self.reduce_range)
+        for name in ("per_channel", "strict", "two_sided_ranges", "bias_correction", "show_progress"):
+            require_bool(name, getattr(self, name))
+        _normalize_selection(self)
+        if isinstance(self.budget, Mapping):  # a recipe's `budget:` mapping
+            object.__setattr__(self, "budget", Budget.from_dict(dict(self.budget)))
+        elif self.budget is not None and not isinstance(self.budget, Budget):
+            raise ConfigError(f"budget must be a mapping (min_cosine, min_agreement, max_drop, metric, ...), got "
+                              f"{type(self.budget).__name__} {self.budget!r:.60}.")
 
     @property
     def algorithm_name(self) -> str:
         return get_algorithm(self.algo).name
 
     @classmethod
-    def from_dict(cls, d: dict) -> "StaticConfig":
-        """Build from a recipe mapping; unknown keys are an error with a suggestion."""
-        valid = {f.name for f in fields(cls)}
-        for k in d:
-            if k not in valid:
-                raise ConfigError(f'Unknown recipe key "{k}".{did_you_mean(k, valid)} Valid keys: {", ".join(sorted(valid))}.')
-        d = dict(d)
-        if isinstance(d.get("skip"), dict):
-            d["skip"] = skip_from_dict(d["skip"])
-        if isinstance(d.get("budget"), dict):
-            d["budget"] = Budget.from_dict(d["budget"])
-        if d.get("op_types") is not None:
-            d["op_types"] = tuple(d["op_types"])
-        return cls(**d)
+    def from_dict(cls, d: Mapping[str, Any]) -> "StaticConfig":
+        """Build from a recipe's `static` mapping; unknown keys are an error with a suggestion."""
+        return cls(**check_keys("static recipe", d, {f.name for f in fields(cls)}))
 
 
 MODES = ("weight-only", "dynamic-activation")
@@ -129,21 +140,24 @@ class DynamicConfig:
     external_data: bool | None = None  # None: only for models over 2 GB
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise unknown_choice("mode", self.mode, MODES)
-        if self.weight_bits not in WEIGHT_BITS:
+        require_choice("mode", self.mode, MODES)
+        if isinstance(self.weight_bits, bool) or self.weight_bits not in WEIGHT_BITS:
             raise unknown_choice("weight bits", str(self.weight_bits), [str(b) for b in WEIGHT_BITS])
-        if self.on_collapse not in ON_COLLAPSE:
-            raise unknown_choice("on_collapse action", self.on_collapse, ON_COLLAPSE)
+        require_choice("on_collapse action", self.on_collapse, ON_COLLAPSE)
+        require_str("granularity", self.granularity)
         block = self.block_size  # validates the granularity
         if self.mode == "dynamic-activation" and (self.weight_bits != 8 or block):
             raise ConfigError("dynamic-activation needs int8 per-channel weights (MatMulInteger has no int4 or "
                               "block-wise scales); use --mode weight-only for int4 or group-wise weights.")
-        if not 0.0 < self.min_cosine <= 1.0:
-            raise ConfigError(f"min_cosine must be in (0, 1], got {self.min_cosine}.")
+        require_number("min_cosine", self.min_cosine, 0.0, 1.0, low_open=True)
+        require_number("min_speedup", self.min_speedup, 0.0, low_open=True)
         for name in ("check_samples", "check_dim", "rank_samples"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
+            require_int(name, getattr(self, name), 1)
+        for name in ("embeddings", "measure_kernels"):
+            require_bool(name, getattr(self, name))
+        for name in ("reduce_range", "external_data"):
+            require_optional_bool(name, getattr(self, name))
+        _normalize_selection(self)
 
     @property
     def block_size(self) -> int | None:
@@ -166,12 +180,22 @@ class DynamicConfig:
         return f"{self.mode}, int{self.weight_bits} {gran} weights"
 
 
-def skip_from_dict(d: dict) -> SkipSpec:
-    valid = {f.name for f in fields(SkipSpec)}
-    for k in d:
-        if k not in valid:
-            raise ConfigError(f'Unknown skip key "{k}".{did_you_mean(k, valid)} Valid keys: {", ".join(sorted(valid))}.')
-    return SkipSpec(**{k: tuple(v) for k, v in d.items()})
+def skip_from_dict(d: Mapping[str, Any]) -> SkipSpec:
+    """A SkipSpec from a recipe's `skip` mapping (names / op_types / patterns, each a list of strings)."""
+    d = check_keys("skip", d, {f.name for f in fields(SkipSpec)})
+    return SkipSpec(**d)
+
+
+def _normalize_selection(cfg: Any) -> None:
+    """Validate and normalise the `op_types` and `skip` fields a config shares (lists become tuples;
+    a `skip` mapping from a recipe becomes a SkipSpec)."""
+    if cfg.op_types is not None:
+        object.__setattr__(cfg, "op_types", require_str_tuple("op_types", cfg.op_types))
+    if isinstance(cfg.skip, Mapping):
+        object.__setattr__(cfg, "skip", skip_from_dict(cfg.skip))
+    elif not isinstance(cfg.skip, SkipSpec):
+        raise ConfigError(f"skip must be a mapping with lists of strings (names, op_types, patterns), e.g. "
+                          f"skip: {{names: [conv1]}}; got {type(cfg.skip).__name__} {cfg.skip!r:.60}.")
 
 
 __all__ = ["ALGORITHMS", "DynamicConfig", "MODES", "SkipSpec", "StaticConfig", "TARGETS", "TargetRules", "target_rules"]

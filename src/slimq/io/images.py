@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from slimq.core.errors import CalibrationDataError, ConfigError
+from slimq.core.fields import require_choice, require_int, require_number, require_number_tuple
 from slimq.io.spec import Feeds, InputSpec
 
 
@@ -26,10 +28,22 @@ class PreprocessSpec:
     color: str = "RGB"
 
     def __post_init__(self) -> None:
-        if self.layout not in ("NCHW", "NHWC"):
-            raise ConfigError(f'layout must be "NCHW" or "NHWC", got "{self.layout}".')
-        if self.color not in ("RGB", "BGR", "GRAY"):
-            raise ConfigError(f'color must be "RGB", "BGR" or "GRAY", got "{self.color}".')
+        require_choice("layout", self.layout, ("NCHW", "NHWC"))
+        require_choice("color", self.color, ("RGB", "BGR", "GRAY"))
+        if self.size is not None:
+            size = self.size
+            if isinstance(size, (str, bytes)) or not isinstance(size, (list, tuple)) or len(size) != 2:
+                raise ConfigError(f"size must be two positive integers H,W (e.g. --size 224,224), got {size!r}.")
+            object.__setattr__(self, "size", tuple(require_int(f"size[{i}]", v, 1) for i, v in enumerate(size)))
+        if self.resize_short is not None:
+            require_int("resize_short", self.resize_short, 1)
+        # one value for every channel, or one per channel (images are decoded as gray or RGB)
+        object.__setattr__(self, "mean", require_number_tuple("mean", self.mean, (1, 3)))
+        std = require_number_tuple("std", self.std, (1, 3))
+        if any(v <= 0 for v in std):
+            raise ConfigError(f"std must be > 0 for every channel (the image is divided by it), got {list(std)}.")
+        object.__setattr__(self, "std", std)
+        require_number("scale", self.scale, 0.0, low_open=True)
 
 
 def _target_hw(spec: PreprocessSpec, inp: InputSpec) -> tuple[int, int, int]:
@@ -44,15 +58,27 @@ def _target_hw(spec: PreprocessSpec, inp: InputSpec) -> tuple[int, int, int]:
     return channels, h, w
 
 
-def load_image(path: Path, spec: PreprocessSpec, channels: int, h: int, w: int) -> np.ndarray:
-    """One image as a (1, C, H, W) or (1, H, W, C) float32 array."""
+def _open_image(path: Path, channels: int):
+    """The decoded image (gray or RGB); unreadable files and decompression bombs are data errors."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        img: Image.Image = Image.open(path)
-        img = img.convert("L" if channels == 1 else "RGB")
-    except (UnidentifiedImageError, OSError) as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img: Image.Image = Image.open(path)
+            return img.convert("L" if channels == 1 else "RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise CalibrationDataError(f"Image {path} is too large to decode safely ({e}). It may be a decompression "
+                                   "bomb; remove it from the folder or downscale it.") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise CalibrationDataError(f"Cannot read image {path}: {e}. Remove it from the folder.") from None
+
+
+def load_image(path: Path, spec: PreprocessSpec, channels: int, h: int, w: int) -> np.ndarray:
+    """One image as a (1, C, H, W) or (1, H, W, C) float32 array."""
+    from PIL import Image
+
+    img = _open_image(path, channels)
     if spec.resize_short:
         r = spec.resize_short / min(img.size)
         img = img.resize((max(w, round(img.width * r)), max(h, round(img.height * r))), Image.Resampling.BILINEAR)

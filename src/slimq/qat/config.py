@@ -168,18 +168,11 @@ def default_recipe_path() -> Path:
 
 def load_recipe(path: str | Path | None = None) -> QATRecipe:
     """Load a :class:`QATRecipe` from YAML (default: the shipped Fashion-MNIST recipe)."""
-    import yaml
+    from slimq.io.recipe import read_yaml_document
 
     path = Path(path) if path is not None else default_recipe_path()
+    data = read_yaml_document(path, "QAT recipe")  # missing, directory, non-UTF-8, bad YAML: ConfigError
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"Cannot read QAT recipe {path}: {exc}.") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"QAT recipe {path} is not valid YAML: {exc}") from exc
-    try:
-        return QATRecipe.from_dict({} if data is None else data)
+        return QATRecipe.from_dict(data)
     except ConfigError as exc:
         raise ConfigError(f"In {path}: {exc}") from exc
