@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from slimq.core.errors import CalibrationDataError, did_you_mean, unknown_choice
+from slimq.core.fields import require_int
 from slimq.io.samples import load_samples, validate_feeds
 from slimq.io.spec import Feeds, InputSpec, static_batch
 from slimq.tasks.base import Evaluator, batch_slices, check_batch_count
@@ -183,7 +184,12 @@ def resolve_inputs(data, inputs: Sequence[InputSpec], batch: int = 1, task: str 
         raise unknown_choice("task", task, TASKS)
     if batch < 1:
         raise CalibrationDataError(f"batch must be >= 1, got {batch}.")
+    if limit is not None:
+        require_int("--limit", limit, 1)
     evaluator = evaluator or task_evaluator(task, model_path, limit)
+    if task == "classification" and evaluator is None and data is None:
+        raise CalibrationDataError("--task classification needs labels: pass --data with an .npz holding the inputs "
+                                   "and a `labels` array (or `fashion-mnist`).")
     if evaluator is not None and data is None:
         return _from_evaluator(evaluator, inputs, batch)
     if isinstance(data, (str, Path)) and str(data) not in BUILTIN_DATA and not Path(data).exists():

@@ -21,6 +21,7 @@ import onnxruntime as ort
 
 from slimq.bench.tables import format_table
 from slimq.core.ops import is_dequantize
+from slimq.io import atomic
 from slimq.io.spec import Feeds
 from slimq.runtime.session import session_options
 
@@ -146,10 +147,5 @@ def profile_markdown(title: str, profiles: dict[str, Profile], top: int = 12) ->
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file atomically."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
+    """Write a text file atomically (slimq.io.atomic: mode from the umask, nothing partial left)."""
+    return atomic.write_text(path, text)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from slimq.core.errors import ConfigError
+from slimq.io.atomic import write_text
 
 
 def entry_label(model: str, backend: str, backends: Sequence[str]) -> str:
@@ -92,10 +92,5 @@ class BenchResult:
 
 def write_json(results: Sequence[BenchResult], path: str | os.PathLike) -> Path:
     """Write one or more results as JSON, atomically."""
-    path = Path(path)
     payload = results[0].to_dict() if len(results) == 1 else {"results": [r.to_dict() for r in results]}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2, default=str)
-    os.replace(tmp, path)
-    return path
+    return write_text(path, json.dumps(payload, indent=2, default=str))

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 from slimq.bench.results import BenchResult
 from slimq.core.errors import ConfigError
+from slimq.io.atomic import Stage
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -131,11 +131,7 @@ def plot_results(results: Sequence[BenchResult], path: str | os.PathLike) -> Pat
         ax.legend(fontsize=8)
         ax.margins(y=0.15)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with Stage(path) as stage:
+        fig.savefig(stage.path(), dpi=110, format="png")
+        stage.commit()
     return path

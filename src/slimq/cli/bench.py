@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from slimq.bench.data import TASKS
 from slimq.core.errors import ConfigError
@@ -39,6 +40,17 @@ def register(sub: argparse._SubParsersAction, methods: argparse._SubParsersActio
     p.set_defaults(func=run_bench)
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """--json/--png are checked before the benchmark runs: never over a model, not a directory, writable."""
+    from slimq.io.model import check_output_path
+
+    for flag, path in (("--json", args.json), ("--png", args.png)):
+        if path is not None:
+            check_output_path(args.models, path, suffix=None, flag=flag, companions=())
+    if args.json is not None and args.png is not None and Path(args.json).resolve() == Path(args.png).resolve():
+        raise ConfigError(f"--json and --png name the same file {args.json}; give two different paths.")
+
+
 def run_bench(args: argparse.Namespace) -> int:
     from slimq.bench.results import TimingConfig
     from slimq.bench.runner import benchmark
@@ -48,6 +60,7 @@ def run_bench(args: argparse.Namespace) -> int:
     threads = _csv(args.threads)
     if not threads:
         raise ConfigError('--threads needs at least one value, e.g. "1,all".')
+    _check_outputs(args)
     names = _csv(args.names) or None
     timing = TimingConfig(args.warmup, args.iters, args.min_time, args.rounds)
     result = benchmark(args.models, args.data, threads, batch=args.batch, task=args.task, timing=timing,

@@ -73,6 +73,14 @@ def deferred_signals() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+_PUBLISHED: list[Path] = []  # every path this process published (the CLI reports them after an interrupt)
+
+
+def published() -> list[Path]:
+    """Paths published by `Stage.commit` in this process so far (oldest first)."""
+    return list(_PUBLISHED)
+
+
 class Stage:
     """A staging folder for one destination; `path(name)` gives where to write, `commit()` publishes.
 
@@ -101,16 +109,18 @@ class Stage:
         names = list(order) if order else sorted(p.name for p in self.dir.iterdir())
         mode = file_mode()
         done = []
+        for name in names:  # refuse before anything is renamed: never publish half of the files
+            if (self.dest.parent / name).is_dir():
+                raise OutputPathError(f"{self.dest.parent / name} is a directory; slimq will not replace it. "
+                                      "Remove it or choose another output path.")
         with deferred_signals():
             for name in names:
                 src = self.dir / name
                 os.chmod(src, mode)
                 final = self.dest.parent / name
-                if final.is_dir():
-                    raise OutputPathError(f"{final} is a directory; slimq will not replace it. Remove it or "
-                                          "choose another output path.")
                 os.replace(src, final)
                 done.append(final)
+                _PUBLISHED.append(final)
         return done
 
     def discard(self) -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
 import onnx.external_data_helper as edh
-from google.protobuf.message import DecodeError
 
 from slimq.core.errors import ModelLoadError, OutputPathError
 from slimq.io.atomic import Stage
@@ -27,37 +27,92 @@ def _check_path(path: Path) -> None:
         raise ModelLoadError(f"{path} is empty (0 bytes). Re-export or re-download the model.")
 
 
+def _external_info(tensor: onnx.TensorProto) -> dict[str, str]:
+    return {e.key: e.value for e in tensor.external_data}
+
+
+def _expected_bytes(tensor: onnx.TensorProto) -> int | None:
+    """Bytes a tensor's data takes by its dims and type (None for types without a fixed size)."""
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        return None
+    count = 1
+    for d in tensor.dims:
+        count *= d
+    return count * itemsize if tensor.data_type not in (onnx.TensorProto.STRING,) else None
+
+
+def _int_field(tensor: onnx.TensorProto, info: dict[str, str], key: str) -> int | None:
+    if key not in info:
+        return None
+    try:
+        value = int(info[key])
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ModelLoadError(f'Tensor "{tensor.name}" declares external-data {key} "{info[key]}", which is not a '
+                             "non-negative integer: the model file is corrupt.")
+    return value
+
+
+def _check_external_tensor(tensor: onnx.TensorProto, base: Path) -> None:
+    """Where the data is (inside the model folder, a regular file) and that it holds what the tensor declares."""
+    info = _external_info(tensor)
+    loc = info.get("location", "")
+    target = (base / loc).resolve()
+    if not loc or base not in target.parents:
+        raise ModelLoadError(
+            f'Tensor "{tensor.name}" points to external data "{loc}" outside the model folder {base}. '
+            "slimq refuses such paths; move the data file next to the model.")
+    if not target.exists():
+        raise ModelLoadError(f'External data file "{loc}" of tensor "{tensor.name}" is missing next to the model.')
+    if not target.is_file():
+        raise ModelLoadError(f'External data "{loc}" of tensor "{tensor.name}" is a directory or special file, '
+                             "not a file of weights.")
+    size = target.stat().st_size
+    offset = _int_field(tensor, info, "offset") or 0
+    length = _int_field(tensor, info, "length")
+    need = length if length is not None else _expected_bytes(tensor)
+    if offset > size:
+        raise ModelLoadError(f'Tensor "{tensor.name}" starts at offset {offset} of external data "{loc}", past the '
+                             f"end of that file ({size} bytes): the data file is truncated or not this model's.")
+    if need is not None and offset + need > size:
+        raise ModelLoadError(f'External data "{loc}" is shorter than tensor "{tensor.name}" declares: it needs '
+                             f"bytes {offset}..{offset + need} but the file has {size} bytes. The data file is "
+                             "truncated or not this model's; copy it again.")
+
+
 def _check_external_locations(model: onnx.ModelProto, base: Path) -> None:
     base = base.resolve()
     for tensor in edh._get_all_tensors(model):
-        if not edh.uses_external_data(tensor):
-            continue
-        loc = next((e.value for e in tensor.external_data if e.key == "location"), "")
-        target = (base / loc).resolve()
-        if base not in target.parents:
-            raise ModelLoadError(
-                f'Tensor "{tensor.name}" points to external data "{loc}" outside the model folder {base}. '
-                "slimq refuses such paths; move the data file next to the model."
-            )
-        if not target.exists():
-            raise ModelLoadError(f'External data file "{loc}" of tensor "{tensor.name}" is missing next to the model.')
+        if edh.uses_external_data(tensor):
+            _check_external_tensor(tensor, base)
+
+
+def _parse(path: Path) -> onnx.ModelProto:
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - protobuf/onnx raise DecodeError, RuntimeWarning, ValueError, ...
+        raise ModelLoadError(
+            f"{path} is not a valid ONNX model ({type(e).__name__}: {str(e)[:200]}). "
+            "The file may be truncated or not ONNX; re-export it or check the download."
+        ) from None
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     """Load and validate an ONNX model (with external data from the model's own folder)."""
     path = Path(path)
     _check_path(path)
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, RuntimeWarning, ValueError, OSError) as e:
-        raise ModelLoadError(
-            f"{path} is not a valid ONNX model ({type(e).__name__}: {e}). "
-            "The file may be truncated or not ONNX; re-export it or check the download."
-        ) from None
+    model = _parse(path)
     if not model.graph.node and not model.graph.output:
         raise ModelLoadError(f"{path} parsed as an empty graph: it is not an ONNX model (or it is corrupt).")
     _check_external_locations(model, path.parent)
-    edh.load_external_data_for_model(model, str(path.parent))
+    try:
+        edh.load_external_data_for_model(model, str(path.parent))
+    except Exception as e:  # noqa: BLE001 - onnx raises ValueError/ValidationError/OSError on bad references
+        raise ModelLoadError(f"Cannot load the external data of {path}: {str(e).splitlines()[0][:300]}. "
+                             "Check the data files next to the model.") from None
     check_opset(model, path)
     return model
 
@@ -70,6 +125,15 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 
 def check_opset(model: onnx.ModelProto, path: Path | str = "model") -> None:
+    if not len(model.opset_import):
+        raise ModelLoadError(
+            f"{path} declares no opset (its opset_import list is missing): every ONNX model has one, so the file "
+            "is truncated or corrupt. Re-export the model or check the download.")
+    if not any(i.domain in ("", "ai.onnx") for i in model.opset_import):
+        raise ModelLoadError(
+            f"{path} declares no default-domain opset (opset_import lists only "
+            f"{', '.join(sorted(i.domain for i in model.opset_import))}): the file is corrupt or not a standard "
+            "ONNX model. Re-export it with an ai.onnx opset of 13 or newer.")
     v = default_opset(model)
     if v < MIN_SUPPORTED_OPSET:
         raise ModelLoadError(
@@ -123,33 +187,64 @@ def report_path(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + ".report.json")
 
 
-def check_output_path(input_path: str | os.PathLike | None, output_path: str | os.PathLike,
-                      suffix: str = ".onnx") -> Path:
-    """Check where a model will be written, before any work: never over an input file (the model or its
-    external data), a writable folder, not a directory, and no directory where the report goes."""
-    out = Path(output_path)
-    if out.suffix.lower() != suffix:
-        raise OutputPathError(f"Output path {out} should end in {suffix}, e.g. {out.with_suffix(suffix)}.")
-    if out.is_dir():
-        raise OutputPathError(f"Output path {out} is a directory; give a file name inside it, "
-                              f"e.g. {out / ('model.int8' + suffix)}.")
-    if not out.parent.exists():
-        raise OutputPathError(f"Output folder {out.parent} does not exist; create it first.")
-    if not out.parent.is_dir():
-        raise OutputPathError(f"Output folder {out.parent} is not a folder (it is a file); choose another -o path.")
-    taken = input_files(input_path)
-    for target in (out, out.with_name(out.name + ".data"), report_path(out)):
+MODEL_COMPANIONS = (".data", ".report.json")  # files written beside a model: <out>.data, <out>.report.json
+InputPaths = str | os.PathLike | Sequence[str | os.PathLike] | None
+
+
+def _inputs(input_paths: InputPaths) -> list[Path]:
+    if input_paths is None:
+        return []
+    if isinstance(input_paths, (str, os.PathLike)):
+        return [Path(input_paths)]
+    return [Path(p) for p in input_paths if p is not None]
+
+
+def _check_not_input(out: Path, inputs: list[Path], companions: Sequence[str], flag: str, suffix: str | None) -> None:
+    models = {p.resolve() for p in inputs if p.is_file()}
+    taken = set().union(*(input_files(p) for p in inputs)) if inputs else set()
+    for target in (out, *(out.with_name(out.name + c) for c in companions)):
         if target.resolve() in taken or (target.exists() and any(_same(target, f) for f in taken)):
-            what = "the input model" if input_path and target.resolve() == Path(input_path).resolve() else \
+            hit = target.resolve() if target.resolve() in taken else next(f for f in taken if _same(target, f))
+            what = "the input model" if hit in models or any(_same(target, m) for m in models) else \
                 "an external-data file of the input model"
-            raise OutputPathError(f"Writing {out} would overwrite {target}, {what}"
-                                  f"; slimq never overwrites its input. Choose another -o path, e.g. "
-                                  f"{_suggest(input_path, out, suffix)}.")
-    if report_path(out).is_dir():
-        raise OutputPathError(f"The report path {report_path(out)} is a directory; remove it or choose "
-                              "another -o path.")
+            raise OutputPathError(f"Writing {flag} {out} would overwrite {target}, {what}; slimq never overwrites "
+                                  f"its input. Choose another {flag} path"
+                                  f"{', e.g. ' + str(_suggest(inputs[0], suffix)) if suffix and inputs else ''}.")
+
+
+def check_output_path(input_path: InputPaths, output_path: str | os.PathLike | None,
+                      suffix: str | None = ".onnx", *, flag: str = "-o",
+                      companions: Sequence[str] = MODEL_COMPANIONS) -> Path:
+    """The one check of where slimq will write, run before any work: a non-empty path (ending in `suffix`
+    when given), never over an input file (a model or its external data; `input_path` may list several),
+    not a directory, in an existing writable folder, and no directory where a companion file goes
+    (a model's report and external data)."""
+    if output_path is None or not str(output_path).strip():
+        example = f"model.int8{suffix}" if suffix else "results"
+        raise OutputPathError(f"The output path ({flag}) is empty; give a file name, e.g. {flag} {example}.")
+    out = Path(output_path)
+    inputs = _inputs(input_path)
+    _check_not_input(out, inputs, companions, flag, suffix)
+    if out.is_dir():
+        raise OutputPathError(f"Output path {out} ({flag}) is a directory; give a file name inside it, "
+                              f"e.g. {out / ('model.int8' + (suffix or '.out'))}.")
+    if suffix and out.suffix.lower() != suffix:
+        raise OutputPathError(f"Output path {out} ({flag}) should end in {suffix}, e.g. {_with_suffix(out, suffix)}.")
+    if not out.parent.exists():
+        raise OutputPathError(f"Output folder {out.parent} ({flag}) does not exist; create it first.")
+    if not out.parent.is_dir():
+        raise OutputPathError(f"Output folder {out.parent} ({flag}) is not a folder (it is a file); choose another "
+                              "path.")
+    for c in companions:
+        if out.with_name(out.name + c).is_dir():
+            raise OutputPathError(f"{out.with_name(out.name + c)} (the {'report' if 'report' in c else 'data'} path "
+                                  f"of {flag} {out}) is a directory; remove it or choose another path.")
     Stage(out).discard()  # writable? (also removes staging folders a killed run left behind)
     return out
+
+
+def _with_suffix(p: Path, suffix: str) -> Path:
+    return p.with_suffix(suffix) if p.name not in ("", ".", "..") else p / ("model" + suffix)
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -159,8 +254,7 @@ def _same(a: Path, b: Path) -> bool:
         return False
 
 
-def _suggest(input_path: str | os.PathLike | None, out: Path, suffix: str) -> Path:
-    src = Path(input_path) if input_path else out
+def _suggest(src: Path, suffix: str) -> Path:
     return src.with_name(src.stem + ".int8" + suffix)
 
 
@@ -174,6 +268,31 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def save_with_external_data(model: onnx.ModelProto, path: Path, data_name: str, threshold: int = 1024) -> bool:
+    """Write `model` to `path` with every initializer of `threshold` bytes or more in ``path.parent/data_name``;
+    returns whether a data file was written. `model` is not modified.
+
+    Paths are resolved against `path` only: onnx's own converter checks the data name against the current
+    directory, so re-running a command inside the output folder failed on the previous run's data file."""
+    model = _copy(model)
+    data_path = path.parent / data_name
+    wrote = False
+    with open(data_path, "wb") as f:
+        for t in edh._get_initializer_tensors(model):
+            if not t.HasField("raw_data") or len(t.raw_data) < threshold:
+                continue
+            raw = t.raw_data
+            edh.set_external_data(t, data_name, f.tell(), len(raw))
+            f.write(raw)
+            t.ClearField("raw_data")
+            t.data_location = onnx.TensorProto.EXTERNAL
+            wrote = True
+    if not wrote:
+        data_path.unlink()
+    path.write_bytes(model.SerializeToString())
+    return wrote
+
+
 def stage_model(model: onnx.ModelProto, stage: Stage, external_data: bool | None = None) -> list[str]:
     """Serialize `model` into `stage` (weights in ``<name>.data`` when asked or over 2 GB); the staged names."""
     name = stage.dest.name
@@ -182,10 +301,8 @@ def stage_model(model: onnx.ModelProto, stage: Stage, external_data: bool | None
         onnx.save_model(model, str(stage.path(name)))
         return [name]
     data_name = name + ".data"
-    model = _copy(model)  # onnx.save_model rewrites tensors to external references in place
-    onnx.save_model(model, str(stage.path(name)), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data_name, size_threshold=1024)
-    return [data_name, name] if stage.path(data_name).exists() else [name]
+    wrote = save_with_external_data(model, stage.path(name), data_name)
+    return [data_name, name] if wrote else [name]
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike, external_data: bool | None = None,
@@ -211,8 +328,7 @@ def staged_size(model: onnx.ModelProto, external_data: bool | None = None) -> in
         return model.ByteSize()
     with tempfile.TemporaryDirectory(prefix="slimq-size-") as tmp:
         path = Path(tmp) / "m.onnx"
-        onnx.save_model(_copy(model), str(path), save_as_external_data=True, location="m.onnx.data",
-                        size_threshold=1024)
+        save_with_external_data(model, path, "m.onnx.data")
         return model_size_bytes(path)
 
 
