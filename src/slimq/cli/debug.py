@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from slimq.core.fields import require_int
 from slimq.graph.passes import preprocess
 from slimq.io.model import load_model
 from slimq.io.samples import load_samples
@@ -22,6 +23,8 @@ def register(sub: argparse._SubParsersAction, methods: argparse._SubParsersActio
 
 
 def _run(args: argparse.Namespace) -> int:
+    require_int("--samples", args.samples, 1)
+    require_int("--worst", args.worst, 1)
     fp32 = preprocess(load_model(args.fp32))
     int8 = load_model(args.int8)
     samples = load_samples(args.data, model_inputs(fp32))

@@ -21,9 +21,9 @@ import onnx
 import onnx.helper as oh
 import onnx.numpy_helper as nh
 
-from slimq.core.ops import op_info
+from slimq.core.errors import CalibrationDataError
 from slimq.dynamic.graph import Choice, Decision, node_name
-from slimq.io.spec import Feeds, model_inputs
+from slimq.io.spec import Feeds, InputSpec, index_ranges, model_inputs
 from slimq.report.agreement import Reference, worst_cosine
 from slimq.runtime.exposed import expose
 from slimq.runtime.session import Predictor, predictor
@@ -31,44 +31,44 @@ from slimq.runtime.session import Predictor, predictor
 log = logging.getLogger("slimq")
 
 
-def index_ranges(model: onnx.ModelProto) -> dict[str, int]:
-    """Integer graph inputs that index a constant Gather table (directly or through Cast/Reshape/...): table rows."""
-    inits = {t.name: t for t in model.graph.initializer}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    out: dict[str, int] = {}
-    for inp in model.graph.input:
-        frontier, seen = [inp.name], set()
-        while frontier:
-            t = frontier.pop()
-            seen.add(t)
-            for n in consumers.get(t, []):
-                info = op_info(n.op_type, n.domain)
-                idx = info.index_input
-                if idx is not None and len(n.input) > idx and n.input[idx] == t and n.input[0] in inits:
-                    rows = inits[n.input[0]].dims[0] if inits[n.input[0]].dims else 0
-                    out[inp.name] = min(out.get(inp.name, rows), rows)
-                elif info.keeps_values and n.input[0] == t:
-                    frontier += [o for o in n.output if o not in seen]
-    return out
+MAX_SYNTH_BYTES = 1 << 30  # all synthesised check inputs together
 
 
-def synthesize_feeds(model: onnx.ModelProto, n: int, seed: int = 0, dim: int = 64) -> list[Feeds]:
+def _synth_shape(spec: InputSpec, dim: int) -> tuple[int, ...]:
+    return tuple(d if isinstance(d, int) and d > 0 else (1 if i == 0 else dim) for i, d in enumerate(spec.shape))
+
+
+def _check_synth_size(specs: list[InputSpec], shapes: dict[str, tuple[int, ...]], n: int, limit: int) -> None:
+    """Refuse to synthesise inputs whose declared dims would take more than `limit` bytes, naming the dim."""
+    sizes = {s.name: int(np.prod(shapes[s.name], dtype=np.float64)) * np.dtype(s.dtype).itemsize for s in specs}
+    total = n * sum(sizes.values())
+    if total <= limit:
+        return
+    big = max(specs, key=lambda s: sizes[s.name])
+    shape = shapes[big.name]
+    axis = int(np.argmax(shape))
+    raise CalibrationDataError(
+        f'Input "{big.name}" declares shape {list(big.shape)} (dim {axis} = {shape[axis]}): {n} synthesised check '
+        f"inputs would take {total / 2**30:.1f} GiB, too large (limit {limit / 2**30:.0f} GiB). Pass --check-data "
+        "with real inputs of the sizes you run.")
+
+
+def synthesize_feeds(model: onnx.ModelProto, n: int, seed: int = 0, dim: int = 64,
+                     max_bytes: int = MAX_SYNTH_BYTES) -> list[Feeds]:
     """`n` check inputs from the model's input spec (dynamic batch -> 1, other dynamic dims -> `dim`)."""
     rng = np.random.default_rng(seed)
-    vocab = index_ranges(model)
+    specs = model_inputs(model)
+    shapes = {s.name: _synth_shape(s, dim) for s in specs}
+    _check_synth_size(specs, shapes, n, max_bytes)
     feeds = []
     for _ in range(n):
         f: Feeds = {}
-        for spec in model_inputs(model):
-            shape = tuple(d if isinstance(d, int) and d > 0 else (1 if i == 0 else dim)
-                          for i, d in enumerate(spec.shape))
+        for spec in specs:
+            shape = shapes[spec.name]
             if np.issubdtype(spec.dtype, np.floating):
                 f[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
-            elif spec.name in vocab:
-                f[spec.name] = rng.integers(0, max(1, vocab[spec.name]), shape).astype(spec.dtype)
+            elif spec.index_rows is not None:
+                f[spec.name] = rng.integers(0, max(1, spec.index_rows), shape).astype(spec.dtype)
             else:  # attention masks and other flags: ones
                 f[spec.name] = np.ones(shape, spec.dtype)
         feeds.append(f)

@@ -64,7 +64,7 @@ from slimq.dynamic.graph import (
 from slimq.dynamic.report import CONV_REASON, Findings, dynamic_report, node_name_proto
 from slimq.graph.passes import preprocess
 from slimq.io.model import default_opset, load_model, upgrade_opset
-from slimq.io.samples import load_samples
+from slimq.io.samples import load_samples, require_variation
 from slimq.io.spec import model_inputs
 from slimq.report.agreement import Reference, worst_cosine
 from slimq.report.publish import QuantResult, check_output, publish
@@ -121,7 +121,9 @@ def _check_feeds(fp32: onnx.ModelProto, check_data, config: DynamicConfig) -> tu
         return synthesize_feeds(fp32, config.check_samples, dim=config.check_dim), "synthesised inputs"
     samples = load_samples(check_data, model_inputs(fp32))
     n = min(len(samples), max(config.check_samples, 1))
-    return [samples.sample(i) for i in range(n)], "check-data inputs"
+    feeds = [samples.sample(i) for i in range(n)]
+    require_variation(feeds, "check-data")  # all-zero inputs would "agree" with cosine 1.0
+    return feeds, "check-data inputs"
 
 
 def weight_only_format(c: Candidate, config: DynamicConfig) -> tuple[WeightFormat, str]:

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from slimq.core.errors import CalibrationDataError, did_you_mean
+from slimq.core.errors import CalibrationDataError, ConfigError, did_you_mean
 from slimq.io.spec import Feeds, InputSpec, static_batch
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
 def validate_feeds(feeds: Mapping[str, np.ndarray], inputs: Sequence[InputSpec], where: str = "") -> Feeds:
     """Check names, rank, static dims, dtype and finiteness; cast compatible dtypes."""
     where = f" ({where})" if where else ""
@@ -42,14 +44,90 @@ def _check_array(a: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
         if isinstance(exp, int) and exp > 0 and got != exp and not (i == 0 and exp == 1):
             raise CalibrationDataError(f'Input "{spec.name}"{where} has shape {a.shape} but the model expects {want}: '
                                        f"dimension {i} is {got}, expected {exp}. Resize or re-layout the data.")
+    if a.dtype.kind not in "biuf":
+        raise CalibrationDataError(f'Input "{spec.name}"{where} has dtype {a.dtype}, which is not numeric; the model '
+                                   f"expects {np.dtype(spec.dtype).name}.")
     if np.issubdtype(spec.dtype, np.floating) != np.issubdtype(a.dtype, np.floating):
         raise CalibrationDataError(f'Input "{spec.name}"{where} has dtype {a.dtype} but the model expects '
                                    f"{np.dtype(spec.dtype).name}. Convert the data (e.g. images to float32 and normalise).")
+    if a.size == 0:
+        raise CalibrationDataError(f'Input "{spec.name}"{where} has shape {a.shape}: a zero-size dimension, so it '
+                                   "holds no elements. Give samples with data in every dimension.")
     a = a.astype(spec.dtype, copy=False)
     if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
         raise CalibrationDataError(f'Input "{spec.name}"{where} contains NaN or Inf values. '
                                    "Clean the data or fix the preprocessing that produced them.")
+    if spec.index_rows is not None and np.issubdtype(a.dtype, np.integer):
+        _check_indices(a, spec, where)
     return a
+
+
+def _check_indices(a: np.ndarray, spec: InputSpec, where: str) -> None:
+    """Ids that index a table of `rows` rows must lie in [-rows, rows) (Gather's valid range)."""
+    rows = spec.index_rows or 0
+    lo, hi = int(a.min()), int(a.max())
+    if lo < -rows or hi >= rows:
+        bad = hi if hi >= rows else lo
+        raise CalibrationDataError(
+            f'Input "{spec.name}"{where} holds index {bad}, outside the embedding table it indexes ({rows} rows: '
+            f"valid ids are 0..{rows - 1}). Check the tokenizer / vocabulary the ids come from.")
+
+
+class VariationWatch:
+    """Streaming check that calibration/check data varies: refused when every float input is flat.
+
+    A tensor is flat when it holds one value everywhere, or (rank >= 3) one value per channel, for the
+    channel on axis 1 (NCHW) or on the last axis (NHWC): blank images become per-channel constants after
+    mean/std normalisation. Activation ranges calibrated from such data are degenerate (all-zero data
+    gives scale 1.0 and a model that outputs zeros), and agreement measured on it means nothing.
+    """
+
+    def __init__(self) -> None:
+        self.lo: dict[str, list[np.ndarray | None]] = {}
+        self.hi: dict[str, list[np.ndarray | None]] = {}
+
+    @staticmethod
+    def _reduce(a: np.ndarray, fn) -> list[np.ndarray | None]:
+        if a.ndim < 3:
+            return [np.asarray(fn(a)).reshape(1)]
+        return [fn(a, axis=tuple(i for i in range(a.ndim) if i != axis)) for axis in (1, a.ndim - 1)]
+
+    def update(self, feeds: Mapping[str, np.ndarray]) -> None:
+        for k, v in feeds.items():
+            if not np.issubdtype(v.dtype, np.floating) or not v.size:
+                continue
+            lo, hi = self._reduce(v, np.min), self._reduce(v, np.max)
+            if k not in self.lo:
+                self.lo[k], self.hi[k] = lo, hi
+                continue
+            for i, (a, b) in enumerate(zip(lo, hi)):
+                old_lo, old_hi = self.lo[k][i], self.hi[k][i]
+                same = old_lo is not None and old_hi is not None and old_lo.shape == a.shape
+                self.lo[k][i] = np.minimum(old_lo, a) if same else None  # a changing channel count: not tracked
+                self.hi[k][i] = np.maximum(old_hi, b) if same else None
+
+    def _flat(self, k: str) -> bool:
+        return any(lo is not None and hi is not None and bool((lo == hi).all())
+                   for lo, hi in zip(self.lo[k], self.hi[k]))
+
+    def check(self, what: str, count: int) -> None:
+        """Raise CalibrationDataError when every float input seen was flat over all `count` batches/samples."""
+        if not self.lo or not all(self._flat(k) for k in self.lo):
+            return
+        values = "; ".join(f'"{k}" = {", ".join(f"{x:g}" for x in np.unique(self.lo[k][0])[:4])}' for k in self.lo)
+        raise CalibrationDataError(
+            f"Every {what} sample is constant ({count} batch(es); {values} everywhere, or per channel): there is "
+            "no variation to calibrate or check against. Check the data (blank or black images, all-zero arrays, "
+            "wrong preprocessing) and pass real samples.")
+
+
+def require_variation(feeds: Iterable[Mapping[str, np.ndarray]], what: str) -> None:
+    """Refuse `feeds` when every float input is flat (see VariationWatch)."""
+    watch, n = VariationWatch(), 0
+    for f in feeds:
+        watch.update(f)
+        n += 1
+    watch.check(what, n)
 
 
 class SampleSet:
@@ -93,6 +171,10 @@ def _stack(samples: list[Feeds]) -> Feeds:
 def _split_samples(arrays: Mapping[str, np.ndarray], inputs: Sequence[InputSpec], source: str) -> list[Callable[[], Feeds]]:
     """Per-sample loaders for arrays whose first axis indexes samples (a missing batch axis is added)."""
     ranks = {s.name: len(s.shape) for s in inputs}
+    for k, v in arrays.items():
+        if np.ndim(v) == 0:
+            raise CalibrationDataError(f'Array "{k}" in {source} is a scalar (shape ()), but the model expects rank '
+                                       f"{ranks.get(k, '?')} samples: save an array whose first axis indexes samples.")
     arrays = {k: (v[None] if k in ranks and v.ndim == ranks[k] - 1 else v) for k, v in arrays.items()}
     counts = {v.shape[0] if v.ndim else 1 for v in arrays.values()}
     if len(counts) != 1:
@@ -112,8 +194,10 @@ def _load_npfile(path: Path, inputs: Sequence[InputSpec]) -> dict[str, np.ndarra
             with np.load(path, allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}
         a = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise CalibrationDataError(f"Cannot read {path}: {e}. Save arrays with numpy.save / numpy.savez.") from None
+    except Exception as e:  # noqa: BLE001 - numpy/zipfile/zlib raise many types for a corrupt or foreign file
+        why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise CalibrationDataError(f"Cannot read {path}: {why}. Save arrays with numpy.save / numpy.savez "
+                                   "(object/pickled arrays are refused).") from None
     if len(inputs) != 1:
         raise CalibrationDataError(f"{path} is a single array but the model has {len(inputs)} inputs; "
                                    f"use an .npz with keys {', '.join(s.name for s in inputs)}.")
@@ -124,11 +208,19 @@ def _npfile_loaders(path: Path, inputs: Sequence[InputSpec]) -> list[Callable[[]
     return _split_samples(_load_npfile(path, inputs), inputs, str(path))
 
 
+def _no_preprocess(preprocess: object, source: str) -> None:
+    if preprocess is not None:
+        raise ConfigError(f"Image preprocessing settings (--size, --resize-short, --mean, --std, --layout, --color or "
+                          f"a recipe `preprocess:` section) apply to image folders only, but {source} holds arrays, "
+                          "which are fed as they are. Drop those settings, or preprocess the arrays yourself.")
+
+
 def _folder_loaders(folder: Path, inputs: Sequence[InputSpec], preprocess) -> list[Callable[[], Feeds]]:
     files = sorted(p for p in folder.iterdir() if p.is_file())
     arrays = [p for p in files if p.suffix in (".npy", ".npz")]
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     if arrays:
+        _no_preprocess(preprocess, str(folder))
         return [ld for p in arrays for ld in _npfile_loaders(p, inputs)]
     if images:
         from slimq.io.images import PreprocessSpec, image_loaders
@@ -145,11 +237,13 @@ def load_samples(data, inputs: Sequence[InputSpec], preprocess=None) -> SampleSe
         path = Path(data)
         if not path.exists():
             raise CalibrationDataError(f"Calibration data not found: {path}. Pass a folder of images or .npy/.npz files.")
-        loaders = (_folder_loaders(path, inputs, preprocess) if path.is_dir()
-                   else _npfile_loaders(path, inputs) if path.suffix in (".npy", ".npz") else None)
-        if loaders is None:
+        if path.is_dir():
+            return SampleSet(_folder_loaders(path, inputs, preprocess), inputs, str(path))
+        if path.suffix not in (".npy", ".npz"):
             raise CalibrationDataError(f"{path}: unsupported data file; use .npy, .npz or a folder of images.")
-        return SampleSet(loaders, inputs, str(path))
+        _no_preprocess(preprocess, str(path))
+        return SampleSet(_npfile_loaders(path, inputs), inputs, str(path))
+    _no_preprocess(preprocess, "in-memory data")
     if isinstance(data, np.ndarray):
         if len(inputs) != 1:
             raise CalibrationDataError(f"An array was given but the model has {len(inputs)} inputs; pass a dict.")

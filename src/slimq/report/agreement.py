@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from slimq.core.errors import CalibrationDataError
+from slimq.core.errors import CalibrationDataError, ConfigError
 from slimq.runtime.exposed import ExposedRunner
 from slimq.runtime.session import predictor
 
@@ -168,6 +168,10 @@ def tensor_errors(fp32: onnx.ModelProto, test: onnx.ModelProto, feeds: Sequence[
     producers = _producers(fp32)
     test_tensors = _producers(test)
     shared = [t for t in producers if t in test_tensors]
+    if not shared:
+        raise ConfigError("The two models have no shared tensor names, so they cannot be compared tensor by tensor: "
+                          "the second model is not a quantized version of the first (unrelated models?). Pass the "
+                          "FP32 model and the INT8 model slimq made from it.")
     stats = {t: Stats(t) for t in shared}
     ref_run = ExposedRunner(fp32, shared, feeds[0], budget_mb * 2**20)
     test_run = ExposedRunner(test, shared, feeds[0], budget_mb * 2**20)

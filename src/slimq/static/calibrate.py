@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from slimq.core.errors import CalibrationDataError
 from slimq.core.observers import Algorithm, ObserverSettings, TensorObserver, compute_range, make_observer
+from slimq.io.samples import VariationWatch
 from slimq.runtime.exposed import ExposedRunner
 
 Feeds = dict[str, np.ndarray]
@@ -54,39 +55,18 @@ class Calibration:
     observers: dict[str, TensorObserver] = field(default_factory=dict)  # kept on request (searches)
 
 
-class _InputWatch:
-    """Tracks whether every float graph input was constant over all calibration samples."""
-
-    def __init__(self) -> None:
-        self.lo: dict[str, float] = {}
-        self.hi: dict[str, float] = {}
-
-    def update(self, feeds: Feeds) -> None:
-        for k, v in feeds.items():
-            if np.issubdtype(v.dtype, np.floating) and v.size:
-                self.lo[k] = min(self.lo.get(k, np.inf), float(v.min()))
-                self.hi[k] = max(self.hi.get(k, -np.inf), float(v.max()))
-
-    def check(self, batches: int) -> None:
-        if self.lo and all(self.lo[k] == self.hi[k] for k in self.lo):
-            values = ", ".join(f'"{k}" = {self.lo[k]:g}' for k in self.lo)
-            raise CalibrationDataError(
-                f"Every calibration sample is constant ({values} everywhere, {batches} batch(es)): activation "
-                "ranges cannot be calibrated from it. Check the data (blank images, zero arrays, wrong "
-                "preprocessing) and pass real samples.")
-
-
 def calibrate(model: onnx.ModelProto, tensors: Sequence[str], batches: Callable[[], Iterable[Feeds]],
               algo: Algorithm, settings: ObserverSettings, budget_mb: int = 1024, show_progress: bool = True,
               total: int | None = None, bounds: dict[str, Bounds] | None = None,
               mean_tensors: Sequence[str] = (), keep_observers: bool = False) -> Calibration:
     """Calibrated [rmin, rmax] of each tensor in `tensors`, and the per-channel means of `mean_tensors`,
     in one pass over all batches. `bounds` clips a tensor's values before they are observed
-    (see `QuantPlan.bounds`). Raises CalibrationDataError when every input is constant."""
+    (see `QuantPlan.bounds`). Raises CalibrationDataError when every float input is constant (also per
+    channel: blank images after normalisation), see `slimq.io.samples.VariationWatch`."""
     bounds = bounds or {}
     observers: dict[str, TensorObserver] = {t: make_observer(algo, settings) for t in tensors}
     means = {t: _MeanReducer() for t in mean_tensors}
-    watch, runner, count = _InputWatch(), None, 0
+    watch, runner, count = VariationWatch(), None, 0
     bar = tqdm(total=total, desc=f"calibrating ({algo.name})", unit="batch", disable=not show_progress)
     for feeds in batches():
         watch.update(feeds)
@@ -104,7 +84,7 @@ def calibrate(model: onnx.ModelProto, tensors: Sequence[str], batches: Callable[
     bar.close()
     if count == 0:
         raise CalibrationDataError("The calibration data yielded no batches; give at least one sample.")
-    watch.check(count)
+    watch.check("calibration", count)
     ranges = {t: compute_range(o, algo, settings) for t, o in observers.items()}
     constant = tuple(t for t, o in observers.items() if o.seen and o.min == o.max)
     return Calibration(ranges, {t: m.result() for t, m in means.items()}, constant, count,
