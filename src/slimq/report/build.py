@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from slimq.core.ops import is_dequantize
+from slimq.graph.subgraphs import subgraph_ops, subgraph_warning
 from slimq.report.agreement import CLASS_SCORES, Stats, measure_agreement
 from slimq.report.schema import AgreementRow, FloatOp, MacShare, Report
 from slimq.runtime.backends import BackendError, openvino_available, openvino_mac_count
@@ -139,9 +140,13 @@ def build_report(ev: Evidence, check: Check) -> Report:
     macs = mac_share(ev.quantized, ev.feeds[0], ev.target)
     stats = ev.agreement if ev.agreement is not None else measure_agreement(ev.fp32, ev.quantized, ev.feeds)
     rows = agreement_rows(stats)
-    warnings = list(ev.warnings) + fidelity_warnings(rows, check) + (mac_warnings(macs) if ev.expect_int8_macs else [])
+    subs = subgraph_ops(ev.fp32.graph)
+    listed = {f.node for f in ev.float_ops}
+    float_ops = tuple(ev.float_ops) + tuple(FloatOp(o.node, o.op_type, o.reason) for o in subs if o.node not in listed)
+    warnings = list(ev.warnings) + [w for w in [subgraph_warning(subs)] if w] + fidelity_warnings(rows, check) \
+        + (mac_warnings(macs) if ev.expect_int8_macs else [])
     samples = sum(int(next(iter(f.values())).shape[0]) if f else 1 for f in ev.feeds)
-    report = Report(ev.method, ev.target_description, macs, dict(ev.quantized_ops or {}), tuple(ev.float_ops),
+    report = Report(ev.method, ev.target_description, macs, dict(ev.quantized_ops or {}), float_ops,
                     rows, samples, ev.agreement_inputs, ev.in_sample, warnings=tuple(warnings),
                     notes=tuple(ev.notes), details=dict(ev.details or {}))
     for w in warnings:
