@@ -701,8 +701,10 @@ def _calibrated_on(n):
         rep = h.read_report(Path(run.out_path))
         if rep is None:
             return ["no report written"]
-        found = [(k, v) for k, v in h.find_keys(rep, re.compile(r"calib", re.I))
-                 if isinstance(v, int) and not isinstance(v, bool) and re.search(r"sample|count|num|^n_", k.split(".")[-1], re.I)]
+        # any int under a key path mentioning calibration whose own key counts samples
+        # (the report schema nests it: details.calibration.samples)
+        found = [(k, v) for k, v in h.find_keys(rep, re.compile(r".")) if re.search(r"calib", k, re.I)
+                 and isinstance(v, int) and not isinstance(v, bool) and re.search(r"sample|count|num|^n_", k.split(".")[-1], re.I)]
         if not found:
             return [f"the report records no calibration sample count (keys: {sorted(rep)})"]
         if not any(v == n for _, v in found):
