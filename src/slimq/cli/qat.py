@@ -8,8 +8,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 from slimq.core.errors import ConfigError
@@ -69,16 +67,13 @@ def format_result(result: dict[str, Any]) -> str:
     ])
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def run_qat(args: argparse.Namespace) -> int:
-    out = Path(args.output)
-    if out.suffix.lower() != ".onnx":
-        raise ConfigError(f"Output path {out} should end in .onnx.")
+    from slimq.io.atomic import write_text
+    from slimq.io.model import check_output_path
+
+    out = check_output_path(None, args.output)  # before training, not after it
+    if args.json is not None:
+        check_output_path(None, args.json, suffix=None, flag="--json", companions=())
     recipe = recipe_from_args(args)
     try:
         from slimq.qat.fmnist_recipe import run_qat_recipe
@@ -89,5 +84,5 @@ def run_qat(args: argparse.Namespace) -> int:
     print(format_result(result))
     print(f"wrote {out} and {out.name}.report.json")
     if args.json:
-        _write_text_atomic(Path(args.json), json.dumps(result, indent=2) + "\n")
+        write_text(args.json, json.dumps(result, indent=2) + "\n")
     return 0 if result["delta_pt"] >= -0.1 else 3

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from slimq.core.errors import CalibrationDataError, unknown_choice
+from slimq.io.atomic import Stage
 
 FMNIST_MEAN = 0.2860
 FMNIST_STD = 0.3530
@@ -90,16 +90,15 @@ def _has_split(folder: Path, split: str) -> bool:
 
 def _download(name: str, dest_dir: Path) -> None:
     """Download one file from the official mirror into dest_dir, atomically."""
-    dest_dir.mkdir(parents=True, exist_ok=True)
     url = FMNIST_URL + name
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=dest_dir)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
-            while chunk := resp.read(1 << 20):
-                out.write(chunk)
-        os.replace(tmp, dest_dir / name)
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        with Stage(dest_dir / name) as stage:  # nothing partial is left, whatever stops the download
+            with open(stage.path(), "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
+                while chunk := resp.read(1 << 20):
+                    out.write(chunk)
+            stage.commit()
     except (urllib.error.URLError, OSError) as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise CalibrationDataError(
             f"Fashion-MNIST file {name} was not found locally and downloading {url} failed ({exc}). "
             f"Install the Debian package dataset-fashion-mnist, or download the four *-ubyte.gz files "

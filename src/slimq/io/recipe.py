@@ -60,7 +60,8 @@ def _check_sections(data: dict, allowed: tuple[str, ...], path: str | Path) -> N
 def preprocess_from_dict(d: Any) -> PreprocessSpec:
     """A PreprocessSpec from a recipe's `preprocess` mapping (values checked by PreprocessSpec)."""
     d = check_keys("preprocess", d, {f.name for f in fields(PreprocessSpec)})
-    return PreprocessSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    return PreprocessSpec(**values)
 
 
 def _section(data: dict, name: str, path: str | Path) -> dict:

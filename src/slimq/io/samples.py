@@ -83,38 +83,40 @@ class VariationWatch:
     """
 
     def __init__(self) -> None:
-        self.lo: dict[str, list[np.ndarray | None]] = {}
-        self.hi: dict[str, list[np.ndarray | None]] = {}
+        # per input, per channel axis considered: (min, max) per channel so far, or None once untrackable
+        self.ranges: dict[str, list[tuple[np.ndarray, np.ndarray] | None]] = {}
 
     @staticmethod
-    def _reduce(a: np.ndarray, fn) -> list[np.ndarray | None]:
+    def _ranges(a: np.ndarray) -> list[tuple[np.ndarray, np.ndarray] | None]:
         if a.ndim < 3:
-            return [np.asarray(fn(a)).reshape(1)]
-        return [fn(a, axis=tuple(i for i in range(a.ndim) if i != axis)) for axis in (1, a.ndim - 1)]
+            return [(np.asarray(a.min()).reshape(1), np.asarray(a.max()).reshape(1))]
+        out: list[tuple[np.ndarray, np.ndarray] | None] = []
+        for axis in (1, a.ndim - 1):
+            others = tuple(i for i in range(a.ndim) if i != axis)
+            out.append((a.min(axis=others), a.max(axis=others)))
+        return out
 
     def update(self, feeds: Mapping[str, np.ndarray]) -> None:
         for k, v in feeds.items():
             if not np.issubdtype(v.dtype, np.floating) or not v.size:
                 continue
-            lo, hi = self._reduce(v, np.min), self._reduce(v, np.max)
-            if k not in self.lo:
-                self.lo[k], self.hi[k] = lo, hi
+            new = self._ranges(v)
+            old = self.ranges.setdefault(k, new)
+            if old is new:
                 continue
-            for i, (a, b) in enumerate(zip(lo, hi)):
-                old_lo, old_hi = self.lo[k][i], self.hi[k][i]
-                same = old_lo is not None and old_hi is not None and old_lo.shape == a.shape
-                self.lo[k][i] = np.minimum(old_lo, a) if same else None  # a changing channel count: not tracked
-                self.hi[k][i] = np.maximum(old_hi, b) if same else None
+            for i, (o, n) in enumerate(zip(old, new)):
+                same = o is not None and n is not None and o[0].shape == n[0].shape
+                old[i] = (np.minimum(o[0], n[0]), np.maximum(o[1], n[1])) if same and o and n else None
 
     def _flat(self, k: str) -> bool:
-        return any(lo is not None and hi is not None and bool((lo == hi).all())
-                   for lo, hi in zip(self.lo[k], self.hi[k]))
+        return any(r is not None and bool((r[0] == r[1]).all()) for r in self.ranges[k])
 
     def check(self, what: str, count: int) -> None:
         """Raise CalibrationDataError when every float input seen was flat over all `count` batches/samples."""
-        if not self.lo or not all(self._flat(k) for k in self.lo):
+        if not self.ranges or not all(self._flat(k) for k in self.ranges):
             return
-        values = "; ".join(f'"{k}" = {", ".join(f"{x:g}" for x in np.unique(self.lo[k][0])[:4])}' for k in self.lo)
+        values = "; ".join(f'"{k}" = {", ".join(f"{x:g}" for x in np.unique(r[0])[:4])}'
+                           for k, rs in self.ranges.items() for r in rs[:1] if r is not None)
         raise CalibrationDataError(
             f"Every {what} sample is constant ({count} batch(es); {values} everywhere, or per channel): there is "
             "no variation to calibrate or check against. Check the data (blank or black images, all-zero arrays, "
