@@ -86,7 +86,9 @@ class StaticConfig:
     budget: Budget | None = None
 
     def __post_init__(self) -> None:
-        get_algorithm(require_str("algo", self.algo))
+        if not isinstance(self.algo, str):
+            require_choice("algo", self.algo, ALGORITHMS)  # refuses it, naming the valid algorithms
+        get_algorithm(self.algo)
         require_choice("target", self.target, TARGETS)
         require_number("hist_percent", self.hist_percent, 0.0, 1.0, low_open=True)
         require_int("bins", self.bins, 2)

@@ -226,8 +226,8 @@ def check_output_path(input_path: InputPaths, output_path: str | os.PathLike | N
     inputs = _inputs(input_path)
     _check_not_input(out, inputs, companions, flag, suffix)
     if out.is_dir():
-        raise OutputPathError(f"Output path {out} ({flag}) is a directory; give a file name inside it, "
-                              f"e.g. {out / ('model.int8' + (suffix or '.out'))}.")
+        example = f", e.g. {out / ('model.int8' + suffix)}" if suffix else ""
+        raise OutputPathError(f"Output path {out} ({flag}) is a directory; give a file name inside it{example}.")
     if suffix and out.suffix.lower() != suffix:
         raise OutputPathError(f"Output path {out} ({flag}) should end in {suffix}, e.g. {_with_suffix(out, suffix)}.")
     if not out.parent.exists():

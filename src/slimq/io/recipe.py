@@ -69,9 +69,9 @@ def _section(data: dict, name: str, path: str | Path) -> dict:
     if value is None:
         return {}
     try:
-        return dict(require_mapping(f'Recipe section "{name}"', value))
+        return dict(require_mapping(f'section "{name}"', value))
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+        raise ConfigError(f"Recipe {path}: {e}") from None
 
 
 def load_static_recipe(path: str | Path) -> tuple[dict, dict]:

@@ -173,6 +173,7 @@ def _stack(samples: list[Feeds]) -> Feeds:
 def _split_samples(arrays: Mapping[str, np.ndarray], inputs: Sequence[InputSpec], source: str) -> list[Callable[[], Feeds]]:
     """Per-sample loaders for arrays whose first axis indexes samples (a missing batch axis is added)."""
     ranks = {s.name: len(s.shape) for s in inputs}
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
     for k, v in arrays.items():
         if np.ndim(v) == 0:
             raise CalibrationDataError(f'Array "{k}" in {source} is a scalar (shape ()), but the model expects rank '
@@ -246,12 +247,17 @@ def load_samples(data, inputs: Sequence[InputSpec], preprocess=None) -> SampleSe
         _no_preprocess(preprocess, str(path))
         return SampleSet(_npfile_loaders(path, inputs), inputs, str(path))
     _no_preprocess(preprocess, "in-memory data")
+    if isinstance(data, np.generic):
+        data = np.asarray(data)
     if isinstance(data, np.ndarray):
         if len(inputs) != 1:
             raise CalibrationDataError(f"An array was given but the model has {len(inputs)} inputs; pass a dict.")
         return SampleSet(_split_samples({inputs[0].name: data}, inputs, "array"), inputs, "array")
     if isinstance(data, Mapping):
         return SampleSet(_split_samples(dict(data), inputs, "dict"), inputs, "dict")
-    items = list(data)
+    items = list(data) if isinstance(data, Iterable) else None
+    if items is None or not all(isinstance(f, Mapping) for f in items):
+        raise CalibrationDataError(f"Unsupported data of type {type(data).__name__}: pass a path, an array, a dict of "
+                                   "arrays (one per input) or a list of such dicts.")
     loaders = [ld for f in items for ld in _split_samples(dict(f), inputs, "list")]
     return SampleSet(loaders, inputs, "list of feeds")
