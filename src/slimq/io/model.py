@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import onnx
@@ -31,16 +31,24 @@ def _external_info(tensor: onnx.TensorProto) -> dict[str, str]:
     return {e.key: e.value for e in tensor.external_data}
 
 
+_PACKED_BITS = {name: bits for bits, names in ((4, ("INT4", "UINT4", "FLOAT4E2M1")), (2, ("INT2", "UINT2")))
+                for name in names}  # sub-byte types, packed several per byte
+
+
 def _expected_bytes(tensor: onnx.TensorProto) -> int | None:
     """Bytes a tensor's data takes by its dims and type (None for types without a fixed size)."""
-    try:
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    except (KeyError, ValueError, TypeError):
-        return None
     count = 1
     for d in tensor.dims:
         count *= d
-    return count * itemsize if tensor.data_type not in (onnx.TensorProto.STRING,) else None
+    try:
+        bits = _PACKED_BITS.get(onnx.TensorProto.DataType.Name(tensor.data_type))
+        if bits is not None:
+            return -(-count * bits // 8)
+        if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+            return None
+        return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        return None
 
 
 def _int_field(tensor: onnx.TensorProto, info: dict[str, str], key: str) -> int | None:
@@ -73,7 +81,11 @@ def _check_external_tensor(tensor: onnx.TensorProto, base: Path) -> None:
     size = target.stat().st_size
     offset = _int_field(tensor, info, "offset") or 0
     length = _int_field(tensor, info, "length")
-    need = length if length is not None else _expected_bytes(tensor)
+    expected = _expected_bytes(tensor)
+    if length is not None and expected is not None and length != expected:
+        raise ModelLoadError(f'Tensor "{tensor.name}" declares {length} bytes of external data in "{loc}", but its '
+                             f"shape {list(tensor.dims)} needs {expected}: the model file is corrupt.")
+    need = length if length is not None else expected
     if offset > size:
         raise ModelLoadError(f'Tensor "{tensor.name}" starts at offset {offset} of external data "{loc}", past the '
                              f"end of that file ({size} bytes): the data file is truncated or not this model's.")
@@ -87,7 +99,42 @@ def _check_external_locations(model: onnx.ModelProto, base: Path) -> None:
     base = base.resolve()
     for tensor in edh._get_all_tensors(model):
         if edh.uses_external_data(tensor):
-            _check_external_tensor(tensor, base)
+            try:
+                _check_external_tensor(tensor, base)
+            except (ValueError, OSError) as e:  # a NUL byte or an over-long name in the location
+                raise ModelLoadError(f'Tensor "{tensor.name}" has an unusable external-data location '
+                                     f"{_external_info(tensor).get('location', '')!r} ({e}): the model file is "
+                                     "corrupt.") from None
+
+
+def _tensor_texts(t: onnx.TensorProto) -> Iterator[str | bytes]:
+    yield t.name
+    for e in t.external_data:
+        yield e.key
+        yield e.value
+
+
+def _graph_texts(g: onnx.GraphProto) -> Iterator[str | bytes]:
+    """Every name/string field of a graph and its subgraphs (protobuf gives bytes where they are not UTF-8)."""
+    yield g.name
+    for n in g.node:
+        yield from (n.name, n.op_type, n.domain, *n.input, *n.output)
+        for a in n.attribute:
+            yield a.name
+            yield from _tensor_texts(a.t) if a.type == onnx.AttributeProto.TENSOR else ()
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                yield from _graph_texts(sub)
+    for v in (*g.input, *g.output, *g.value_info):
+        yield v.name
+    for t in g.initializer:
+        yield from _tensor_texts(t)
+
+
+def _check_text(model: onnx.ModelProto, path: Path) -> None:
+    for text in (*_graph_texts(model.graph), *(i.domain for i in model.opset_import)):
+        if not isinstance(text, str):
+            raise ModelLoadError(f"{path} holds a name that is not valid UTF-8 text ({bytes(text)[:40]!r}): the file "
+                                 "is corrupt. Re-export the model or check the download.")
 
 
 def _parse(path: Path) -> onnx.ModelProto:
@@ -107,6 +154,7 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     model = _parse(path)
     if not model.graph.node and not model.graph.output:
         raise ModelLoadError(f"{path} parsed as an empty graph: it is not an ONNX model (or it is corrupt).")
+    _check_text(model, path)
     _check_external_locations(model, path.parent)
     try:
         edh.load_external_data_for_model(model, str(path.parent))
@@ -163,8 +211,10 @@ def external_data_files(model: onnx.ModelProto, base: Path) -> set[Path]:
     for tensor in edh._get_all_tensors(model):
         if edh.uses_external_data(tensor):
             loc = next((e.value for e in tensor.external_data if e.key == "location"), "")
-            if loc:
-                files.add((base / loc).resolve())
+            try:
+                files.add((base / loc).resolve()) if loc else None
+            except (ValueError, OSError, TypeError):  # unusable names are reported by load_model
+                continue
     return files
 
 

@@ -193,10 +193,11 @@ def _sample_feeds(arrays: Mapping[str, np.ndarray], i: int) -> Feeds:
 
 def _load_npfile(path: Path, inputs: Sequence[InputSpec]) -> dict[str, np.ndarray]:
     try:
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
-        a = np.load(path, allow_pickle=False)
+        with open(path, "rb") as f:  # our handle: closed even when numpy/zipfile fail half-way
+            if path.suffix == ".npz":
+                with np.load(f, allow_pickle=False) as z:
+                    return {k: z[k] for k in z.files}
+            a = np.load(f, allow_pickle=False)
     except Exception as e:  # noqa: BLE001 - numpy/zipfile/zlib raise many types for a corrupt or foreign file
         why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise CalibrationDataError(f"Cannot read {path}: {why}. Save arrays with numpy.save / numpy.savez "

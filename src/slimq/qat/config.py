@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from slimq.core.errors import ConfigError, did_you_mean, unknown_choice
+from slimq.core.errors import ConfigError, did_you_mean
+from slimq.core.fields import require_choice, require_number, require_str
 from slimq.core.targets import QAT_TARGETS, TargetRules, target_rules
 
 Variant = Literal["ste", "pact", "lsq"]
@@ -78,10 +79,8 @@ class QATConfig:
     skip: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise unknown_choice("QAT variant", self.variant, VARIANTS)
-        if self.target not in TARGETS:
-            raise unknown_choice("QAT target", self.target, TARGETS)
+        require_choice("QAT variant", self.variant, VARIANTS)  # typed: a list is refused, not hashed
+        require_choice("QAT target", self.target, TARGETS)
         _check_int("weight_bits", self.weight_bits, 2, 8)
         _check_int("act_bits", self.act_bits, 2, 8)
         rate = self.moving_rate
@@ -131,14 +130,11 @@ class QATRecipe:
 
     def __post_init__(self) -> None:
         self.qat_config()  # validates variant, target and freeze steps
-        for name in ("epochs", "lr"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigError(f"{name} must be a positive number, got {value!r}.")
+        require_str("model", self.model)
+        for name in ("epochs", "lr"):  # finite: epochs .inf would train forever, lr .nan would train nothing
+            require_number(name, getattr(self, name), 0.0, low_open=True)
         for name in ("momentum", "label_smoothing"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                raise ConfigError(f"{name} must be a number in [0, 1), got {value!r}.")
+            require_number(name, getattr(self, name), 0.0, 1.0, high_open=True)
         _check_int("batch_size", self.batch_size, 1)
         _check_int("calib_batches", self.calib_batches, 0)
         _check_int("seed", self.seed, 0)
