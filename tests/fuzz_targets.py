@@ -279,7 +279,8 @@ in_memory = st.tuples(st.sampled_from(["conv", "two", "ids"]), st.one_of(
 # -- recipe loaders ------------------------------------------------------------------------------------
 
 _scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
-                     st.text(max_size=12), st.sampled_from(["hist", "x86", "NCHW", "RGB", "conv1", "1e9", ".inf"]))
+                     st.text(max_size=12), st.sampled_from(["hist", "x86", "NCHW", "RGB", "conv1", "1e9", ".inf", 10**400, -10**400,
+                                                     1e308, 2**31, 2**63]))
 _values = st.recursive(_scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
                                                           st.dictionaries(st.text(max_size=8), inner, max_size=4)),
                        max_leaves=12)

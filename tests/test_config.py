@@ -62,6 +62,8 @@ def test_string_list_refuses_a_bare_string():
     ("batch_size", True, r"batch_size must be an integer"),
     ("max_samples", "1e9", r"max_samples must be an integer.*1\.0e9"),
     ("bins", 2048.5, r"bins must be an integer"),
+    ("bins", 100, r"bins must be a power of two"),
+    ("bins", 10**400, r"bins must be in \[16, 1048576\], got 1000"),
     ("hist_percent", "0.99", r"hist_percent must be a number"),
     ("min_cosine", 5, r"min_cosine must be in \(0, 1\], got 5"),
     ("min_cosine", -0.5, r"min_cosine"),
@@ -104,11 +106,11 @@ def test_dynamic_config_refuses_bad_values(kwargs, match):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"size": (3,)}, r"size must be two positive integers"), ({"size": (0, 0)}, r"size\[0\] must be >= 1"),
+    ({"size": (3,)}, r"size must be two positive integers"), ({"size": (0, 0)}, r"size\[0\] must be in \[1, "),
     ({"size": "16"}, r"size must be two"), ({"size": (16.5, 16)}, r"size\[0\] must be an integer"),
     ({"mean": (0.5, 0.5)}, r"mean must have 1 or 3 values, got 2"), ({"mean": "abc"}, r"mean must be a list"),
     ({"std": (0.0, 1.0, 1.0)}, r"std must be > 0"), ({"std": (float("nan"),)}, r"std\[0\] must be a finite"),
-    ({"resize_short": 0}, r"resize_short must be >= 1"), ({"resize_short": -5}, r"resize_short"),
+    ({"resize_short": 0}, r"resize_short must be in \[1, "), ({"resize_short": -5}, r"resize_short"),
     ({"layout": "NWHC"}, r'Did you mean "NHWC"'),
 ])
 def test_preprocess_spec_refuses_bad_values(kwargs, match):
@@ -198,7 +200,8 @@ def test_external_data_rerun_inside_the_output_folder(tmp_path, monkeypatch, con
 # -- model loading ---------------------------------------------------------------------------------
 
 
-def _external(tmp_path: Path, model: onnx.ModelProto, extra_len: int = 0, extra_offset: int = 0) -> Path:
+def _external(tmp_path: Path, model: onnx.ModelProto, extra_len: int = 0, extra_offset: int = 0,
+              cut: int = 0) -> Path:
     m = onnx.ModelProto()
     m.CopyFrom(model)
     blob = io.BytesIO()
@@ -214,13 +217,15 @@ def _external(tmp_path: Path, model: onnx.ModelProto, extra_len: int = 0, extra_
         for k, v in (("location", "w.bin"), ("offset", str(off + extra_offset)), ("length", str(len(raw) + extra_len))):
             e = t.external_data.add()
             e.key, e.value = k, v
-    (tmp_path / "w.bin").write_bytes(blob.getvalue())
+    data = blob.getvalue()
+    (tmp_path / "w.bin").write_bytes(data[:len(data) - cut])
     path = tmp_path / "m.onnx"
     path.write_bytes(m.SerializeToString())
     return path
 
 
-@pytest.mark.parametrize("kw,match", [({"extra_len": 64}, r"shorter than tensor .* declares"),
+@pytest.mark.parametrize("kw,match", [({"cut": 64}, r"shorter than tensor .* declares"),
+                                      ({"extra_len": 64}, r"declares \d+ bytes of external data .* needs"),
                                       ({"extra_offset": 10**6}, r"past the end")])
 def test_external_data_bounds_are_checked(tmp_path, conv_model, kw, match):
     with pytest.raises(ModelLoadError, match=match):
@@ -339,3 +344,46 @@ def test_sigterm_and_sighup_are_handled_like_ctrl_c(tmp_path, sig, code):
     _, err = p.communicate(timeout=30)
     assert p.returncode == code
     assert "interrupted; no output was written" in err and "Traceback" not in err
+
+
+# -- regressions found by fuzzing (scripts/fuzz.py) ---------------------------------------------------
+
+
+def test_non_utf8_names_and_bad_external_fields_are_load_errors(tmp_path, conv_model):
+    m = onnx.ModelProto()
+    m.CopyFrom(conv_model)
+    m.graph.node[0].name = "ABCDEF"
+    (tmp_path / "m.onnx").write_bytes(m.SerializeToString().replace(b"ABCDEF", b"AB\xff\xfeEF"))
+    with pytest.raises(ModelLoadError, match=r"not valid UTF-8"):
+        load_model(tmp_path / "m.onnx")
+    path = _external(tmp_path, conv_model)
+    m = onnx.load(str(path), load_external_data=False)
+    t = next(t for t in m.graph.initializer if t.external_data)
+    for key, value, match in (("location", "w.bin\x00x", r"unusable external-data location"),
+                              ("length", "3", r"declares 3 bytes .* needs"), ("offset", "-4", r"not a non-negative")):
+        m2 = onnx.ModelProto()
+        m2.CopyFrom(m)
+        t2 = next(x for x in m2.graph.initializer if x.name == t.name)
+        next(e for e in t2.external_data if e.key == key).value = value
+        path.write_bytes(m2.SerializeToString())
+        with pytest.raises(ModelLoadError, match=match):
+            load_model(path)
+
+
+@pytest.mark.parametrize("text,match", [("target: [x86]\n", r"QAT target must be one of"),
+                                        ("epochs: .inf\n", r"epochs must be a finite number"),
+                                        ("lr: .nan\n", r"lr must be a finite number"),
+                                        ("model: 5\n", r"model must be a string")])
+def test_qat_recipe_values_are_typed(tmp_path, text, match):
+    from slimq.qat.config import load_recipe
+
+    (tmp_path / "q.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_recipe(tmp_path / "q.yaml")
+
+
+def test_huge_numbers_and_sizes_are_range_errors():
+    with pytest.raises(ConfigError, match=r"hist_percent must be a finite number"):
+        StaticConfig(hist_percent=10**400)
+    with pytest.raises(ConfigError, match=r"size\[0\] must be in \[1, 16384\]"):
+        PreprocessSpec(size=(100000, 100000))

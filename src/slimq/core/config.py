@@ -60,6 +60,9 @@ class SkipSpec:
                 or any(re.search(p, name) for p in self.patterns))
 
 
+MAX_BINS = 1 << 20  # histogram bins per calibrated tensor (the default 2048 is plenty)
+
+
 @dataclass(frozen=True)
 class StaticConfig:
     """Settings of static post-training quantization."""
@@ -91,7 +94,9 @@ class StaticConfig:
         get_algorithm(self.algo)
         require_choice("target", self.target, TARGETS)
         require_number("hist_percent", self.hist_percent, 0.0, 1.0, low_open=True)
-        require_int("bins", self.bins, 2)
+        if require_int("bins", self.bins, 16, MAX_BINS) & (self.bins - 1):
+            raise ConfigError(f"bins must be a power of two (the histogram merges bins pairwise), got {self.bins}; "
+                              "the default is 2048.")
         for name in ("batch_size", "max_samples", "memory_budget_mb"):
             require_int(name, getattr(self, name), 1)
         require_int("holdout", self.holdout, 0)

@@ -27,17 +27,23 @@ def _hint(value: Any) -> str:
     return _YAML_HINT if isinstance(value, str) else ""
 
 
+def _fmt(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
 def _check_range(name: str, value: float, low: float | None, high: float | None, low_open: bool,
                  high_open: bool) -> None:
     below = low is not None and (value <= low if low_open else value < low)
     above = high is not None and (value >= high if high_open else value > high)
     if below or above:
-        lo = "" if low is None else f"{'(' if low_open else '['}{low:g}"
-        hi = "" if high is None else f"{high:g}{')' if high_open else ']'}"
-        where = (f"in {lo}, {hi}" if low is not None and high is not None
-                 else f"{'>' if low_open else '>='} {low:g}" if low is not None
-                 else f"{'<' if high_open else '<='} {high:g}")
-        raise ConfigError(f"{name} must be {where}, got {value:g}.")
+        if low is not None and high is not None:
+            where = f"in {'(' if low_open else '['}{_fmt(low)}, {_fmt(high)}{')' if high_open else ']'}"
+        elif low is not None:
+            where = f"{'>' if low_open else '>='} {_fmt(low)}"
+        else:
+            where = f"{'<' if high_open else '<='} {_fmt(high or 0)}"
+        shown = _fmt(value)
+        raise ConfigError(f"{name} must be {where}, got {shown[:40]}{'...' if len(shown) > 40 else ''}.")
 
 
 def require_int(name: str, value: Any, low: int | None = None, high: int | None = None) -> int:
@@ -53,10 +59,14 @@ def require_number(name: str, value: Any, low: float | None = None, high: float 
     """`value` as a finite float (ints accepted; bools and strings not) within the given bounds."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{name} must be a number, got {_got(value)}.{_hint(value)}")
-    if not math.isfinite(value):
-        raise ConfigError(f"{name} must be a finite number, got {value}.")
-    _check_range(name, float(value), low, high, low_open, high_open)
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float range
+        number = math.inf
+    if not math.isfinite(number):
+        raise ConfigError(f"{name} must be a finite number, got {_got(value)}.")
+    _check_range(name, number, low, high, low_open, high_open)
+    return number
 
 
 def require_bool(name: str, value: Any) -> bool:

@@ -14,6 +14,8 @@ from slimq.core.errors import CalibrationDataError, ConfigError
 from slimq.core.fields import require_choice, require_int, require_number, require_number_tuple
 from slimq.io.spec import Feeds, InputSpec
 
+MAX_SIDE = 16384  # pixels per side of a preprocessed image (a larger --size would only exhaust memory)
+
 
 @dataclass(frozen=True)
 class PreprocessSpec:
@@ -34,9 +36,9 @@ class PreprocessSpec:
             size = self.size
             if isinstance(size, (str, bytes)) or not isinstance(size, (list, tuple)) or len(size) != 2:
                 raise ConfigError(f"size must be two positive integers H,W (e.g. --size 224,224), got {size!r}.")
-            object.__setattr__(self, "size", tuple(require_int(f"size[{i}]", v, 1) for i, v in enumerate(size)))
+            object.__setattr__(self, "size", tuple(require_int(f"size[{i}]", v, 1, MAX_SIDE) for i, v in enumerate(size)))
         if self.resize_short is not None:
-            require_int("resize_short", self.resize_short, 1)
+            require_int("resize_short", self.resize_short, 1, MAX_SIDE)
         # one value for every channel, or one per channel (images are decoded as gray or RGB)
         object.__setattr__(self, "mean", require_number_tuple("mean", self.mean, (1, 3)))
         std = require_number_tuple("std", self.std, (1, 3))

@@ -82,9 +82,6 @@ def _check_external_tensor(tensor: onnx.TensorProto, base: Path) -> None:
     offset = _int_field(tensor, info, "offset") or 0
     length = _int_field(tensor, info, "length")
     expected = _expected_bytes(tensor)
-    if length is not None and expected is not None and length != expected:
-        raise ModelLoadError(f'Tensor "{tensor.name}" declares {length} bytes of external data in "{loc}", but its '
-                             f"shape {list(tensor.dims)} needs {expected}: the model file is corrupt.")
     need = length if length is not None else expected
     if offset > size:
         raise ModelLoadError(f'Tensor "{tensor.name}" starts at offset {offset} of external data "{loc}", past the '
@@ -93,6 +90,9 @@ def _check_external_tensor(tensor: onnx.TensorProto, base: Path) -> None:
         raise ModelLoadError(f'External data "{loc}" is shorter than tensor "{tensor.name}" declares: it needs '
                              f"bytes {offset}..{offset + need} but the file has {size} bytes. The data file is "
                              "truncated or not this model's; copy it again.")
+    if length is not None and expected is not None and length != expected:
+        raise ModelLoadError(f'Tensor "{tensor.name}" declares {length} bytes of external data in "{loc}", but its '
+                             f"shape {list(tensor.dims)} needs {expected}: the model file is corrupt.")
 
 
 def _check_external_locations(model: onnx.ModelProto, base: Path) -> None:
