@@ -111,7 +111,8 @@ def test_dynamic_config_refuses_bad_values(kwargs, match):
     ({"mean": (0.5, 0.5)}, r"mean must have 1 or 3 values, got 2"), ({"mean": "abc"}, r"mean must be a list"),
     ({"std": (0.0, 1.0, 1.0)}, r"std must be > 0"), ({"std": (float("nan"),)}, r"std\[0\] must be a finite"),
     ({"resize_short": 0}, r"resize_short must be in \[1, "), ({"resize_short": -5}, r"resize_short"),
-    ({"layout": "NWHC"}, r'Did you mean "NHWC"'),
+    ({"layout": "NWHC"}, r'layout must be "NCHW" or "NHWC", got \'NWHC\'. Did you mean "NHWC"'),
+    ({"color": ["RGB"]}, r'color must be "RGB", "BGR" or "GRAY"'),
 ])
 def test_preprocess_spec_refuses_bad_values(kwargs, match):
     with pytest.raises(ConfigError, match=match):

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from slimq.core.errors import CalibrationDataError, ConfigError
-from slimq.core.fields import require_choice, require_int, require_number, require_number_tuple
+from slimq.core.errors import CalibrationDataError, ConfigError, did_you_mean
+from slimq.core.fields import require_int, require_number, require_number_tuple
 from slimq.io.spec import Feeds, InputSpec
 
 MAX_SIDE = 16384  # pixels per side of a preprocessed image (a larger --size would only exhaust memory)
@@ -30,8 +30,12 @@ class PreprocessSpec:
     color: str = "RGB"
 
     def __post_init__(self) -> None:
-        require_choice("layout", self.layout, ("NCHW", "NHWC"))
-        require_choice("color", self.color, ("RGB", "BGR", "GRAY"))
+        for name, valid, text in (("layout", ("NCHW", "NHWC"), '"NCHW" or "NHWC"'),
+                                  ("color", ("RGB", "BGR", "GRAY"), '"RGB", "BGR" or "GRAY"')):
+            value = getattr(self, name)
+            if not isinstance(value, str) or value not in valid:
+                hint = did_you_mean(value, valid) if isinstance(value, str) else ""
+                raise ConfigError(f"{name} must be {text}, got {value!r}.{hint}")
         if self.size is not None:
             size = self.size
             if isinstance(size, (str, bytes)) or not isinstance(size, (list, tuple)) or len(size) != 2:
