@@ -383,6 +383,14 @@ def test_qat_recipe_values_are_typed(tmp_path, text, match):
         load_recipe(tmp_path / "q.yaml")
 
 
+@pytest.mark.parametrize("text", ['static:\n  algo: "\\U00110000"\n', "static:\n  when: 2001-13-01\n",
+                                  "static: " + "[" * 5000 + "]" * 5000 + "\n"])
+def test_yaml_constructor_errors_are_config_errors(tmp_path, text):
+    (tmp_path / "r.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=r"not valid YAML"):
+        load_static_recipe(tmp_path / "r.yaml")
+
+
 def test_huge_numbers_and_sizes_are_range_errors():
     with pytest.raises(ConfigError, match=r"hist_percent must be a finite number"):
         StaticConfig(hist_percent=10**400)

@@ -37,7 +37,8 @@ def read_yaml_document(path: str | Path, what: str = "Recipe") -> Any:
         raise ConfigError(f"Cannot read {what.lower()} {path}: {e.strerror or e}.") from None
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, ValueError, OverflowError, RecursionError) as e:
+        # PyYAML's constructors raise ValueError for impossible escapes ("\U00110000") and dates (2001-13-01)
         raise ConfigError(f"{what} {path} is not valid YAML: {e}") from None
     return {} if data is None else data
 
