@@ -884,7 +884,8 @@ def verify(c_id, rc_ok, msg, forbid, msg_rcs, spec: Spec, run: h.Run, before, af
         out = cwd / out
     allowed = set()
     if out is not None:
-        allowed |= {out, out.with_name(out.name + ".report.json"), out.with_name(out.name + ".data")}
+        allowed |= {out, out.with_name(out.name + ".report.json"), out.with_name(out.name + ".data"),
+                    out.with_name(out.name + ".report.html")}  # the HTML report (report/html) beside the JSON one
     allowed |= {Path(p) for p in spec.outputs}
     allowed_rel = {os.path.relpath(os.path.abspath(p), root) for p in allowed}
     changed, removed, added = h.diff_snapshots(before, after)

@@ -237,7 +237,7 @@ def report_path(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + ".report.json")
 
 
-MODEL_COMPANIONS = (".data", ".report.json")  # files written beside a model: <out>.data, <out>.report.json
+MODEL_COMPANIONS = (".data", ".report.json", ".report.html")  # files written beside a model (<out> + suffix)
 InputPaths = str | os.PathLike | Sequence[str | os.PathLike] | None
 
 
