@@ -43,7 +43,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     from slimq.static.tuner import Setting, Tuner
 
     if args.json:
-        check_output_path(args.model, args.json, suffix=".json")
+        check_output_path(args.model, args.json, suffix=".json", flag="--json", companions=())
     budget = budget_from_args(args, None) or Budget(min_cosine=0.99)
     cfg = StaticConfig(algo=args.algo, target=args.target, per_channel=not args.per_tensor,
                        max_samples=args.max_samples, budget=budget)
