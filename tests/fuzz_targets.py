@@ -14,7 +14,9 @@ The one property: a loader given any bytes, arrays or YAML either succeeds or ra
 
 from __future__ import annotations
 
+import atexit
 import io
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -51,6 +53,7 @@ class Tally:
 
 TALLY: dict[str, Tally] = {}
 _WORK = Path(tempfile.mkdtemp(prefix="slimq-fuzz-"))
+atexit.register(shutil.rmtree, _WORK, True)
 
 
 def expect_slimq_error(target: str, fn: Callable[[], Any]) -> None:
