@@ -1,0 +1,180 @@
+"""GPTQ (Frantar et al. 2023) for weight-only MatMul/Gemm weights: int8/int4, per-channel or group-wise.
+
+Round-to-nearest treats every weight alone. GPTQ quantizes a layer's weight one input column at a
+time and spreads each column's rounding error over the columns not yet quantized, weighted by the
+inverse Hessian ``H = X^T X`` of the layer's inputs, so that the layer output ``X W`` changes as
+little as possible on the calibration data. The scales are RTN's (symmetric abs-max per output
+channel, or per block of ``block`` input rows along the reduction axis): the result has exactly the
+layout of :func:`slimq.dynamic.graph.quantize_blocked` / ``qmath.quantize_weight`` and drops into
+the weight-only rewrite unchanged (DequantizeLinear-21 with ``block_size``); only the integers differ.
+
+Implementation: the paper's lazy-batch Cholesky form (blocks of ``block_cols`` columns), optional
+``act_order`` (columns with the largest Hessian diagonal first; with fixed scales this needs no
+index map), damping ``damp * mean(diag H)``. Inputs are those of the FP32 model (every layer sees
+FP32 inputs, not the already-quantized model's). numpy only; no torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from slimq.core import qmath
+from slimq.core.errors import ConfigError
+from slimq.dynamic.graph import Candidate, WeightCache, WeightFormat, find_candidates, quantize_blocked
+from slimq.io.samples import load_samples
+from slimq.io.spec import model_inputs
+from slimq.runtime.capture import stream_tensors
+
+
+@dataclass(frozen=True)
+class GPTQConfig:
+    """Settings of GPTQ (defaults: the paper's)."""
+
+    damp: float = 0.01  # added to the Hessian diagonal, relative to its mean
+    block_cols: int = 128  # lazy-batch width (a speed knob: results do not depend on it)
+    act_order: bool = True
+    batch_size: int = 8
+    max_samples: int = 128
+    memory_budget_mb: int = 1024
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.damp < 1.0:
+            raise ConfigError(f"GPTQConfig.damp must be in (0, 1), got {self.damp}; the usual value is 0.01.")
+        for name in ("block_cols", "batch_size", "max_samples", "memory_budget_mb"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"GPTQConfig.{name} must be >= 1, got {getattr(self, name)}.")
+
+
+def _rtn(w: np.ndarray, fmt: WeightFormat) -> tuple[np.ndarray, np.ndarray]:
+    if fmt.block:
+        return quantize_blocked(w, fmt.qtype, fmt.axis, fmt.block)
+    qt = qmath.quantize_weight(w, fmt.qtype, fmt.axis)
+    return qt.data, qt.scale
+
+
+def _column_scales(scale: np.ndarray, fmt: WeightFormat, k: int) -> np.ndarray:
+    """(N, K) scale of every weight, with rows = output channels and columns = inputs."""
+    if not fmt.block:
+        return np.repeat(np.asarray(scale, np.float64).reshape(-1, 1), k, axis=1)
+    s = scale.T if fmt.axis == 0 else scale  # blocks run along fmt.axis: (N, K / block)
+    return np.repeat(s.astype(np.float64), fmt.block, axis=1)[:, :k]
+
+
+def _inverse_cholesky(h: np.ndarray, damp: float) -> np.ndarray:
+    """Upper Cholesky factor U of H^-1 (H^-1 = U^T U) after damping."""
+    h = h + damp * np.mean(np.diag(h)) * np.eye(len(h))
+    lower = np.linalg.cholesky(h)
+    inv_l = np.linalg.solve(lower, np.eye(len(h)))
+    return np.linalg.cholesky(inv_l.T @ inv_l).T
+
+
+def _gptq_core(w: np.ndarray, s: np.ndarray, u: np.ndarray, qtype: qmath.QType, block_cols: int) -> np.ndarray:
+    """Integers for w (N, K) with per-weight scales s (N, K), given U (upper Cholesky of H^-1)."""
+    w, k = w.copy(), w.shape[1]
+    q = np.zeros_like(w)
+    for i1 in range(0, k, block_cols):
+        i2 = min(i1 + block_cols, k)
+        w1, err = w[:, i1:i2].copy(), np.zeros((w.shape[0], i2 - i1))
+        u1 = u[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = w1[:, i]
+            qc = np.clip(np.rint(col / s[:, i1 + i]), qtype.qmin, qtype.qmax)
+            q[:, i1 + i] = qc
+            e = (col - qc * s[:, i1 + i]) / u1[i, i]
+            w1[:, i:] -= np.outer(e, u1[i, i:])
+            err[:, i] = e
+        w[:, i2:] -= err @ u[i1:i2, i2:]
+    return q
+
+
+def gptq_quantize(w: np.ndarray, hessian: np.ndarray, fmt: WeightFormat, channel_axis: int,
+                  config: GPTQConfig = GPTQConfig()) -> tuple[np.ndarray, np.ndarray]:
+    """(integers, scales) of a 2-D weight in the layout RTN gives for `fmt`.
+
+    channel_axis: the output-channel axis of `w` (the other one is the reduction axis, whose
+    length is the size of the K x K `hessian`).
+    """
+    if w.ndim != 2 or hessian.shape != (w.shape[1 - channel_axis],) * 2:
+        raise ConfigError(f"GPTQ needs a 2-D weight and a K x K Hessian; got weight {w.shape}, Hessian "
+                          f"{hessian.shape}, channel axis {channel_axis}.")
+    q_rtn, scale = _rtn(w, fmt)
+    wt = np.asarray(w, np.float64) if channel_axis == 0 else np.asarray(w, np.float64).T  # (N, K)
+    s = _column_scales(scale, fmt, wt.shape[1])
+    h = np.asarray(hessian, np.float64).copy()
+    dead = np.diag(h) <= 0
+    h[dead, dead] = 1.0
+    wt[:, dead] = 0.0
+    order = np.argsort(-np.diag(h), kind="stable") if config.act_order else np.arange(len(h))
+    u = _inverse_cholesky(h[np.ix_(order, order)], config.damp)
+    q = np.empty_like(wt)
+    q[:, order] = _gptq_core(wt[:, order], s[:, order], u, fmt.qtype, config.block_cols)
+    q = q if channel_axis == 0 else q.T
+    return q.astype(q_rtn.dtype), scale
+
+
+def _targets(graph: ir.Graph, candidates: Iterable[Candidate]) -> dict[str, list[tuple[Candidate, str]]]:
+    """Weight name -> (candidate, activation tensor) of every 2-D MatMul / plain Gemm reading it."""
+    nodes = {(n.name or n.outputs[0].name): n for n in graph}
+    out: dict[str, list[tuple[Candidate, str]]] = {}
+    for c in candidates:
+        n = nodes[c.node]
+        trans_a = n.op_type == "Gemm" and "transA" in n.attributes and n.attributes["transA"].as_int()
+        if c.op_type not in ("MatMul", "Gemm") or len(c.shape) != 2 or trans_a or c.input_index != 1:
+            continue
+        out.setdefault(c.weight, []).append((c, n.inputs[0].name))
+    return out
+
+
+def hessians(model: onnx.ModelProto, tensors: list[str], batches, budget_mb: int = 1024) -> dict[str, np.ndarray]:
+    """X^T X / rows (float64) of each tensor's last axis, accumulated over all batches."""
+    sums: dict[str, np.ndarray] = {}
+    rows: dict[str, int] = {}
+    for _, name, value in stream_tensors(model, tensors, batches, budget_mb):
+        x = value.reshape(-1, value.shape[-1]).astype(np.float64)
+        sums[name] = sums.get(name, 0.0) + x.T @ x
+        rows[name] = rows.get(name, 0) + len(x)
+    return {t: sums[t] / rows[t] for t in sums}
+
+
+def gptq_weights(model: onnx.ModelProto, calib_data, formats: dict[str, WeightFormat],
+                 config: GPTQConfig = GPTQConfig()) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """GPTQ integers and scales of every MatMul/Gemm weight named in `formats` (weight name -> format).
+
+    `model` is the graph the weight-only rewrite edits (after Gemm -> MatMul); calib_data: anything
+    :func:`slimq.io.samples.load_samples` accepts. A weight read by several nodes uses the sum of
+    their input Hessians. Weights GPTQ cannot handle (not 2-D, transA) are left out: use RTN for them.
+    """
+    graph = ir.from_proto(model).graph
+    candidates, _ = find_candidates(graph)
+    targets = {w: t for w, t in _targets(graph, candidates).items() if w in formats}
+    if not targets:
+        raise ConfigError("GPTQ found none of the requested weights in a 2-D MatMul/Gemm; names: "
+                          f"{sorted(formats)[:5]}.")
+    samples = load_samples(calib_data, model_inputs(model))
+    batches = samples.batches(range(min(len(samples), config.max_samples)), config.batch_size)
+    acts = sorted({a for t in targets.values() for _, a in t})
+    hs = hessians(model, acts, batches, config.memory_budget_mb)
+    inits, out = graph.initializers, {}
+    for name, readers in targets.items():
+        h = sum(hs[a] for _, a in readers)
+        out[name] = gptq_quantize(inits[name].const_value.numpy(), h, formats[name], readers[0][0].channel_axis,
+                                  config)
+    return out
+
+
+class PrecomputedWeights(WeightCache):
+    """A WeightCache that serves given (integers, scales) for their formats and RTN for everything else."""
+
+    def __init__(self, weights: dict[str, tuple[np.ndarray, np.ndarray]], formats: dict[str, WeightFormat]):
+        super().__init__()
+        self.weights, self.formats = weights, formats
+
+    def get(self, name: str, w: np.ndarray, fmt: WeightFormat) -> tuple[np.ndarray, np.ndarray]:
+        if name in self.weights and self.formats.get(name) == fmt:
+            return self.weights[name]
+        return super().get(name, w, fmt)
