@@ -182,3 +182,21 @@ def test_static_int8_closer_to_fp32_after_smoothing(stats):  # statistics from t
     base, smooth = run(quantize_static(m, calib, cfg).model, test), run(quantize_static(out, calib, cfg).model, test)
     for i in (0, 1, 3, 4):  # y, z, v, f
         assert qmath.sqnr_db(ref[i], smooth[i]) > qmath.sqnr_db(ref[i], base[i]) + 3.0, i
+
+
+def test_smooth_model_picks_sites_on_calibration_data():
+    from slimq.static.smoothing import SmoothQuantConfig, smooth_model, summary
+
+    m = fresh()
+    out, reports = smooth_model(m, X, SmoothQuantConfig(batch_size=16))
+    by = {r.activation: r for r in reports}
+    assert set(by) == {"ln", "ln2d", "ln2", "hb", "gl"}
+    assert by["ln2"].alpha is not None and by["ln2"].error_after < 0.5 * by["ln2"].error_before
+    assert by["ln2"].channel_ratio > 10
+    assert "sites smoothed" in summary(reports)
+    for a, b in zip(run(out, X), run(m, X)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
+    same, reports = smooth_model(m, X, SmoothQuantConfig(batch_size=16, allow_mul=False))
+    assert reports == [] and testing.count_ops(same) == testing.count_ops(m)  # every site here needs a Mul
+    with pytest.raises(ConfigError, match="min_gain"):
+        SmoothQuantConfig(min_gain=1.0)
