@@ -161,6 +161,8 @@ def gptq_weights(model: onnx.ModelProto, calib_data, formats: dict[str, WeightFo
     hs = hessians(model, acts, batches, config.memory_budget_mb)
     inits, out = graph.initializers, {}
     for name, readers in targets.items():
+        if len({c.channel_axis for c, _ in readers}) > 1:
+            continue  # read as (K, N) by one node and (N, K) by another: no single Hessian
         h = sum(hs[a] for _, a in readers)
         out[name] = gptq_quantize(inits[name].const_value.numpy(), h, formats[name], readers[0][0].channel_axis,
                                   config)
