@@ -94,7 +94,7 @@ def main() -> int:
     feed = {"input_ids": rng.integers(1000, 30000, (1, args.seq)).astype(np.int64),
             "attention_mask": np.ones((1, args.seq), np.int64)}
     speed = {r.model: r for r in measure_speed(list(models.values()), list(models), feed, 1,
-                                               TimingConfig(min_time=1.0, rounds=3))}
+                                               TimingConfig(min_time=2.0, rounds=5))}
     print(f"\n{args.model.name}, {len(test)} held-out sentences; speed: 1 thread, batch 1, sequence {args.seq}")
     print("| static INT8 config / SmoothQuant | cosine mean | cosine min | median ms | speed-up vs FP32 |")
     print("|---|---|---|---|---|")
