@@ -29,9 +29,9 @@ from text_data import CALIB_MODULES, DEFAULT_VOCAB, HELDOUT_MODULES, WordPiece, 
 
 from slimq.core import qmath
 from slimq.dynamic.gptq import GPTQConfig, PrecomputedWeights, gptq_weights
-from slimq.dynamic.graph import Choice, Decision, WeightCache, apply_decisions, find_candidates, gemm_to_matmul
+from slimq.dynamic.graph import Choice, Decision, WeightCache, apply_decisions, find_candidates
 from slimq.dynamic.method import DynamicConfig, weight_only_format
-from slimq.graph.passes import preprocess
+from slimq.graph.passes import gemm_to_matmul, preprocess
 from slimq.io.model import model_size_bytes, save_model, upgrade_opset
 from slimq.runtime.session import Predictor
 

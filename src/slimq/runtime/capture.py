@@ -32,7 +32,7 @@ def stream_tensors(model: onnx.ModelProto, tensors: list[str], batches: Iterable
         for name in tensors:
             if name in feeds:
                 yield b, name, feeds[name]
-        if inner:
+        if runner is not None and inner:
             for name, value in runner.run(feeds):
                 yield b, name, value
 

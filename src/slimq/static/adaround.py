@@ -170,9 +170,10 @@ def _layer(n: ir.Node) -> _Layer | None:
         return _Layer(name, n.inputs[1].name, x.name, "Conv", w, 0, b, _clamp(n), conv) if conv else None
     if w.ndim != 2 or _attr(n, "transA", 0) or _attr(n, "alpha", 1.0) != 1.0:
         return None
-    info = op_info(n.op_type, n.domain)  # output-channel axis of the weight, from the op table
-    flip = info.weight_axis_attr is not None and info.weight_axis_attr in n.attributes
-    axis = (0 if _attr(n, info.weight_axis_attr, 0) else 1) if flip else info.weight_axis % 2
+    weight = op_info(n.op_type, n.domain).weight  # output-channel axis of the weight, from the op table
+    if weight is None:
+        return None
+    axis = weight.axes(n, w.ndim)[0]
     ok_bias = n.op_type == "Gemm" and b is not None and b.size == w.shape[axis]
     bias = b.reshape(-1) * float(_attr(n, "beta", 1.0)) if ok_bias else None
     return _Layer(name, n.inputs[1].name, x.name, n.op_type, w, axis, bias, _clamp(n) if ok_bias else None)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -39,9 +40,11 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from slimq.core import qmath
 from slimq.core.errors import ConfigError
-from slimq.graph.passes.common import add_initializer, const_array
+from slimq.core.ops import ONNX_DOMAINS
+from slimq.graph.builder import GraphBuilder
+from slimq.graph.passes.base import RewritePass
+from slimq.graph.values import const_array, const_of
 
-_ONNX = ("", "ai.onnx")
 ABSORBERS = ("layernorm", "linear", "mul")
 
 
@@ -53,7 +56,7 @@ class Reader:
     in_axis: int  # 0: MatMul / Gemm transB=0 weight (K, N); 1: Gemm transB=1 weight (N, K)
 
     def weight(self) -> np.ndarray:
-        return const_array(self.node.inputs[1])
+        return const_of(self.node.inputs[1])
 
     def weight_rows(self) -> np.ndarray:
         """(K, N) view of the weight: row j multiplies channel j of X."""
@@ -64,6 +67,7 @@ class Reader:
 @dataclass(frozen=True)
 class Site:
     activation: str
+    value: ir.Value  # X itself
     readers: tuple[Reader, ...]
     absorber: str  # one of ABSORBERS
     producer: ir.Node | None  # the LayerNormalization or linear node that absorbs 1/s
@@ -87,7 +91,7 @@ def _attr_float(n: ir.Node, name: str, default: float) -> float:
 
 def _reader(n: ir.Node, idx: int) -> Reader | None:
     """The node as a linear reader of its input `idx`, or None."""
-    if n.domain not in _ONNX or idx != 0 or len(n.inputs) < 2:
+    if n.domain not in ONNX_DOMAINS or idx != 0 or len(n.inputs) < 2:
         return None
     w = const_array(n.inputs[1])
     if w is None or w.ndim != 2 or not np.issubdtype(w.dtype, np.floating):
@@ -100,7 +104,7 @@ def _reader(n: ir.Node, idx: int) -> Reader | None:
 
 
 def _layernorm_absorbs(p: ir.Node, k: int) -> bool:
-    if p.op_type != "LayerNormalization" or p.domain not in _ONNX or _attr_int(p, "axis", -1) != -1:
+    if p.op_type != "LayerNormalization" or p.domain not in ONNX_DOMAINS or _attr_int(p, "axis", -1) != -1:
         return False
     gamma = const_array(p.inputs[1]) if len(p.inputs) > 1 else None
     beta = const_array(p.inputs[2]) if len(p.inputs) > 2 and p.inputs[2] is not None else np.zeros(k)
@@ -110,12 +114,10 @@ def _layernorm_absorbs(p: ir.Node, k: int) -> bool:
 def _linear_producer(x: ir.Value, k: int) -> ir.Node | None:
     """The MatMul/Gemm (optionally followed by a constant bias Add) that produces `x`, if it can absorb 1/s."""
     p = x.producer()
-    if p is not None and p.op_type == "Add" and p.domain in _ONNX:
+    if p is not None and p.op_type == "Add" and p.domain in ONNX_DOMAINS and len(p.inputs) == 2:
         consts = [i for i, v in enumerate(p.inputs) if const_array(v) is not None]
-        if len(consts) != 1 or const_array(p.inputs[consts[0]]).size != k:
-            return None
-        mm = p.inputs[1 - consts[0]]
-        if len(mm.uses()) != 1 or mm.is_graph_output():
+        mm = p.inputs[1 - consts[0]] if len(consts) == 1 else None
+        if mm is None or const_of(p.inputs[consts[0]]).size != k or len(mm.uses()) != 1 or mm.is_graph_output():
             return None
         p = mm.producer()
     reader = _reader(p, 0) if p is not None and len(p.outputs) == 1 else None
@@ -147,7 +149,7 @@ def find_sites(model: ir.Model) -> list[Site]:
         absorber, producer = _absorber(x, k)
         site_nodes = {id(r.node) for r in readers}
         others = tuple((u.node, u.idx) for u in x.uses() if id(u.node) not in site_nodes)
-        sites.append(Site(x.name, tuple(readers), absorber, producer, others if absorber != "mul" else ()))
+        sites.append(Site(x.name or "", x, tuple(readers), absorber, producer, others if absorber != "mul" else ()))
     return sites
 
 
@@ -164,88 +166,112 @@ def smoothing_scales(x_absmax: np.ndarray, weights: Sequence[np.ndarray], alpha:
     return np.clip(s, 1.0 / limit, limit)
 
 
-def _scaled_const(graph: ir.Graph, v: ir.Value, factor: np.ndarray, suffix: str) -> ir.Value:
-    a = const_array(v)
-    return add_initializer(graph, f"{v.name}_{suffix}", (a.astype(np.float64) * factor).astype(a.dtype))
+def _scaled_const(b: GraphBuilder, v: ir.Value | None, factor: np.ndarray, suffix: str) -> ir.Value:
+    a = const_of(v)
+    return b.initializer(f"{v.name if v is not None else 'const'}_{suffix}",
+                         (a.astype(np.float64) * factor).astype(a.dtype))
 
 
-def _scale_readers(graph: ir.Graph, site: Site, s: np.ndarray) -> None:
+def _scale_readers(b: GraphBuilder, site: Site, s: np.ndarray) -> None:
     for r in site.readers:
         factor = s.reshape(-1, 1) if r.in_axis == 0 else s.reshape(1, -1)
-        r.node.replace_input_with(1, _scaled_const(graph, r.node.inputs[1], factor, "smooth"))
+        r.node.replace_input_with(1, _scaled_const(b, r.node.inputs[1], factor, "smooth"))
 
 
-def _absorb(graph: ir.Graph, site: Site, x: ir.Value, inv: np.ndarray) -> None:
-    p = site.producer
-    if site.absorber == "layernorm":
-        for i in (1, 2):
-            if len(p.inputs) > i and p.inputs[i] is not None:
-                p.replace_input_with(i, _scaled_const(graph, p.inputs[i], inv, "smooth"))
-        return
-    if site.absorber == "linear":
-        r = _reader(p, 0)
-        p.replace_input_with(1, _scaled_const(graph, p.inputs[1], inv.reshape(1, -1) if r.in_axis == 0
-                                              else inv.reshape(-1, 1), "smooth"))
-        if x.producer() is not p:  # bias Add after the MatMul
-            add = x.producer()
-            i = next(i for i, v in enumerate(add.inputs) if const_array(v) is not None)
-            add.replace_input_with(i, _scaled_const(graph, add.inputs[i], inv.reshape(const_array(add.inputs[i]).shape),
-                                                    "smooth"))
-        elif p.op_type == "Gemm" and len(p.inputs) > 2 and p.inputs[2] is not None:
-            c = const_array(p.inputs[2])
-            p.replace_input_with(2, _scaled_const(graph, p.inputs[2], inv.reshape(c.shape) if c.size == inv.size
-                                                  else inv, "smooth"))
-        return
-    c = add_initializer(graph, f"{site.activation}_smooth_scale", inv.astype(np.float32))
-    mul = ir.node("Mul", [x, c], name=f"{site.activation}_smooth")
-    graph.insert_before(site.readers[0].node, mul)
+def _absorb_layernorm(b: GraphBuilder, ln: ir.Node, inv: np.ndarray) -> None:
+    for i in (1, 2):
+        if len(ln.inputs) > i and ln.inputs[i] is not None:
+            ln.replace_input_with(i, _scaled_const(b, ln.inputs[i], inv, "smooth"))
+
+
+def _absorb_linear(b: GraphBuilder, p: ir.Node, x: ir.Value, inv: np.ndarray) -> None:
+    """Divide the output channels of linear layer `p` (and of its bias: Gemm C, or the Add producing x) by s."""
+    r = _reader(p, 0)
+    in_axis = r.in_axis if r is not None else 0
+    p.replace_input_with(1, _scaled_const(b, p.inputs[1], inv.reshape(1, -1) if in_axis == 0 else inv.reshape(-1, 1),
+                                          "smooth"))
+    add = x.producer()
+    if add is not None and add is not p:  # bias Add after the MatMul
+        i = next(i for i, v in enumerate(add.inputs) if const_array(v) is not None)
+        add.replace_input_with(i, _scaled_const(b, add.inputs[i], inv.reshape(const_of(add.inputs[i]).shape), "smooth"))
+    elif p.op_type == "Gemm" and len(p.inputs) > 2 and p.inputs[2] is not None:
+        c = const_of(p.inputs[2])
+        p.replace_input_with(2, _scaled_const(b, p.inputs[2], inv.reshape(c.shape) if c.size == inv.size else inv,
+                                              "smooth"))
+
+
+def _insert_mul(b: GraphBuilder, site: Site, inv: np.ndarray) -> None:
+    """Mul(X, 1/s) in front of the site's linear layers."""
+    c = b.initializer(f"{site.activation}_smooth_scale", inv.astype(np.float32))
+    mul = b.node("Mul", [site.value, c], base=f"{site.activation}_smooth", before=site.readers[0].node)
     for r in site.readers:
         r.node.replace_input_with(0, mul.outputs[0])
 
 
-def _compensate(graph: ir.Graph, site: Site, x: ir.Value, s: np.ndarray) -> None:
+def _compensate(b: GraphBuilder, site: Site, s: np.ndarray) -> None:
     """Give the other readers of the absorbed X their original values back: Mul(X', s)."""
-    c = add_initializer(graph, f"{site.activation}_unsmooth_scale", s.astype(np.float32))
-    mul = ir.node("Mul", [x, c], name=f"{site.activation}_unsmooth")
-    graph.insert_after(x.producer(), mul)
-    for node, idx in site.others:
-        node.replace_input_with(idx, mul.outputs[0])
-
-
-def _value(model: ir.Model, name: str) -> ir.Value | None:
-    for v in model.graph.inputs:
-        if v.name == name:
-            return v
-    return next((o for n in model.graph for o in n.outputs if o.name == name), None)
+    c = b.initializer(f"{site.activation}_unsmooth_scale", s.astype(np.float32))
+    mul = b.node("Mul", [site.value, c], base=f"{site.activation}_unsmooth", after=site.value.producer())
+    b.replace_uses(site.value, mul.outputs[0], readers=site.others)
 
 
 def apply_smoothing(model: ir.Model, site: Site, s: np.ndarray) -> None:
     """X / s at the site's absorber, s W in its readers (in place). Exact in real arithmetic."""
-    x = _value(model, site.activation)
-    if site.absorber == "mul" and any(r.node.inputs[0] is not x for r in site.readers):
+    x = site.value
+    if any(r.node.inputs[0] is not x for r in site.readers):
         raise ConfigError(f'SmoothQuant site "{site.activation}" is stale: find the sites again after editing.')
-    _scale_readers(model.graph, site, s)
-    _absorb(model.graph, site, x, 1.0 / s)
+    b = GraphBuilder(model.graph)
+    _scale_readers(b, site, s)
+    if site.absorber == "layernorm" and site.producer is not None:
+        _absorb_layernorm(b, site.producer, 1.0 / s)
+    elif site.absorber == "linear" and site.producer is not None:
+        _absorb_linear(b, site.producer, x, 1.0 / s)
+    else:
+        _insert_mul(b, site, 1.0 / s)
     if site.others:
-        _compensate(model.graph, site, x, s)
+        _compensate(b, site, s)
+
+
+class SmoothQuantPass(RewritePass):
+    """Smooth every site with statistics (count: sites smoothed; `done`: the sites).
+
+    alpha: one value, or per site (sites missing from the dict are left alone). Sites needing a new
+    Mul (see the module docstring) are smoothed only with `allow_mul`.
+    """
+
+    def __init__(self, act_absmax: dict[str, np.ndarray], alpha: float | dict[str, float] = 0.5,
+                 allow_mul: bool = False) -> None:
+        super().__init__()
+        self.act_absmax, self.alpha, self.allow_mul = act_absmax, alpha, allow_mul
+        self.done: list[Site] = []
+
+    def _alpha(self, site: Site) -> float | None:
+        a = self.alpha.get(site.activation) if isinstance(self.alpha, dict) else self.alpha
+        if a is None or site.activation not in self.act_absmax:
+            self.not_fired(site.activation, "no alpha or no statistics for it")
+            return None
+        if site.needs_mul and not self.allow_mul:
+            self.not_fired(site.activation, f"needs a new Mul ({site.absorber}) and allow_mul is off")
+            return None
+        return a
+
+    def rewrite(self, model: ir.Model) -> int:
+        self.done = []
+        for site in find_sites(model):
+            if (a := self._alpha(site)) is not None:
+                apply_smoothing(model, site, smoothing_scales(self.act_absmax[site.activation], site.weights(), a))
+                self.done.append(site)
+        if self.done:
+            RemoveUnusedNodesPass()(model)
+        return len(self.done)
 
 
 def smoothquant(model: ir.Model, act_absmax: dict[str, np.ndarray], alpha: float | dict[str, float] = 0.5,
                 allow_mul: bool = False) -> list[Site]:
-    """Smooth every site with statistics (per-site alpha from a dict; sites missing from it are skipped).
-
-    Sites needing a new Mul (see the module docstring) are smoothed only with `allow_mul`. Returns the sites changed.
-    """
-    done = []
-    for site in find_sites(model):
-        a = alpha.get(site.activation) if isinstance(alpha, dict) else alpha
-        if a is None or site.activation not in act_absmax or (site.needs_mul and not allow_mul):
-            continue
-        apply_smoothing(model, site, smoothing_scales(act_absmax[site.activation], site.weights(), a))
-        done.append(site)
-    if done:
-        RemoveUnusedNodesPass()(model)
-    return done
+    """Run :class:`SmoothQuantPass` in place; returns the sites changed."""
+    p = SmoothQuantPass(act_absmax, alpha, allow_mul)
+    p(model)
+    return p.done
 
 
 def _fake_activation(x: np.ndarray, qtype: qmath.QType, symmetric: bool) -> np.ndarray:
@@ -268,13 +294,14 @@ def quantized_error(x: np.ndarray, weights: Sequence[np.ndarray], s: np.ndarray,
 
 
 def choose_alpha(x_rows: np.ndarray, weights: Sequence[np.ndarray], x_absmax: np.ndarray,
-                 alphas: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), **quant) -> tuple[float | None, dict]:
+                 alphas: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+                 **quant: Any) -> tuple[float | None, dict[float | str, float]]:
     """The alpha with the lowest simulated int8 output error on `x_rows`, or None when no smoothing is best.
 
     Returns (alpha, {alpha or "none": relative error}). `quant` goes to :func:`quantized_error`.
     """
-    errors: dict = {"none": quantized_error(x_rows, weights, np.ones(x_rows.shape[1]), **quant)}
+    errors: dict[float | str, float] = {"none": quantized_error(x_rows, weights, np.ones(x_rows.shape[1]), **quant)}
     for a in alphas:
         errors[a] = quantized_error(x_rows, weights, smoothing_scales(x_absmax, weights, a), **quant)
-    best = min(errors, key=errors.get)
-    return (None if best == "none" else best), errors
+    best = min(errors, key=lambda k: errors[k])
+    return (None if isinstance(best, str) else best), errors
