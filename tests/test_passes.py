@@ -224,7 +224,7 @@ def test_target_float_ops_and_float_fed_constant_add():
     trt = build_plan(graph, target_rules("tensorrt"))
     assert "ConvTranspose" in trt.quantized_nodes.values()
     trt_floats = {f.op_type: f.reason for f in trt.float_nodes}
-    assert "float readers" in trt_floats["Add"]  # the logits bias before Softmax: only Softmax reads it
+    assert "only float ops read" in trt_floats["Add"]  # the logits bias before Softmax: only Softmax reads it
 
 
 def test_openvino_target_quantizes_only_int8_op_inputs():

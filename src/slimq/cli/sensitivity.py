@@ -38,8 +38,9 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     from slimq.io.samples import load_samples
     from slimq.io.spec import model_inputs
     from slimq.static.method import resolve_metric
+    from slimq.static.rewrites import prequantize
     from slimq.static.sensitivity import analyse, cache_key, format_table, save_cached
-    from slimq.static.steps import split_samples
+    from slimq.static.steps import split_samples, static_rules
     from slimq.static.tuner import Setting, Tuner
 
     if args.json:
@@ -51,7 +52,10 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     samples = load_samples(args.calib, model_inputs(fp32))
     split = split_samples(len(samples), cfg)
     metric = resolve_metric(budget, None, args.eval_data, args.model, fp32)
-    tuner = Tuner(fp32, replace(cfg, budget=None), samples, split, budget, metric, time_latency=False)
+    rw = prequantize(fp32, samples, split.calib, cfg, static_rules(cfg))  # as `quantize static` does
+    fp32 = rw.model
+    tuner = Tuner(fp32, replace(cfg, budget=None), samples, split, budget, metric, time_latency=False,
+                  algo_for=rw.algo_for)
     setting = Setting.of(cfg)
     units = analyse(tuner, setting, damage=not args.no_damage, time_budget=budget.time_budget)
     save_cached(cache_key(fp32, samples, split, budget.describe()), units)

@@ -56,6 +56,9 @@ def register(sub: argparse._SubParsersAction, methods: argparse._SubParsersActio
     p.add_argument("--std", help="per-channel std")
     p.add_argument("--layout", choices=("NCHW", "NHWC"))
     p.add_argument("--color", choices=("RGB", "BGR", "GRAY"))
+    p.add_argument("--cle", action="store_true", help="cross-layer equalization of Conv pairs first (exact; helps "
+                                                      "--per-tensor weights)")
+    p.add_argument("--no-smoothquant", action="store_true", help="do not move MatMul input outliers into weights")
     add_budget_flags(p)
     p.set_defaults(func=run_static)
 
@@ -71,6 +74,10 @@ def _static_config(args: argparse.Namespace, recipe: dict) -> StaticConfig:
     if args.skip_nodes or args.skip_ops or args.skip_regex:
         overrides["skip"] = SkipSpec(_csv(args.skip_nodes) + cfg.skip.names, _csv(args.skip_ops) + cfg.skip.op_types,
                                      _csv(args.skip_regex) + cfg.skip.patterns)
+    if args.cle:
+        overrides["cle"] = True
+    if args.no_smoothquant:
+        overrides["smoothquant"] = "off"
     budget = budget_from_args(args, cfg.budget)
     if budget is not None:
         overrides["budget"] = budget

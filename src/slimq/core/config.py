@@ -87,6 +87,11 @@ class StaticConfig:
     # accuracy control: with a budget, slimq searches calibration settings and mixed precision
     # until the model meets it (slimq.static.search); None: quantize once and report
     budget: Budget | None = None
+    # exact FP32 rewrites before quantization (slimq.static.rewrites)
+    smoothquant: str = "auto"  # "auto": MatMul/Gemm inputs with outlier channels, where it helps; "off"
+    smoothquant_alpha: float | None = None  # None: searched per site
+    cle: bool = False  # cross-layer equalization of Conv -> ReLU -> Conv pairs (helps per-tensor weights)
+    cle_relu6: str = "skip"  # ReLU6 pairs: "skip", "exact" (adds a float Min), "relu" (not exact)
 
     def __post_init__(self) -> None:
         if not isinstance(self.algo, str):
@@ -102,8 +107,12 @@ class StaticConfig:
         require_int("holdout", self.holdout, 0)
         require_number("min_cosine", self.min_cosine, 0.0, 1.0, low_open=True)
         require_optional_bool("reduce_range", self.reduce_range)
-        for name in ("per_channel", "strict", "two_sided_ranges", "bias_correction", "show_progress"):
+        for name in ("per_channel", "strict", "two_sided_ranges", "bias_correction", "show_progress", "cle"):
             require_bool(name, getattr(self, name))
+        require_choice("smoothquant", self.smoothquant, ("auto", "off"))
+        require_choice("cle_relu6", self.cle_relu6, ("skip", "exact", "relu"))
+        if self.smoothquant_alpha is not None:
+            require_number("smoothquant_alpha", self.smoothquant_alpha, 0.0, 1.0)
         _normalize_selection(self)
         if isinstance(self.budget, Mapping):  # a recipe's `budget:` mapping
             object.__setattr__(self, "budget", Budget.from_dict(dict(self.budget)))

@@ -148,7 +148,7 @@ class _Planner:
         for n in self.nodes:
             self._classify(n)
         for n in reversed(self.nodes):
-            self._drop_float_fed_constant_op(n)
+            self._drop_float_fed_elementwise(n)
         for n in self.nodes:
             if self._name(n) in self.eligible:
                 self._plan_compute(n)
@@ -204,22 +204,26 @@ class _Planner:
             return "non-float inputs"
         if info.weight is not None and info.weight.required and not _has_weight(n, info):
             return "weight is not a constant"
+        if info.two_activations and info.weight is not None and not _has_weight(n, info):
+            return info.two_activations
         bias = n.inputs[info.bias_input] if info.bias_input is not None and len(n.inputs) > info.bias_input else None
         if info.bias_vector and bias is not None and not (_is_const(bias) and const_of(bias).ndim == 1):
             return f"{n.op_type} bias is not a 1-D constant"
         return None
 
-    def _drop_float_fed_constant_op(self, n: ir.Node) -> None:
-        """An Add/Mul with a constant operand whose output only float ops read gains nothing from
-        int8 (e.g. the classifier bias before Softmax) and only adds a rounding step: keep it float."""
+    def _drop_float_fed_elementwise(self, n: ir.Node) -> None:
+        """An elementwise op (Add, Mul, Concat, pooling, ...) whose output only float ops read gains nothing
+        from int8 and only adds a rounding step: keep it float. Measured: the classifier bias before
+        Softmax, and transformers' residual Adds feeding LayerNorm (quantizing those dominated the error of
+        a static INT8 MiniLM; see docs/static_ptq.md)."""
         name = self._name(n)
-        if name not in self.eligible or not _const_operand_affine(n, _info(n)):
+        if name not in self.eligible or _info(n).weight is not None:
             return
         out = n.outputs[0]
         if self._wants_quantized(out) or self._fused_activation(n) is not None:
             return
         self.eligible.discard(name)
-        self.reasons[name] = "constant operand and only float readers: int8 would add rounding, not speed"
+        self.reasons[name] = "only float ops read its output: int8 would add rounding, not speed"
 
     def _fused_activation(self, n: ir.Node) -> ir.Node | None:
         """The Relu/Clip that is the sole consumer of a compute node's output, if any."""

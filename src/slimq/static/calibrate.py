@@ -58,13 +58,15 @@ class Calibration:
 def calibrate(model: onnx.ModelProto, tensors: Sequence[str], batches: Callable[[], Iterable[Feeds]],
               algo: Algorithm, settings: ObserverSettings, budget_mb: int = 1024, show_progress: bool = True,
               total: int | None = None, bounds: dict[str, Bounds] | None = None,
-              mean_tensors: Sequence[str] = (), keep_observers: bool = False) -> Calibration:
+              mean_tensors: Sequence[str] = (), keep_observers: bool = False,
+              algo_for: dict[str, Algorithm] | None = None) -> Calibration:
     """Calibrated [rmin, rmax] of each tensor in `tensors`, and the per-channel means of `mean_tensors`,
     in one pass over all batches. `bounds` clips a tensor's values before they are observed
     (see `QuantPlan.bounds`). Raises CalibrationDataError when every float input is constant (also per
     channel: blank images after normalisation), see `slimq.io.samples.VariationWatch`."""
     bounds = bounds or {}
-    observers: dict[str, TensorObserver] = {t: make_observer(algo, settings) for t in tensors}
+    algos = {t: (algo_for or {}).get(t, algo) for t in tensors}
+    observers: dict[str, TensorObserver] = {t: make_observer(algos[t], settings) for t in tensors}
     means = {t: _MeanReducer() for t in mean_tensors}
     watch, runner, count = VariationWatch(), None, 0
     bar = tqdm(total=total, desc=f"calibrating ({algo.name})", unit="batch", disable=not show_progress)
@@ -85,7 +87,7 @@ def calibrate(model: onnx.ModelProto, tensors: Sequence[str], batches: Callable[
     if count == 0:
         raise CalibrationDataError("The calibration data yielded no batches; give at least one sample.")
     watch.check("calibration", count)
-    ranges = {t: compute_range(o, algo, settings) for t, o in observers.items()}
+    ranges = {t: compute_range(o, algos[t], settings) for t, o in observers.items()}
     constant = tuple(t for t, o in observers.items() if o.seen and o.min == o.max)
     return Calibration(ranges, {t: m.result() for t, m in means.items()}, constant, count,
                        observers if keep_observers else {})

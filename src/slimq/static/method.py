@@ -18,8 +18,17 @@ from slimq.io.model import load_model
 from slimq.io.samples import SampleSet, load_samples
 from slimq.io.spec import model_inputs
 from slimq.report.publish import QuantResult, check_output, publish
+from slimq.static.rewrites import Rewrites, prequantize
 from slimq.static.search import budget_warning, search
-from slimq.static.steps import Split, apply_plan, plan_static, run_calibration, split_samples, static_report
+from slimq.static.steps import (
+    Split,
+    apply_plan,
+    plan_static,
+    run_calibration,
+    split_samples,
+    static_report,
+    static_rules,
+)
 from slimq.static.tuner import Tuner
 from slimq.tasks.metrics import Metric, builtin_metric
 
@@ -41,15 +50,16 @@ def quantize_static(model: ModelSource, calib_data: object, config: StaticConfig
     fp32 = preprocess(model if isinstance(model, onnx.ModelProto) else load_model(model))
     samples = load_samples(calib_data, model_inputs(fp32), preprocess_spec)
     split = split_samples(len(samples), config)
+    rw = prequantize(fp32, samples, split.calib, config, static_rules(config))
     if config.budget is not None:
         task_metric = resolve_metric(config.budget, metric, eval_data, model, fp32)
-        return _with_budget(model, fp32, samples, split, config, task_metric, out)
-    irm = ir.from_proto(fp32)
+        return _with_budget(model, rw, samples, split, config, task_metric, out)
+    irm = ir.from_proto(rw.model)
     plan = plan_static(irm.graph, config)
-    calib = run_calibration(fp32, irm, plan, samples, split.calib, config)
+    calib = run_calibration(rw.model, irm, plan, samples, split.calib, config, rw.algo_for)
     plan = plan.with_ranges(calib.ranges)
     int8, corrected = apply_plan(irm, plan, calib, config)
-    report = static_report(fp32, int8, plan, samples, split, calib, corrected, config)
+    report = static_report(fp32, int8, plan, samples, split, calib, corrected, config, rewrites=rw.details)
     return publish(int8, report, out, strict=config.strict, source=model, artifacts={"plan": plan})
 
 
@@ -66,16 +76,18 @@ def resolve_metric(budget: Budget, metric: Metric | Callable[..., float] | None,
     return builtin_metric(budget.metric, eval_data, path, [i.name for i in model_inputs(fp32)])
 
 
-def _with_budget(model: ModelSource, fp32: onnx.ModelProto, samples: SampleSet, split: Split, config: StaticConfig,
+def _with_budget(model: ModelSource, rw: Rewrites, samples: SampleSet, split: Split, config: StaticConfig,
                  metric: Metric | None, out: Path | None) -> QuantResult:
     budget = config.budget
     assert budget is not None  # checked by the caller
-    tuner = Tuner(fp32, config, samples, split, budget, metric)
+    fp32 = rw.model
+    tuner = Tuner(fp32, config, samples, split, budget, metric, algo_for=rw.algo_for)
     result = search(tuner, budget)
     int8, plan, corrected = tuner.build(result.best.candidate)
     cfg = tuner.config_for(result.best.candidate)
     check = replace(cfg, min_cosine=budget.min_cosine if budget.min_cosine is not None else cfg.min_cosine)
     report = static_report(fp32, int8, plan, samples, split, tuner.calib, corrected, check,
-                           search_details=result.details(budget), budget_warning=budget_warning(result, budget))
+                           search_details=result.details(budget), budget_warning=budget_warning(result, budget),
+                           rewrites=rw.details)
     return publish(int8, report, out, strict=config.strict, source=model,
                    artifacts={"plan": plan, "search": result})

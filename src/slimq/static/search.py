@@ -179,7 +179,8 @@ class Search:
         return state
 
     def run(self) -> SearchResult:
-        base = self.t.trial(Candidate(Setting.of(self.t.cfg)), "start", "configured setting")
+        base = self.t.trial(Candidate(Setting.of(self.t.cfg), overrides=self.t.base_overrides), "start",
+                            "configured setting")
         state = self.sweep(base)
         if not state.score.meets and not self.out_of_time():
             state = self.float_greedily(state)

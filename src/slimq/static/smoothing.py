@@ -20,6 +20,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from slimq.core import qmath
 from slimq.core.errors import ConfigError
+from slimq.core.ops import Role, op_info
 from slimq.graph.passes.smoothquant import Site, apply_smoothing, choose_alpha, find_sites, smoothing_scales
 from slimq.io.samples import load_samples
 from slimq.io.spec import model_inputs
@@ -33,6 +34,10 @@ class SmoothQuantConfig:
     alpha: float | None = None  # None: searched per site among `alphas`
     alphas: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     allow_mul: bool = True  # smooth sites that need a new (float) Mul
+    allow_front_mul: bool = True  # ... including a Mul in front of the linear layers (nothing else absorbs 1/s)
+    # ... even when X comes (through Relu/Clip) from a Conv/MatMul/Gemm: the Mul then sits between that
+    # layer and its output quantization, and onnxruntime can no longer run the layer with an int8 output
+    front_mul_after_linear: bool = False
     min_gain: float = 0.2  # keep a site only if it cuts the simulated error by this share
     max_rows: int = 4096  # rows of X kept per site for the alpha search
     batch_size: int = 8
@@ -60,6 +65,17 @@ class SiteReport:
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+
+def _front_mul_ok(site: Site, config: SmoothQuantConfig) -> bool:
+    if site.absorber != "mul":
+        return True
+    if not config.allow_front_mul:
+        return False
+    p = site.value.producer()
+    while p is not None and op_info(p.op_type, p.domain).role is Role.FUSED_ACTIVATION and p.inputs:
+        p = p.inputs[0].producer() if p.inputs[0] is not None else None
+    return config.front_mul_after_linear or p is None or op_info(p.op_type, p.domain).weight is None
 
 
 def site_statistics(model: onnx.ModelProto, tensors: list[str], batches, max_rows: int, budget_mb: int,
@@ -99,7 +115,7 @@ def smooth_model(model: onnx.ModelProto, calib_data, config: SmoothQuantConfig =
     The integer types are those the static plan will use (x86: uint8 asymmetric activations, int8 weights).
     """
     irm = ir.from_proto(model)
-    sites = [s for s in find_sites(irm) if config.allow_mul or not s.needs_mul]
+    sites = [s for s in find_sites(irm) if (config.allow_mul or not s.needs_mul) and _front_mul_ok(s, config)]
     if not sites:
         return model, []
     samples = load_samples(calib_data, model_inputs(model))

@@ -53,10 +53,13 @@ def resolve_reduce_range(cfg: StaticConfig) -> bool:
     return cfg.target in ("x86", "openvino") and not cpu_info().vnni
 
 
+def static_rules(cfg: StaticConfig) -> TargetRules:
+    return target_rules(cfg.target, resolve_reduce_range(cfg), cfg.per_channel)
+
+
 def plan_static(graph: ir.Graph, cfg: StaticConfig, allow_empty: bool = False) -> QuantPlan:
     """Which tensors get which quantization (no data needed); `allow_empty` for search candidates."""
-    rules = target_rules(cfg.target, resolve_reduce_range(cfg), cfg.per_channel)
-    plan = build_plan(graph, rules, cfg.skip, cfg.op_types)
+    plan = build_plan(graph, static_rules(cfg), cfg.skip, cfg.op_types)
     if not plan.quantized_nodes and not allow_empty:
         raise NothingToQuantizeError("No op in this model can be quantized statically (no Conv/MatMul/Gemm/... on "
                                      "float data). Nothing was written.")
@@ -69,14 +72,22 @@ def observer_settings(rules: TargetRules, cfg: StaticConfig) -> ObserverSettings
                             min_values_to_clip=1024, two_sided=cfg.two_sided_ranges)
 
 
+def root_algorithms(plan: QuantPlan, algo_for: dict[str, str]) -> dict[str, str]:
+    """Per-tensor calibration algorithms, moved to the roots whose range those tensors share."""
+    return {plan.activations[t]: a for t, a in algo_for.items() if t in plan.activations}
+
+
 def run_calibration(fp32: onnx.ModelProto, irm: ir.Model, plan: QuantPlan, samples: SampleSet, idx: list[int],
-                    cfg: StaticConfig) -> Calibration:
-    """Ranges of the plan's root tensors and, with bias correction, the means its sites need: one pass."""
+                    cfg: StaticConfig, algo_for: dict[str, str] | None = None) -> Calibration:
+    """Ranges of the plan's root tensors and, with bias correction, the means its sites need: one pass.
+    `algo_for` overrides the configured algorithm for some tensors (e.g. KL after SmoothQuant)."""
     sites = bias_sites(irm, plan) if cfg.bias_correction else []
+    per_root = {r: get_algorithm(a) for r, a in root_algorithms(plan, algo_for or {}).items()}
     return calibrate(fp32, plan.roots, lambda: samples.batches(idx, cfg.batch_size), get_algorithm(cfg.algo),
                      observer_settings(plan.rules, cfg), cfg.memory_budget_mb, cfg.show_progress,
                      -(-len(idx) // cfg.batch_size), plan.bounds,
-                     mean_tensors=sorted({s.bias.activation for s in sites}), keep_observers=True)
+                     mean_tensors=sorted({s.bias.activation for s in sites}), keep_observers=True,
+                     algo_for=per_root)
 
 
 def apply_plan(irm: ir.Model, plan: QuantPlan, calib: Calibration, cfg: StaticConfig) -> tuple[onnx.ModelProto, int]:
@@ -99,13 +110,15 @@ def _constant_warning(constant: tuple[str, ...]) -> list[str]:
 
 def static_report(fp32: onnx.ModelProto, int8: onnx.ModelProto, plan: QuantPlan, samples: SampleSet, split: Split,
                   calib: Calibration, corrected: int, cfg: StaticConfig, search_details: dict | None = None,
-                  budget_warning: Sequence[str] = ()) -> Report:
+                  budget_warning: Sequence[str] = (), rewrites: dict | None = None) -> Report:
     details = {"algo": get_algorithm(cfg.algo).name, "plan": plan.summary(), "bias_corrected_layers": corrected,
                "calibration": {"samples": len(split.calib), "batches": calib.batches,
                                "held_back": 0 if split.in_sample else len(split.check)},
                "constant_tensors": list(calib.constant)}
     if search_details is not None:
         details["search"] = search_details
+    if rewrites:
+        details["rewrites"] = rewrites
     check = [samples.sample(i) for i in split.check]
     if calib.observers:
         details.update(diagnostics(fp32, int8, plan, calib, check))

@@ -22,7 +22,7 @@ from slimq.report.measure import BudgetMeasure, Score
 from slimq.runtime.macs import count_macs
 from slimq.runtime.timing import latency_ms
 from slimq.static.calibrate import Calibration, calibrate
-from slimq.static.steps import Split, apply_plan, observer_settings, plan_static
+from slimq.static.steps import Split, apply_plan, observer_settings, plan_static, root_algorithms
 from slimq.tasks.metrics import Metric
 
 
@@ -131,12 +131,14 @@ class Tuner:
     """Calibrates once; builds, measures and times candidates."""
 
     def __init__(self, fp32: onnx.ModelProto, cfg: StaticConfig, samples: SampleSet, split: Split, budget: Budget,
-                 metric: Metric | None = None, time_latency: bool = True) -> None:
+                 metric: Metric | None = None, time_latency: bool = True,
+                 algo_for: dict[str, str] | None = None) -> None:
         self.fp32, self.cfg, self.budget = fp32, cfg, budget
         self.samples, self.split = samples, split
         irm = ir.from_proto(fp32)
         self.plan = plan_static(irm.graph, cfg)
         self.units = quantizable_units(self.plan, irm.graph)
+        self.base_overrides = tuple((r, Setting(a)) for r, a in sorted(root_algorithms(self.plan, algo_for or {}).items()))
         self.calib = self._calibrate(irm, samples, split)
         check = [samples.sample(i) for i in split.check]
         self.measure = BudgetMeasure(budget, fp32, check, metric)
