@@ -27,8 +27,9 @@ MAX_HISTOGRAMS = 8
 
 def render_html(report: Report) -> str:
     """One self-contained HTML page for `report` (every text escaped; no external resources)."""
-    d = report.details if isinstance(report.details, Mapping) else {}
-    search = d.get("search") if isinstance(d.get("search"), Mapping) else {}
+    d: Mapping[str, Any] = report.details if isinstance(report.details, Mapping) else {}
+    found = d.get("search")
+    search: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
     body = [_header(report), _warnings(report), _summary(report, search), _float_ops(report),
             _sensitivity(search, report.method), _tensor_errors(d.get("tensor_errors")),
             _histograms(d.get("histograms")), _tradeoff(search, report.method), _footer(report)]
@@ -251,7 +252,8 @@ def _tradeoff(search: Mapping[str, Any], method: str) -> str:
     if not search:
         return _section("tradeoff", title, _absent(_no_search(method)))
     trace = records(search.get("trace"))
-    chosen = search.get("chosen") if isinstance(search.get("chosen"), Mapping) else {}
+    picked = search.get("chosen")
+    chosen: Mapping[str, Any] = picked if isinstance(picked, Mapping) else {}
     body = _search_line(search, chosen) + _tradeoff_chart(trace, chosen, search) + _trace_table(trace, chosen)
     return _section("tradeoff", title, body)
 

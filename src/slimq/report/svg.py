@@ -271,7 +271,8 @@ def scatter_chart(points: Sequence[Point], xlabel: str, ylabel: str, vlines: Seq
         out += [line(f.x0, y, f.x1, y, m.colour, 1.5, m.dashed), text(f.x0 + 6, y - 5, m.label, "start", 10, m.colour)]
     out += vmarkers(f, xs, vlines)
     shown = sorted((p for p in points if p.y is not None), key=lambda p: p.style == "chosen")
-    out += [f"<g><title>{escape(p.title)}</title>{_dot(xs(p.x), ys(p.y), p.style)}</g>" for p in shown]
+    out += [f"<g><title>{escape(p.title)}</title>{_dot(xs(p.x), ys(p.y), p.style)}</g>" for p in shown
+            if p.y is not None]
     out += _tags([(xs(p.x), ys(p.y), p.tag) for p in shown if p.tag and p.y is not None])
     out += legend(f, [(GREEN, "meets the budget"), (GREY, "does not"), (ORANGE, "chosen")])
     return svg(f, f"{ylabel} vs {xlabel}", out)

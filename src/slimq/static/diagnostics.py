@@ -36,7 +36,8 @@ def diagnostics(fp32: onnx.ModelProto, int8: onnx.ModelProto, plan: QuantPlan, c
     roots = {t: plan.activations[t] for t in plan.activations}
     ranked = sorted((e for e in errors if roots.get(e.tensor) in calib.observers and np.isfinite(e.sqnr_db)),
                     key=lambda e: e.sqnr_db)
-    hists, seen = [], set()
+    hists: list[dict[str, Any]] = []
+    seen: set[str] = set()
     for e in ranked:
         root = roots[e.tensor]
         if root in seen or len(hists) >= worst:

@@ -69,10 +69,10 @@ def resolve_metric(budget: Budget, metric: Metric | Callable[..., float] | None,
     if isinstance(metric, Metric):
         return metric
     if callable(metric):
-        return Metric(budget.metric or getattr(metric, "__name__", "metric"), metric)
+        return Metric(budget.metric or str(getattr(metric, "__name__", "metric")), metric)
     if budget.metric is None:
         return None
-    path = None if isinstance(model, onnx.ModelProto) else model
+    path = None if isinstance(model, onnx.ModelProto) else Path(model)
     return builtin_metric(budget.metric, eval_data, path, [i.name for i in model_inputs(fp32)])
 
 

@@ -74,7 +74,7 @@ def _smoothed_inputs(model: onnx.ModelProto, done: list[Any]) -> set[str]:
 def prequantize(fp32: onnx.ModelProto, samples: SampleSet, calib_idx: list[int], cfg: StaticConfig,
                 rules: TargetRules) -> Rewrites:
     """Apply the enabled rewrites in order (CLE, then SmoothQuant)."""
-    model, details, algo_for = fp32, {}, {}
+    model, details, algo_for = fp32, {}, {}  # type: tuple[onnx.ModelProto, dict[str, Any], dict[str, str]]
     if cfg.cle:
         model, details["cle"] = _cle(model, cfg)
     if cfg.smoothquant != "off":

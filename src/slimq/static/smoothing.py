@@ -137,4 +137,4 @@ def summary(reports: Sequence[SiteReport]) -> str:
     done = [r for r in reports if r.alpha is not None]
     muls = sum(r.new_mul for r in done)
     return (f"SmoothQuant: {len(done)} of {len(reports)} sites smoothed ({muls} with a new Mul); "
-            f"alphas {sorted({r.alpha for r in done})}")
+            f"alphas {sorted({r.alpha for r in done if r.alpha is not None})}")

@@ -102,7 +102,7 @@ def quantizable_units(plan: QuantPlan, graph: ir.Graph) -> dict[str, frozenset[s
     units = {f"node:{n}": frozenset({n}) for n in compute}
     readers: dict[str, set[str]] = {}
     for node in graph:
-        name = node.name or node.outputs[0].name
+        name = node_name(node)
         if name in compute:
             for v in node.inputs:
                 if v is not None and v.name in plan.activations:
@@ -111,11 +111,16 @@ def quantizable_units(plan: QuantPlan, graph: ir.Graph) -> dict[str, frozenset[s
         if len(nodes) > 1:  # a single reader is already its layer's unit
             units[f"tensor:{root}"] = frozenset(nodes)
     for node in graph:  # a layer with its output: outlier weights and the range they produce
-        name = node.name or node.outputs[0].name
-        root = plan.activations.get(_see_through(node).name) if name in compute else None
-        if root in readers:
-            units[f"block:{name}"] = frozenset({name} | readers[root])
+        name = node_name(node)
+        out_name = _see_through(node).name
+        out_root = plan.activations.get(out_name) if name in compute and out_name is not None else None
+        if out_root is not None and out_root in readers:
+            units[f"block:{name}"] = frozenset({name} | readers[out_root])
     return units
+
+
+def node_name(node: ir.Node) -> str:
+    return node.name or node.outputs[0].name or ""
 
 
 def _see_through(node: ir.Node) -> ir.Value:
