@@ -1,0 +1,272 @@
+"""Peer comparison for accuracy control (issue 11): NNCF's quantize_with_accuracy_control on PP-OCRv4 rec.
+
+Same task, data and budget as benchmarks/accuracy_control_ppocr.py's ``max-drop`` run:
+  calibration  the adverse draw: the first 32 of 48 rendered lines, seed 7, batch 1;
+  validation   120 rendered lines, seed 1000 (what slimq's ``--eval ocr-rec:120`` searches on);
+  budget       CER at most 0.3 pt above FP32 on the validation lines; NNCF wants a higher-is-better
+               metric, so validation_fn returns 100 - CER (and 100 - CER of each line, so that
+               NNCF ranks its quantizer groups on the metric itself), with max_drop=0.3, ABSOLUTE;
+  test         CER on 200 held-out lines (seed 0) vs FP32, the int8 MAC share in the graph
+               onnxruntime runs, and the 1-thread speed-up against FP32 (interleaved timing).
+For each configuration both NNCF's plain quantization (the model it starts its search from, saved
+through ``intermediate_model_dir``) and the accuracy-controlled result are measured.
+
+Configurations (--configs):
+  shipped      the model as shipped (opset 12), NNCF defaults (preset performance, target ANY);
+               NNCF warns that opset < 13 has no per-channel quantization and goes per-tensor.
+  op13         the documented workaround: onnx.version_converter to opset 13 first (per-channel
+               weights), NNCF defaults otherwise;
+  op13-mixed   opset 13 and preset=MIXED (asymmetric activations);
+  op13-init    opset 13, and the weights moved from Constant nodes into initializers first (the shipped
+               model keeps every weight in a Constant node, so NNCF cannot fold its weight
+               QuantizeLinear nodes and leaves them to run on every inference);
+  op13-init-mixed  both, and preset=MIXED.
+
+NNCF is a benchmark-only dependency: run this in a separate venv, never slimq's own:
+  python3 -m venv /work/scratch/nncf/venv
+  /work/scratch/nncf/venv/bin/pip install nncf==3.4.0 onnx==1.23.2 onnxruntime==1.32.0 numpy onnx-ir \
+      pyyaml tqdm pillow && /work/scratch/nncf/venv/bin/pip install --no-deps rapidocr-onnxruntime==1.4.4
+  PYTHONPATH=src /work/scratch/nncf/venv/bin/python benchmarks/peer_accuracy_control.py [--configs ...]
+      [--test-lines 200] [--out DIR]
+
+Results: filled in below the usage once measured (see RESULTS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from slimq.runtime.cpu import cpu_info
+from slimq.runtime.macs import count_macs
+from slimq.runtime.session import Predictor, optimized_graph
+from slimq.tasks import RecEvaluator, character_error_rate, ctc_greedy_decode, evaluate, rapidocr_model_path
+
+CALIB, CALIB_DRAW, CALIB_SEED = 32, 48, 7
+VAL_LINES, VAL_SEED, BATCH = 120, 1000, 8
+MAX_DROP = 0.3
+CONFIGS = ("shipped", "op13", "op13-mixed", "op13-init", "op13-init-mixed")
+NOISE = ("shape of output edge", "consider to run pre-processing")
+
+
+def load_nncf():  # noqa: ANN201 - the module
+    try:
+        import nncf
+    except ImportError as exc:
+        raise SystemExit("This benchmark needs NNCF, a benchmark-only dependency kept out of slimq's venv: "
+                         "see the module docstring for the separate venv.") from exc
+    return nncf
+
+
+def interleaved_ms(fp32: str, int8, feeds: dict, rounds: int = 5, per: int = 10) -> tuple[float, float]:
+    """Median 1-thread latency of FP32 and INT8, alternating blocks (as accuracy_control_ppocr.py)."""
+    runs = [Predictor(fp32, threads=1).run, Predictor(int8, threads=1).run]
+    times: list[list[float]] = [[], []]
+    for r in runs:
+        for _ in range(3):
+            r(feeds)
+    for i in range(rounds):
+        for j in ((0, 1) if i % 2 == 0 else (1, 0)):
+            for _ in range(per):
+                t = time.perf_counter_ns()
+                runs[j](feeds)
+                times[j].append((time.perf_counter_ns() - t) / 1e6)
+    return float(np.median(times[0])), float(np.median(times[1]))
+
+
+class RecValidation:
+    """NNCF's validation dataset and validation_fn for CER on rendered lines (one item per line).
+
+    validation_fn(model, items) -> (100 - CER over the items, [100 - CER of each item]); lines are
+    run in batches of 8 like RecEvaluator, so the value equals RecEvaluator's CER on the same lines.
+    """
+
+    def __init__(self, n_lines: int, seed: int) -> None:
+        ev = RecEvaluator(n_lines=n_lines, seed=seed, batch_size=BATCH)
+        self.name, self.dictionary = ev.input_name, ev.dictionary
+        self.items = [(ev.images[i:i + 1], text) for i, text in enumerate(ev.texts)]
+        self._cache: tuple[onnx.ModelProto | None, Predictor | None] = (None, None)
+
+    def predictor(self, model: onnx.ModelProto) -> Predictor:
+        if self._cache[0] is not model:  # NNCF passes the same proto object for every item of one model
+            self._cache = (model, Predictor(model, threads="all"))
+        return self._cache[1]
+
+    def __call__(self, model: onnx.ModelProto, items) -> tuple[float, list[float]]:
+        items = list(items)
+        run = self.predictor(model).run
+        preds: list[str] = []
+        for s in range(0, len(items), BATCH):
+            batch = np.concatenate([img for img, _ in items[s:s + BATCH]])
+            preds += [t for t, _ in ctc_greedy_decode(run({self.name: batch})[0], self.dictionary)]
+        texts = [t for _, t in items]
+        per_line = [100.0 - character_error_rate([p], [t]) for p, t in zip(preds, texts, strict=True)]
+        return 100.0 - character_error_rate(preds, texts), per_line
+
+
+class LogTap(logging.Handler):
+    """Keeps NNCF's log lines (the accuracy restorer reports what it reverted only there)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def restorer_summary(self) -> dict:
+        text = "\n".join(self.lines)
+        total = re.search(r"Total number of quantized operations in the model: (\d+)", text)
+        reverted = re.search(r"(\d+) out of (\d+) were reverted", text)
+        gave_up = "could not achieve the required accuracy drop" in text
+        steps = len(re.findall(r"^Reverted \d+ operations", text, re.M))
+        drops = re.findall(r"Accuracy drop(?: with the new quantization scope is)?:? (-?[\d.e-]+)", text)
+        n_total = int(total.group(1)) if total else None
+        n_rev = int(reverted.group(1)) if reverted else (n_total if gave_up and total else 0)
+        return {"quantized_ops": n_total, "reverted_ops": n_rev, "iterations": steps, "met": not gave_up,
+                "first_drop": float(drops[0]) if drops else None}
+
+
+def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Move Constant nodes' tensors into graph initializers (the shipped rec model keeps all weights in
+    Constant nodes, so NNCF's pass that folds weight QuantizeLinear nodes finds nothing to fold).
+    Constants read by a Cast stay nodes: NNCF 3.4's eliminate_nop_cast fails on a Cast of an initializer."""
+    cast_inputs = {n.input[0] for n in model.graph.node if n.op_type == "Cast"}
+    keep = []
+    for node in model.graph.node:
+        value = next((a.t for a in node.attribute if a.name == "value"), None)
+        if node.op_type == "Constant" and value is not None and node.output[0] not in cast_inputs:
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(value)
+            tensor.name = node.output[0]
+            model.graph.initializer.append(tensor)
+        else:
+            keep.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    return model
+
+
+def prepare(path: str, config: str) -> onnx.ModelProto:
+    model = onnx.load(path)
+    if "op13" in config:
+        from onnx import version_converter
+
+        model = version_converter.convert_version(model, 13)
+    if "init" in config:
+        model = constants_to_initializers(model)
+    return model
+
+
+@dataclass
+class Row:
+    name: str
+    cer: float
+    fp32_cer: float
+    share: float
+    fp32_ms: float
+    int8_ms: float
+    float_mac_layers: int
+    mac_layers: int
+    act_types: Counter = field(default_factory=Counter)
+    secs: float | None = None
+    restorer: dict | None = None
+
+    def line(self) -> str:
+        ok = self.cer - self.fp32_cer <= MAX_DROP and self.share >= 0.85 and self.fp32_ms / self.int8_ms >= 1.5
+        rs = self.restorer
+        tail = (f"  drop on validation before search {rs['first_drop']:.2f} pt, reverted {rs['reverted_ops']} of "
+                f"{rs['quantized_ops']} ops in {rs['iterations']} steps"
+                f"{'' if rs['met'] else ' (budget not met)'}" if rs else "")
+        acts = "/".join(f"{k} {v}" for k, v in sorted(self.act_types.items()))
+        return (f"{self.name:20s} CER {self.cer:.2f} % ({self.cer - self.fp32_cer:+.2f} pt)  int8 MACs "
+                f"{self.share * 100:.1f} %  {self.fp32_ms / self.int8_ms:.2f}x ({self.fp32_ms:.1f} vs "
+                f"{self.int8_ms:.1f} ms)  float MAC layers {self.float_mac_layers}/{self.mac_layers}  "
+                f"activations {acts}" + (f"  search {self.secs:.0f} s" if self.secs is not None else "")
+                + tail + f"  {'PASS' if ok else 'fail'}")
+
+
+def activation_types(model: onnx.ModelProto) -> Counter:
+    """Zero-point types of the activation QuantizeLinear nodes (u8 is onnxruntime's fast x86 path)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    names = {onnx.TensorProto.UINT8: "u8", onnx.TensorProto.INT8: "s8"}
+    out: Counter = Counter()
+    for n in model.graph.node:
+        if n.op_type == "QuantizeLinear" and n.input[0] not in inits and len(n.input) > 2 and n.input[2] in inits:
+            out[names.get(inits[n.input[2]].data_type, str(inits[n.input[2]].data_type))] += 1
+    return out
+
+
+def measure(name: str, model: onnx.ModelProto, fp32_path: str, fp32_cer: float, test: RecEvaluator,
+            feeds: dict) -> Row:
+    cer = evaluate(Predictor(model, threads="all").run, test)["cer"]
+    macs = count_macs(optimized_graph(model, "extended"), feeds)
+    f_ms, q_ms = interleaved_ms(fp32_path, model, feeds)
+    return Row(name, cer, fp32_cer, macs.int8_share, f_ms, q_ms, len(macs.float_nodes),
+               sum(macs.int8_ops.values()) + sum(macs.float_ops.values()), activation_types(model))
+
+
+def run_config(nncf, config: str, path: str, calib: list[dict], val: RecValidation, tap: LogTap,
+               work: Path) -> tuple[onnx.ModelProto, onnx.ModelProto, float]:
+    """(NNCF's plain quantized model, its accuracy-controlled model, seconds of the whole call)."""
+    from nncf.onnx.graph.passes import compress_quantize_weights_transformation
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+    model = prepare(path, config)
+    folder = work / config
+    folder.mkdir(parents=True, exist_ok=True)
+    tap.lines.clear()
+    t = time.perf_counter()
+    result = nncf.quantize_with_accuracy_control(
+        model, nncf.Dataset(calib), nncf.Dataset(val.items, lambda item: {val.name: item[0]}), val,
+        max_drop=MAX_DROP, drop_type=nncf.DropType.ABSOLUTE, subset_size=CALIB,
+        preset=nncf.QuantizationPreset.MIXED if config.endswith("mixed") else None,
+        advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(intermediate_model_dir=str(folder)))
+    secs = time.perf_counter() - t
+    plain = onnx.load(str(folder / "intermediate_model.onnx"))
+    compress_quantize_weights_transformation(plain)  # as NNCF does to the model it returns
+    return plain, result, secs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configs", nargs="+", choices=CONFIGS, default=["op13", "op13-init-mixed", "shipped"])
+    ap.add_argument("--test-lines", type=int, default=200)
+    ap.add_argument("--out", type=Path, help="folder to keep the INT8 models in (default: a temporary one)")
+    args = ap.parse_args()
+    nncf = load_nncf()
+    tap = LogTap()
+    logger = logging.getLogger("nncf")
+    for handler in logger.handlers:  # one INFO line per tensor without static shapes: keep the log readable
+        handler.addFilter(lambda r: not any(k in r.getMessage() for k in NOISE))
+    logger.addHandler(tap)
+    print(cpu_info(), f"nncf {nncf.__version__}", flush=True)
+    path = str(rapidocr_model_path("rec"))
+    test = RecEvaluator(n_lines=args.test_lines, seed=0, batch_size=BATCH)
+    fp32 = evaluate(Predictor(path, threads="all").run, test)["cer"]
+    print(f"FP32 CER {fp32:.2f} % on {args.test_lines} held-out lines", flush=True)
+    calib = list(RecEvaluator(n_lines=CALIB_DRAW, seed=CALIB_SEED, batch_size=1).inputs())[:CALIB]
+    val = RecValidation(VAL_LINES, VAL_SEED)
+    feeds = {k: v[:1] for k, v in next(iter(test.inputs())).items()}
+    with tempfile.TemporaryDirectory(prefix="nncf-ac-") as tmp:
+        work = args.out or Path(tmp)
+        for config in args.configs:
+            plain, result, secs = run_config(nncf, config, path, calib, val, tap, work)
+            onnx.save(result, str(work / config / "accuracy_control.onnx"))
+            print(measure(f"{config} plain", plain, path, fp32, test, feeds).line(), flush=True)
+            row = measure(f"{config} max-drop", result, path, fp32, test, feeds)
+            row.secs, row.restorer = secs, tap.restorer_summary()
+            print(row.line(), flush=True)
+
+
+if __name__ == "__main__":
+    main()
