@@ -20,14 +20,18 @@ Configurations (--configs):
   op13-init    opset 13, and the weights moved from Constant nodes into initializers first (the shipped
                model keeps every weight in a Constant node, so NNCF cannot fold its weight
                QuantizeLinear nodes and leaves them to run on every inference);
-  op13-init-mixed  both, and preset=MIXED.
+  op13-init-mixed  both, and preset=MIXED;
+  openvino     NNCF's own main path: the ONNX model read by OpenVINO (ov.Model), NNCF's OpenVINO backend
+               with defaults, validation compiled by OpenVINO; measured on OpenVINO (CER, int8 share of
+               the MACs in OpenVINO's execution graph, 1-thread speed-up against OpenVINO FP32).
 
 NNCF is a benchmark-only dependency: run this in a separate venv, never slimq's own:
   python3 -m venv /work/scratch/nncf/venv
   /work/scratch/nncf/venv/bin/pip install nncf==3.4.0 onnx==1.23.2 onnxruntime==1.32.0 numpy onnx-ir \
       pyyaml tqdm pillow && /work/scratch/nncf/venv/bin/pip install --no-deps rapidocr-onnxruntime==1.4.4
+  /work/scratch/nncf/venv/bin/pip install openvino==2026.4.1    # for --configs openvino and --openvino
   PYTHONPATH=src /work/scratch/nncf/venv/bin/python benchmarks/peer_accuracy_control.py [--configs ...]
-      [--test-lines 200] [--out DIR]
+      [--test-lines 200] [--openvino] [--out DIR]
 
 Results: filled in below the usage once measured (see RESULTS).
 """
@@ -46,15 +50,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from slimq.runtime.backends import openvino_mac_count
 from slimq.runtime.cpu import cpu_info
-from slimq.runtime.macs import count_macs
+from slimq.runtime.macs import MacCount, count_macs
 from slimq.runtime.session import Predictor, optimized_graph
 from slimq.tasks import RecEvaluator, character_error_rate, ctc_greedy_decode, evaluate, rapidocr_model_path
 
 CALIB, CALIB_DRAW, CALIB_SEED = 32, 48, 7
 VAL_LINES, VAL_SEED, BATCH = 120, 1000, 8
 MAX_DROP = 0.3
-CONFIGS = ("shipped", "op13", "op13-mixed", "op13-init", "op13-init-mixed")
+CONFIGS = ("shipped", "op13", "op13-mixed", "op13-init", "op13-init-mixed", "openvino")
 NOISE = ("shape of output edge", "consider to run pre-processing")
 
 
@@ -67,9 +72,10 @@ def load_nncf():  # noqa: ANN201 - the module
     return nncf
 
 
-def interleaved_ms(fp32: str, int8, feeds: dict, rounds: int = 5, per: int = 10) -> tuple[float, float]:
+def interleaved_ms(fp32: str, int8, feeds: dict, rounds: int = 5, per: int = 10,
+                   backend: str = "ort") -> tuple[float, float]:
     """Median 1-thread latency of FP32 and INT8, alternating blocks (as accuracy_control_ppocr.py)."""
-    runs = [Predictor(fp32, threads=1).run, Predictor(int8, threads=1).run]
+    runs = [Predictor(fp32, threads=1, backend=backend).run, Predictor(int8, threads=1, backend=backend).run]
     times: list[list[float]] = [[], []]
     for r in runs:
         for _ in range(3):
@@ -94,16 +100,18 @@ class RecValidation:
         ev = RecEvaluator(n_lines=n_lines, seed=seed, batch_size=BATCH)
         self.name, self.dictionary = ev.input_name, ev.dictionary
         self.items = [(ev.images[i:i + 1], text) for i, text in enumerate(ev.texts)]
-        self._cache: tuple[onnx.ModelProto | None, Predictor | None] = (None, None)
+        self._cache: tuple[object, object] = (None, None)
 
-    def predictor(self, model: onnx.ModelProto) -> Predictor:
-        if self._cache[0] is not model:  # NNCF passes the same proto object for every item of one model
-            self._cache = (model, Predictor(model, threads="all"))
+    def runner(self, model):  # noqa: ANN001, ANN201 - an onnx.ModelProto or an OpenVINO CompiledModel
+        if self._cache[0] is not model:  # NNCF passes the same object for every item of one model
+            run = (Predictor(model, threads="all").run if isinstance(model, onnx.ModelProto)
+                   else lambda feeds: [model(feeds)[model.outputs[0]]])
+            self._cache = (model, run)
         return self._cache[1]
 
-    def __call__(self, model: onnx.ModelProto, items) -> tuple[float, list[float]]:
+    def __call__(self, model, items) -> tuple[float, list[float]]:  # noqa: ANN001
         items = list(items)
-        run = self.predictor(model).run
+        run = self.runner(model)
         preds: list[str] = []
         for s in range(0, len(items), BATCH):
             batch = np.concatenate([img for img, _ in items[s:s + BATCH]])
@@ -130,10 +138,12 @@ class LogTap(logging.Handler):
         gave_up = "could not achieve the required accuracy drop" in text
         steps = len(re.findall(r"^Reverted \d+ operations", text, re.M))
         drops = re.findall(r"Accuracy drop(?: with the new quantization scope is)?:? (-?[\d.e-]+)", text)
+        final = re.search(r"achieved required accuracy drop (-?[\d.e-]+)", text)
         n_total = int(total.group(1)) if total else None
         n_rev = int(reverted.group(1)) if reverted else (n_total if gave_up and total else 0)
         return {"quantized_ops": n_total, "reverted_ops": n_rev, "iterations": steps, "met": not gave_up,
-                "first_drop": float(drops[0]) if drops else None}
+                "first_drop": float(drops[0]) if drops else None,
+                "final_drop": float(final.group(1)) if final else (float(drops[-1]) if drops else None)}
 
 
 def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -170,6 +180,7 @@ def prepare(path: str, config: str) -> onnx.ModelProto:
 @dataclass
 class Row:
     name: str
+    runtime: str
     cer: float
     fp32_cer: float
     share: float
@@ -180,19 +191,23 @@ class Row:
     act_types: Counter = field(default_factory=Counter)
     secs: float | None = None
     restorer: dict | None = None
+    openvino: tuple[float, float, float] | None = None  # an ONNX model on OpenVINO: CER, FP32 ms, INT8 ms
 
     def line(self) -> str:
         ok = self.cer - self.fp32_cer <= MAX_DROP and self.share >= 0.85 and self.fp32_ms / self.int8_ms >= 1.5
         rs = self.restorer
-        tail = (f"  drop on validation before search {rs['first_drop']:.2f} pt, reverted {rs['reverted_ops']} of "
+        tail = (f"  validation drop {rs['first_drop']:.2f} -> {rs['final_drop']:.2f} pt, reverted {rs['reverted_ops']} of "
                 f"{rs['quantized_ops']} ops in {rs['iterations']} steps"
                 f"{'' if rs['met'] else ' (budget not met)'}" if rs else "")
-        acts = "/".join(f"{k} {v}" for k, v in sorted(self.act_types.items()))
-        return (f"{self.name:20s} CER {self.cer:.2f} % ({self.cer - self.fp32_cer:+.2f} pt)  int8 MACs "
+        acts = "/".join(f"{k} {v}" for k, v in sorted(self.act_types.items())) or "-"
+        ov = self.openvino
+        return (f"{self.name:20s} [{self.runtime}] CER {self.cer:.2f} % ({self.cer - self.fp32_cer:+.2f} pt)  int8 MACs "
                 f"{self.share * 100:.1f} %  {self.fp32_ms / self.int8_ms:.2f}x ({self.fp32_ms:.1f} vs "
                 f"{self.int8_ms:.1f} ms)  float MAC layers {self.float_mac_layers}/{self.mac_layers}  "
                 f"activations {acts}" + (f"  search {self.secs:.0f} s" if self.secs is not None else "")
-                + tail + f"  {'PASS' if ok else 'fail'}")
+                + tail + f"  {'PASS' if ok else 'fail'}"
+                + (f"\n{'':20s} same ONNX model on OpenVINO: CER {ov[0]:.2f} % ({ov[0] - self.fp32_cer:+.2f} pt)  "
+                   f"{ov[1] / ov[2]:.2f}x ({ov[1]:.1f} vs {ov[2]:.1f} ms, FP32 also on OpenVINO)" if ov else ""))
 
 
 def activation_types(model: onnx.ModelProto) -> Counter:
@@ -206,24 +221,37 @@ def activation_types(model: onnx.ModelProto) -> Counter:
     return out
 
 
-def measure(name: str, model: onnx.ModelProto, fp32_path: str, fp32_cer: float, test: RecEvaluator,
-            feeds: dict) -> Row:
-    cer = evaluate(Predictor(model, threads="all").run, test)["cer"]
-    macs = count_macs(optimized_graph(model, "extended"), feeds)
-    f_ms, q_ms = interleaved_ms(fp32_path, model, feeds)
-    return Row(name, cer, fp32_cer, macs.int8_share, f_ms, q_ms, len(macs.float_nodes),
-               sum(macs.int8_ops.values()) + sum(macs.float_ops.values()), activation_types(model))
+def measure(name: str, model: onnx.ModelProto | str, fp32_path: str, fp32_cer: float, test: RecEvaluator,
+            feeds: dict, backend: str = "ort", also_openvino: bool = False) -> Row:
+    """Test CER, int8 MAC share and 1-thread speed-up on `backend` (an OpenVINO IR path for "openvino")."""
+    cer = evaluate(Predictor(model, threads="all", backend=backend).run, test)["cer"]
+    macs: MacCount = (openvino_mac_count(model, feeds) if backend == "openvino"
+                      else count_macs(optimized_graph(model, "extended"), feeds))
+    f_ms, q_ms = interleaved_ms(fp32_path, model, feeds, backend=backend)
+    ov = None
+    if also_openvino:
+        ov_cer = evaluate(Predictor(model, threads="all", backend="openvino").run, test)["cer"]
+        ov = (ov_cer, *interleaved_ms(fp32_path, model, feeds, backend="openvino"))
+    return Row(name, "OpenVINO" if backend == "openvino" else "onnxruntime", cer, fp32_cer, macs.int8_share,
+               f_ms, q_ms, len(macs.float_nodes), sum(macs.int8_ops.values()) + sum(macs.float_ops.values()),
+               activation_types(model) if isinstance(model, onnx.ModelProto) else Counter(), openvino=ov)
 
 
 def run_config(nncf, config: str, path: str, calib: list[dict], val: RecValidation, tap: LogTap,
-               work: Path) -> tuple[onnx.ModelProto, onnx.ModelProto, float]:
-    """(NNCF's plain quantized model, its accuracy-controlled model, seconds of the whole call)."""
-    from nncf.onnx.graph.passes import compress_quantize_weights_transformation
+               work: Path) -> tuple[onnx.ModelProto | str, onnx.ModelProto | str, float]:
+    """(NNCF's plain quantized model, its accuracy-controlled model, seconds of the whole call).
+
+    ONNX configurations give ModelProtos; "openvino" gives the paths of the two saved OpenVINO IR models."""
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
-    model = prepare(path, config)
     folder = work / config
     folder.mkdir(parents=True, exist_ok=True)
+    if config == "openvino":
+        import openvino as ov
+
+        model = ov.Core().read_model(path)
+    else:
+        model = prepare(path, config)
     tap.lines.clear()
     t = time.perf_counter()
     result = nncf.quantize_with_accuracy_control(
@@ -232,15 +260,35 @@ def run_config(nncf, config: str, path: str, calib: list[dict], val: RecValidati
         preset=nncf.QuantizationPreset.MIXED if config.endswith("mixed") else None,
         advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(intermediate_model_dir=str(folder)))
     secs = time.perf_counter() - t
+    if config == "openvino":
+        return (*save_ir_models(result, folder), secs)
+    from nncf.onnx.graph.passes import compress_quantize_weights_transformation
+
     plain = onnx.load(str(folder / "intermediate_model.onnx"))
     compress_quantize_weights_transformation(plain)  # as NNCF does to the model it returns
+    onnx.save(result, str(folder / "accuracy_control.onnx"))
     return plain, result, secs
+
+
+def save_ir_models(result, folder: Path) -> tuple[str, str]:  # noqa: ANN001 - an openvino.Model
+    """Save NNCF's OpenVINO result and its plain start point (weights folded as NNCF does) as IR files."""
+    import openvino as ov
+    from openvino._offline_transformations import compress_quantize_weights_transformation
+
+    plain = ov.Core().read_model(str(folder / "intermediate_model.xml"))
+    compress_quantize_weights_transformation(plain)
+    paths = str(folder / "plain.xml"), str(folder / "accuracy_control.xml")
+    ov.save_model(plain, paths[0], compress_to_fp16=False)
+    ov.save_model(result, paths[1], compress_to_fp16=False)
+    return paths
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", nargs="+", choices=CONFIGS, default=["op13", "op13-init-mixed", "shipped"])
     ap.add_argument("--test-lines", type=int, default=200)
+    ap.add_argument("--openvino", action="store_true",
+                    help="also run the ONNX configurations' models on OpenVINO (CER, speed-up vs OpenVINO FP32)")
     ap.add_argument("--out", type=Path, help="folder to keep the INT8 models in (default: a temporary one)")
     args = ap.parse_args()
     nncf = load_nncf()
@@ -261,9 +309,10 @@ def main() -> None:
         work = args.out or Path(tmp)
         for config in args.configs:
             plain, result, secs = run_config(nncf, config, path, calib, val, tap, work)
-            onnx.save(result, str(work / config / "accuracy_control.onnx"))
-            print(measure(f"{config} plain", plain, path, fp32, test, feeds).line(), flush=True)
-            row = measure(f"{config} max-drop", result, path, fp32, test, feeds)
+            backend = "openvino" if config == "openvino" else "ort"
+            also = args.openvino and backend == "ort"
+            print(measure(f"{config} plain", plain, path, fp32, test, feeds, backend, also).line(), flush=True)
+            row = measure(f"{config} max-drop", result, path, fp32, test, feeds, backend, also)
             row.secs, row.restorer = secs, tap.restorer_summary()
             print(row.line(), flush=True)
 
