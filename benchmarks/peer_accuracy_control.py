@@ -39,7 +39,7 @@ inflated and every speed-up is a ratio of interleaved medians, re-timed once mor
 values given). FP32 CER 1.72 % on the 200 test lines (the same on OpenVINO), 1.31 % on the 120
 validation lines. Budget: test CER <= 2.02 %, >= 85 % int8 MACs, >= 1.5x faster at 1 thread.
 
-  config           runtime test CER (delta)  int8 MACs  1-thr speed-up  search  NNCF's account (validation drop, reverted)
+  config           runtime test CER (delta)  int8 MACs  1-thr speed-up  search  validation drop, reverted
   shipped          ORT   3.02 % (+1.29 pt)    4.5 %   0.81x / 0.88x   1639 s  98.25 -> 0.29 pt, 54 of 77 ops, 56 steps
   op13             ORT   2.24 % (+0.52 pt)    5.5 %   0.69x / 0.69x    578 s  2.91 -> 0.29 pt, 5 of 77 ops, 8 steps
   op13-mixed       ORT   2.59 % (+0.86 pt)    5.5 %   0.68x / 0.67x     29 s  0.29 pt at start: nothing searched
@@ -232,7 +232,8 @@ class Row:
                     + ("" if rs["met"] else " (budget not met)"))
         acts = "/".join(f"{k} {v}" for k, v in sorted(self.act_types.items())) or "-"
         ov = self.openvino
-        return (f"{self.name:20s} [{self.runtime}] CER {self.cer:.2f} % ({self.cer - self.fp32_cer:+.2f} pt)  int8 MACs "
+        delta = self.cer - self.fp32_cer
+        return (f"{self.name:20s} [{self.runtime}] CER {self.cer:.2f} % ({delta:+.2f} pt)  int8 MACs "
                 f"{self.share * 100:.1f} %  {self.fp32_ms / self.int8_ms:.2f}x ({self.fp32_ms:.1f} vs "
                 f"{self.int8_ms:.1f} ms)  float MAC layers {self.float_mac_layers}/{self.mac_layers}  "
                 f"activations {acts}" + (f"  search {self.secs:.0f} s" if self.secs is not None else "")
