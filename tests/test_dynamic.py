@@ -316,9 +316,10 @@ def test_external_data_round_trip(tmp_path):
 
 
 def test_models_over_the_protobuf_limit_are_checked_through_external_data(monkeypatch):
+    from slimq.io import model as model_io
     from slimq.runtime import session
 
-    monkeypatch.setattr(session, "PROTOBUF_LIMIT", 1000)  # matmul_net's weights count as "over 2 GB"
+    monkeypatch.setattr(model_io, "PROTOBUF_LIMIT", 2**26 + 1000)  # matmul_net's weights count as "over 2 GB"
     fp32 = testing.matmul_net()
     res = quantize_dynamic(fp32, DYN)
     assert res.report.agreement[0].cosine > 0.999

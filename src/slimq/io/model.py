@@ -309,7 +309,7 @@ def _suggest(src: Path, suffix: str) -> Path:
 
 
 def _needs_external(model: onnx.ModelProto) -> bool:
-    return sum(t.ByteSize() for t in model.graph.initializer) > PROTOBUF_LIMIT
+    return sum(t.ByteSize() for t in model.graph.initializer) > PROTOBUF_LIMIT - 2**26  # room for the graph
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -318,14 +318,11 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def save_with_external_data(model: onnx.ModelProto, path: Path, data_name: str, threshold: int = 1024) -> bool:
-    """Write `model` to `path` with every initializer of `threshold` bytes or more in ``path.parent/data_name``;
-    returns whether a data file was written. `model` is not modified.
-
-    Paths are resolved against `path` only: onnx's own converter checks the data name against the current
-    directory, so re-running a command inside the output folder failed on the previous run's data file."""
+def externalize(model: onnx.ModelProto, folder: Path, data_name: str, threshold: int = 1024) -> tuple[onnx.ModelProto, bool]:
+    """A copy of `model` whose initializers of `threshold` bytes or more live in ``folder/data_name`` (written
+    now), and whether that file was written. `model` is not modified; paths resolve against `folder` only."""
     model = _copy(model)
-    data_path = path.parent / data_name
+    data_path = folder / data_name
     wrote = False
     with open(data_path, "wb") as f:
         for t in edh._get_initializer_tensors(model):
@@ -339,8 +336,23 @@ def save_with_external_data(model: onnx.ModelProto, path: Path, data_name: str, 
             wrote = True
     if not wrote:
         data_path.unlink()
-    path.write_bytes(model.SerializeToString())
+    return model, wrote
+
+
+def save_with_external_data(model: onnx.ModelProto, path: Path, data_name: str, threshold: int = 1024) -> bool:
+    """Write `model` to `path` with every initializer of `threshold` bytes or more in ``path.parent/data_name``;
+    returns whether a data file was written. `model` is not modified.
+
+    Paths are resolved against `path` only: onnx's own converter checks the data name against the current
+    directory, so re-running a command inside the output folder failed on the previous run's data file."""
+    stripped, wrote = externalize(model, path.parent, data_name, threshold)
+    path.write_bytes(stripped.SerializeToString())
     return wrote
+
+
+def is_large(model: onnx.ModelProto) -> bool:
+    """True when the model cannot be serialized in one protobuf message (weights must go to external data)."""
+    return _needs_external(model)
 
 
 def stage_model(model: onnx.ModelProto, stage: Stage, external_data: bool | None = None) -> list[str]:

@@ -13,6 +13,7 @@ import onnx
 import onnxruntime as ort
 
 from slimq.graph.passes.preprocess import infer_shapes
+from slimq.runtime.source import SharedWeights
 
 Feeds = dict[str, np.ndarray]
 
@@ -63,12 +64,12 @@ def expose(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
     return m
 
 
-def _session(model: onnx.ModelProto, threads: int = 0) -> ort.InferenceSession:
+def _session(source: str | bytes, threads: int = 0) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     so.intra_op_num_threads = threads
     so.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
 
 
 class ExposedRunner:
@@ -77,7 +78,11 @@ class ExposedRunner:
     def __init__(self, model: onnx.ModelProto, tensors: list[str], first_feeds: Feeds, budget_bytes: int):
         sizes = _tensor_bytes(model, first_feeds)
         self.groups = group_tensors(list(tensors), sizes, budget_bytes)
-        self.sessions = [_session(expose(model, g)) for g in self.groups]
+        weights = SharedWeights(model)  # over 2 GB: the weights are written once for every group's session
+        try:
+            self.sessions = [_session(weights.source(expose(weights.model, g))) for g in self.groups]
+        finally:
+            weights.close()
 
     def run(self, feeds: Feeds) -> Iterator[tuple[str, np.ndarray]]:
         for group, sess in zip(self.groups, self.sessions):

@@ -15,7 +15,7 @@ import onnxruntime as ort
 
 from slimq.core.errors import ConfigError
 from slimq.core.ops import MacKind, is_dequantize, is_float_mac, op_info
-from slimq.io.model import PROTOBUF_LIMIT
+from slimq.runtime.source import ort_model
 
 
 def resolve_threads(threads: int | str) -> int:
@@ -92,9 +92,10 @@ class Predictor:
             self.session, self._run = ov_session, ov_session.run
             self.input_names, self.output_names = ov_session.input_names, ov_session.output_names
             return
-        src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-        ort_session = ort.InferenceSession(src, session_options(threads, level, fold_weights=dequantize_at_load(model)),
-                                           providers=providers or ["CPUExecutionProvider"])
+        with ort_model(model) as src:  # over 2 GB: through a temporary external-data file
+            ort_session = ort.InferenceSession(src, session_options(threads, level,
+                                                                    fold_weights=dequantize_at_load(model)),
+                                               providers=providers or ["CPUExecutionProvider"])
         self.session, self._run = ort_session, functools.partial(ort_session.run, None)
         self.input_names = [i.name for i in ort_session.get_inputs()]
         self.output_names = [o.name for o in ort_session.get_outputs()]
@@ -108,10 +109,11 @@ class Predictor:
 
 def optimized_graph(model: str | os.PathLike | onnx.ModelProto, level: str = "extended") -> onnx.ModelProto:
     """The graph onnxruntime actually runs (after its QDQ fusions), as an ONNX model."""
-    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    with tempfile.TemporaryDirectory(prefix="slimq-opt-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="slimq-opt-") as tmp, ort_model(model) as src:
         path = os.path.join(tmp, "optimized.onnx")
         so = session_options(1, level, path, fold_weights=dequantize_at_load(model))
+        so.add_session_config_entry("session.optimized_model_external_initializers_file_name", "optimized.onnx.data")
+        so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", str(2**20))
         ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
         return onnx.load(path)
 
@@ -124,13 +126,5 @@ def save_optimized(model: str | os.PathLike, out: str | os.PathLike) -> Path:
 
 
 def predictor(model: str | os.PathLike | onnx.ModelProto, threads: int | str = "all", level: str = "all") -> Predictor:
-    """An onnxruntime Predictor for a path or an in-memory model, also over protobuf's 2 GB limit
-    (written to a temporary file with external data; onnxruntime loads the weights at session creation)."""
-    if not isinstance(model, onnx.ModelProto) or sum(t.ByteSize() for t in model.graph.initializer) <= PROTOBUF_LIMIT:
-        return Predictor(model, threads=threads, level=level)
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)  # saving with external data rewrites the tensors it saves
-    with tempfile.TemporaryDirectory(prefix="slimq-large-") as tmp:
-        path = f"{tmp}/model.onnx"
-        onnx.save_model(copy, path, save_as_external_data=True, location="model.onnx.data", size_threshold=1024)
-        return Predictor(path, threads=threads, level=level)
+    """An onnxruntime Predictor for a path or an in-memory model (over protobuf's 2 GB limit too)."""
+    return Predictor(model, threads=threads, level=level)
