@@ -141,12 +141,25 @@ def test_bias_correction_skips_the_learned_layers(w4a8):
     assert ada.report.details["bias_corrected_layers"] == 3 - learned
 
 
+def layer_weights(model: onnx.ModelProto) -> dict[str, list[str]]:
+    """Conv/Gemm node -> the (integers, scale, zero point) initializers of the DequantizeLinear feeding its weight."""
+    producer = {n.output[0]: n for n in model.graph.node}
+    return {n.name or n.output[0]: list(producer[n.input[1]].input) for n in model.graph.node
+            if n.op_type in ("Conv", "Gemm") and producer[n.input[1]].op_type == "DequantizeLinear"}
+
+
 def test_w8a8_adaround_per_tensor_keeps_the_int8_format():
+    """Per-tensor weights let SmoothQuant ("auto") smooth the Gemm: its weight is then `w3_smooth`, and AdaRound
+    learns the rounding of the smoothed weight."""
     res = static("adaround", bits=8, iters=40, per_channel=False, bias_correction=False)
-    q = inits(res.model)
-    assert all(q[f"{w}_scale"].shape == () and q[f"{w}_quantized"].dtype == np.int8 for w in ("w1", "w2", "w3"))
+    q, layers = inits(res.model), layer_weights(res.model)
+    assert len(layers) == 3
+    for data, scale, zero in layers.values():
+        assert q[scale].shape == () and q[data].dtype == np.int8 and q[zero].dtype == np.int8 and q[zero] == 0
     assert np.abs(q["w1_quantized"]).max() > 60  # 8-bit range (7-bit with reduce_range)
-    assert res.report.details["weight_rounding"]["layers"] == 3
+    d = res.report.details["weight_rounding"]
+    assert d["layers"] == 3 and d["learned"] >= 1
+    assert {r["tensor"] for r in d["per_layer"]} == {layers[n][0].removesuffix("_quantized") for n in layers}
 
 
 def test_precomputed_weights_must_match_their_entry():
