@@ -171,7 +171,8 @@ def _targets(graph: ir.Graph, candidates: Iterable[Candidate]) -> dict[str, list
     return out
 
 
-def hessians(model: onnx.ModelProto, tensors: list[str], batches, budget_mb: int = 1024) -> dict[str, np.ndarray]:
+def hessians(model: onnx.ModelProto, tensors: list[str], batches: Iterable[dict[str, np.ndarray]],
+             budget_mb: int = 1024) -> dict[str, np.ndarray]:
     """X^T X / rows (float64) of each tensor's last axis, accumulated over all batches."""
     sums: dict[str, np.ndarray] = {}
     rows: dict[str, int] = {}
@@ -213,7 +214,7 @@ class GPTQResult:
                 + (f"; {len(self.skipped)} not supported (RTN)" if self.skipped else ""))
 
 
-def run_gptq(model: onnx.ModelProto, calib_data, formats: dict[str, WeightFormat],
+def run_gptq(model: onnx.ModelProto, calib_data: object, formats: dict[str, WeightFormat],
              config: GPTQConfig = GPTQConfig()) -> GPTQResult:
     """GPTQ of every MatMul/Gemm weight named in `formats` (weight name -> format).
 
@@ -247,7 +248,7 @@ def run_gptq(model: onnx.ModelProto, calib_data, formats: dict[str, WeightFormat
     return GPTQResult(weights, errors, skipped, n, time.perf_counter() - start)
 
 
-def gptq_weights(model: onnx.ModelProto, calib_data, formats: dict[str, WeightFormat],
+def gptq_weights(model: onnx.ModelProto, calib_data: object, formats: dict[str, WeightFormat],
                  config: GPTQConfig = GPTQConfig()) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """GPTQ integers and scales of every MatMul/Gemm weight named in `formats` (see :func:`run_gptq`)."""
     return run_gptq(model, calib_data, formats, config).weights

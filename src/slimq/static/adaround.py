@@ -24,6 +24,7 @@ import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -131,7 +132,7 @@ class _Layer:
         return cols.transpose(1, 2).reshape(-1, c["group"], k).numpy()
 
 
-def _attr(n: ir.Node, name: str, default):
+def _attr(n: ir.Node, name: str, default: Any) -> Any:
     return n.attributes[name].value if name in n.attributes else default
 
 
@@ -324,7 +325,7 @@ def _scale(lay: _Layer, cfg: AdaRoundConfig, scales: dict[str, np.ndarray] | Non
     return qmath.quantize_weight(lay.weight, cfg.qtype, axis).scale, axis
 
 
-def adaround(model: onnx.ModelProto, calib_data, config: AdaRoundConfig = AdaRoundConfig(),
+def adaround(model: onnx.ModelProto, calib_data: object, config: AdaRoundConfig = AdaRoundConfig(),
              nodes: Iterable[str] | None = None,
              scales: dict[str, np.ndarray] | None = None) -> dict[str, RoundedWeight]:
     """Learned rounding of every supported layer of the FP32 `model`, keyed by node name.
