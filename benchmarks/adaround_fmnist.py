@@ -6,8 +6,9 @@ with its int8 kernels, so these are real integer models), activations uint8 per 
 calibrated (x86 rules, hist), bias correction on (the default). ``weight_rounding="nearest"``
 rounds each weight to nearest; ``weight_rounding="adaround"`` learns the rounding on the
 calibration images (slimq.static.adaround, sequential: each layer fitted to the rounded earlier
-ones) within ``adaround_time_budget`` seconds, and bias correction computes its shift from the
-learned integers. W8A8 (default settings) is printed for reference.
+ones) within ``adaround_time_budget`` seconds; bias correction skips the layers whose rounding was
+learned (AdaRound fits their output mean itself, see slimq.static.rounding) and corrects the rest.
+W8A8 (default settings) is printed for reference.
 
 Calibration: the first 256 images of a fixed permutation of the train split (as
 static_fmnist_algos.py). Evaluation: the full 10k test split. Goal: AdaRound's drop at most half of RTN's.
