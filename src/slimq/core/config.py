@@ -60,6 +60,8 @@ class SkipSpec:
                 or any(re.search(p, name) for p in self.patterns))
 
 
+STATIC_ROUNDING = ("nearest", "adaround")
+WEIGHT_BITS = (8, 4)
 MAX_BINS = 1 << 20  # histogram bins per calibrated tensor (the default 2048 is plenty)
 
 
@@ -92,6 +94,11 @@ class StaticConfig:
     smoothquant_alpha: float | None = None  # None: searched per site
     cle: bool = False  # cross-layer equalization of Conv -> ReLU -> Conv pairs (helps per-tensor weights)
     cle_relu6: str = "skip"  # ReLU6 pairs: "skip", "exact" (adds a float Min), "relu" (not exact)
+    # "adaround": learn each Conv/Gemm/MatMul weight's rounding on the calibration data (slimq.static.adaround;
+    # needs torch), within adaround_time_budget seconds for all layers; "nearest": round to nearest
+    weight_rounding: str = "nearest"
+    adaround_time_budget: float = 120.0
+    weight_bits: int = 8  # 4: int4 values [-7, 7] stored in int8 initializers (W4A8; onnxruntime runs them as int8)
 
     def __post_init__(self) -> None:
         if not isinstance(self.algo, str):
@@ -113,6 +120,10 @@ class StaticConfig:
         require_choice("cle_relu6", self.cle_relu6, ("skip", "exact", "relu"))
         if self.smoothquant_alpha is not None:
             require_number("smoothquant_alpha", self.smoothquant_alpha, 0.0, 1.0)
+        require_choice("weight rounding", self.weight_rounding, STATIC_ROUNDING)
+        require_number("adaround_time_budget", self.adaround_time_budget, 0.0, low_open=True)
+        if isinstance(self.weight_bits, bool) or self.weight_bits not in WEIGHT_BITS:
+            raise unknown_choice("weight bits", str(self.weight_bits), [str(b) for b in WEIGHT_BITS])
         _normalize_selection(self)
         if isinstance(self.budget, Mapping):  # a recipe's `budget:` mapping
             object.__setattr__(self, "budget", Budget.from_dict(dict(self.budget)))
@@ -131,8 +142,8 @@ class StaticConfig:
 
 
 MODES = ("weight-only", "dynamic-activation")
-WEIGHT_BITS = (8, 4)
 ON_COLLAPSE = ("fallback", "warn", "refuse")
+DYNAMIC_ROUNDING = ("rtn", "gptq")
 
 
 @dataclass(frozen=True)
@@ -154,9 +165,13 @@ class DynamicConfig:
     rank_samples: int = 2  # samples used to rank nodes by damage when falling back
     check_dim: int = 64  # size of dynamic non-batch dims of synthesised check inputs
     external_data: bool | None = None  # None: only for models over 2 GB
+    # "gptq": MatMul/Gemm weights rounded by GPTQ on calibration data (slimq.dynamic.gptq; needs calib_data);
+    # "rtn": round to nearest, data-free
+    weight_rounding: str = "rtn"
 
     def __post_init__(self) -> None:
         require_choice("mode", self.mode, MODES)
+        require_choice("weight rounding", self.weight_rounding, DYNAMIC_ROUNDING)
         if isinstance(self.weight_bits, bool) or self.weight_bits not in WEIGHT_BITS:
             raise unknown_choice("weight bits", str(self.weight_bits), [str(b) for b in WEIGHT_BITS])
         require_choice("on_collapse action", self.on_collapse, ON_COLLAPSE)
@@ -193,7 +208,8 @@ class DynamicConfig:
     @property
     def description(self) -> str:
         gran = f"group:{self.block_size}" if self.block_size else "per-channel"
-        return f"{self.mode}, int{self.weight_bits} {gran} weights"
+        rounding = ", GPTQ rounding" if self.weight_rounding == "gptq" else ""
+        return f"{self.mode}, int{self.weight_bits} {gran} weights{rounding}"
 
 
 def skip_from_dict(d: Mapping[str, Any]) -> SkipSpec:

@@ -35,6 +35,7 @@ import onnxruntime as ort
 
 from slimq.core.config import MODES, DynamicConfig
 from slimq.core.errors import (
+    ConfigError,
     FidelityError,
     NothingToQuantizeError,
     RuntimeTooOldError,
@@ -47,6 +48,7 @@ from slimq.dynamic.check import (
     synthesize_feeds,
     time_matmul,
 )
+from slimq.dynamic.gptq import GPTQResult, PrecomputedWeights, gptq_formats, run_gptq
 from slimq.dynamic.graph import (
     BLOCK_OPSET,
     INT4_W,
@@ -204,14 +206,18 @@ def _timings(dyn: list[Candidate], work: onnx.ModelProto, feeds: dict) -> dict:
 
 
 def quantize_dynamic(model: str | os.PathLike | onnx.ModelProto, config: DynamicConfig = DynamicConfig(),
-                     output: str | os.PathLike | None = None, check_data: object = None) -> QuantResult:
-    """Quantize `model` without calibration data; check it against FP32; write it if it is not broken.
+                     output: str | os.PathLike | None = None, check_data: object = None,
+                     calib_data: object = None) -> QuantResult:
+    """Quantize `model`'s weights ahead of time; check it against FP32; write it if it is not broken.
 
     check_data: inputs for the fidelity check (.npz/.npy file or folder, array, dict, list of feeds); by default
-    they are synthesised from the model's input spec. With `output`, the model and `<output>.report.json` are
-    written atomically (never over the input). Raises NothingToQuantizeError, RuntimeTooOldError, or
+    they are synthesised from the model's input spec. calib_data (same forms): the inputs GPTQ minimises the
+    layer output error on, required by and only used with ``config.weight_rounding="gptq"`` (the default,
+    round-to-nearest, needs no data). With `output`, the model and `<output>.report.json` are written
+    atomically (never over the input). Raises NothingToQuantizeError, RuntimeTooOldError, ConfigError, or
     FidelityError (on_collapse="refuse" and the check failed; nothing written).
     """
+    _check_rounding(config, calib_data)
     out = check_output(model, output)
     fp32, work = _prepare(model, config)
     candidates, floats = find_candidates(ir.from_proto(work).graph)
@@ -225,7 +231,7 @@ def quantize_dynamic(model: str | os.PathLike | onnx.ModelProto, config: Dynamic
     if all(d.choice is Choice.FLOAT for d in decisions):
         why = "; ".join(sorted({f"{d.candidate.op_type}: {d.reason}" for d in decisions}))
         raise NothingToQuantizeError(f"No node would be quantized ({why}). Nothing was written.")
-    cache = WeightCache()
+    cache, rounding = _weight_cache(work, decisions, config, calib_data)
     build = functools.partial(_build, work, cache)
     quantized = build(decisions)
     agree = check(quantized)
@@ -234,10 +240,34 @@ def quantize_dynamic(model: str | os.PathLike | onnx.ModelProto, config: Dynamic
     if worst_cosine(agree) < config.min_cosine:
         decisions, demotions, warnings, quantized, agree = _on_collapse(check, build, decisions, quantized, agree,
                                                                          config)
-    found = Findings(decisions, demotions, floats, agree, warnings, check.runs)
+    found = Findings(decisions, demotions, floats, agree, warnings, check.runs, rounding)
     report = dynamic_report(fp32, quantized, work, feeds, source, found, config, cache)
     return publish(quantized, report, out, source=model, external_data=config.external_data,
                    artifacts={"decisions": decisions, "demotions": demotions})
+
+
+def _check_rounding(config: DynamicConfig, calib_data: object) -> None:
+    if config.weight_rounding == "gptq" and calib_data is None:
+        raise ConfigError("GPTQ rounding needs calibration data (representative model inputs: a .npz/.npy file or "
+                          "folder, arrays, or a list of feed dicts): pass calib_data= (CLI: --calib DATA), or use "
+                          'weight_rounding="rtn", which needs none.')
+    if config.weight_rounding != "gptq" and calib_data is not None:
+        raise ConfigError('calib_data is only used by GPTQ rounding: set weight_rounding="gptq" (CLI: --gptq), or drop '
+                          "it (inputs for the fidelity check go in check_data).")
+
+
+def _weight_cache(work: onnx.ModelProto, decisions: list[Decision], config: DynamicConfig,
+                  calib_data: object) -> tuple[WeightCache, GPTQResult | None]:
+    """RTN integers (data-free), or GPTQ integers for the quantized MatMul weights and RTN for the rest."""
+    if config.weight_rounding != "gptq":
+        return WeightCache(), None
+    formats = gptq_formats(decisions)
+    if not formats:
+        raise NothingToQuantizeError("GPTQ rounding was asked for, but no MatMul/Gemm weight is quantized here "
+                                     "(all skipped or float); use weight_rounding=\"rtn\".")
+    result = run_gptq(work, calib_data, formats)
+    log.info("slimq: %s", result.note())
+    return PrecomputedWeights(result.weights, formats), result
 
 
 def _build(work: onnx.ModelProto, cache: WeightCache, decisions) -> onnx.ModelProto:

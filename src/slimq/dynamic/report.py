@@ -13,6 +13,7 @@ import onnxruntime as ort
 from slimq.core.config import DynamicConfig
 from slimq.core.ops import FLOAT_BY_DESIGN, WeightOnly, op_info
 from slimq.dynamic.check import Demotion
+from slimq.dynamic.gptq import GPTQResult
 from slimq.dynamic.graph import Choice, Decision, WeightCache, weight_bytes
 from slimq.report.agreement import Stats
 from slimq.report.build import Check, Evidence, build_report
@@ -39,6 +40,7 @@ class Findings:
     agreement: Sequence[Stats]
     warnings: Sequence[str]
     models_checked: int
+    rounding: GPTQResult | None = None  # GPTQ's integers and gains; None: round to nearest
 
 
 def _weight_only(op_type: str) -> WeightOnly:
@@ -73,6 +75,9 @@ def _notes(weights: dict[str, dict], found: Findings, quantized_ops: dict[str, i
     notes += [f"weight-only MatMul: {NBITS_NOTE}"] if "matmulnbits_note" in extra else []
     notes += [f"fallback: {d.node} ({d.op_type}) {d.before.value} -> {d.after.value}, damage alone {d.damage:.4f}"
               for d in found.demotions]
+    if found.rounding is not None:
+        notes.append(found.rounding.note())
+        extra["weight_rounding"] = found.rounding.summary()
     return notes, extra
 
 

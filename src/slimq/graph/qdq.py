@@ -1,12 +1,16 @@
 """Insert Q/DQ as a finished plan says (an onnx-ir pass, :class:`InsertQDQPass`).
 
 Weights become integer initializers followed by DequantizeLinear (the file
-shrinks about 4x); activations get a QuantizeLinear -> DequantizeLinear pair
+shrinks about 4x): rounded to nearest, or the integers a weight-rounding method
+learned (``weights=``, e.g. AdaRound's, in the same format: the entry's integer
+type, axis and symmetric scales); activations get a QuantizeLinear -> DequantizeLinear pair
 after their producer; tensors tied by scale-sharing ops use one set of
 scale/zero-point initializers. The pass mutates the model in place.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import numpy as np
 import onnx_ir as ir
@@ -20,9 +24,24 @@ from slimq.graph.plan import BiasEntry, QuantPlan, WeightEntry
 from slimq.graph.values import const_of, value_name
 
 
+def check_precomputed(e: WeightEntry, qt: qmath.QuantizedTensor, w: np.ndarray) -> None:
+    """Precomputed integers must be in the entry's format: its integer type and axis, w's shape, one scale per
+    channel (or one), zero points 0, values within the type's range."""
+    n_scales = 1 if e.axis is None else w.shape[e.axis]
+    ok = (qt.qtype == e.qtype and qt.axis == e.axis and e.symmetric and qt.data.shape == w.shape
+          and np.size(qt.scale) == n_scales and not np.any(qt.zero_point)
+          and qt.data.min(initial=0) >= e.qtype.qmin and qt.data.max(initial=0) <= e.qtype.qmax)
+    if not ok:
+        raise ValueError(f"precomputed weight {e.tensor} ({qt.qtype.name}, axis {qt.axis}, shape {qt.data.shape}, "
+                         f"{np.size(qt.scale)} scales) does not match its plan entry ({e.qtype.name}, axis {e.axis}, "
+                         f"shape {w.shape}, symmetric {e.symmetric})")
+
+
 class _Inserter:
-    def __init__(self, model: ir.Model, plan: QuantPlan) -> None:
+    def __init__(self, model: ir.Model, plan: QuantPlan,
+                 precomputed: Mapping[str, qmath.QuantizedTensor] | None = None) -> None:
         self.graph, self.plan = model.graph, plan
+        self.precomputed = dict(precomputed or {})
         self.b = GraphBuilder(self.graph)
         self.values: dict[str, ir.Value] = {value_name(v): v for v in self.graph.inputs}
         self.values.update(self.graph.initializers)
@@ -45,7 +64,10 @@ class _Inserter:
         key = (e.tensor, e.axis, e.qtype.name)
         if key not in self.weight_dq:
             w = const_of(self.values[e.tensor])
-            if e.symmetric:
+            if e.tensor in self.precomputed:
+                qt = self.precomputed[e.tensor]
+                check_precomputed(e, qt, w)
+            elif e.symmetric:
                 qt = qmath.quantize_weight(w, e.qtype, e.axis)
             else:
                 s, z = qmath.scale_zero_point(w.min(initial=0.0), w.max(initial=0.0), e.qtype, False)
@@ -81,16 +103,19 @@ class _Inserter:
 
 
 class InsertQDQPass(RewritePass):
-    """Insert Q/DQ as a calibrated plan says (topologically sorted afterwards); counts the tensors quantized."""
+    """Insert Q/DQ as a calibrated plan says (topologically sorted afterwards); counts the tensors quantized.
 
-    def __init__(self, plan: QuantPlan) -> None:
+    `weights`: integers to store for some weight tensors instead of rounding them to nearest (a learned
+    rounding), in the format of their plan entries (checked)."""
+
+    def __init__(self, plan: QuantPlan, weights: Mapping[str, qmath.QuantizedTensor] | None = None) -> None:
         super().__init__()
         if set(plan.roots) - set(plan.params):
             raise ValueError("insert_qdq needs a calibrated plan (QuantPlan.with_ranges)")
-        self.plan = plan
+        self.plan, self.weights = plan, dict(weights or {})
 
     def rewrite(self, model: ir.Model) -> int:
-        ins = _Inserter(model, self.plan)
+        ins = _Inserter(model, self.plan, self.weights)
         for e in self.plan.weights:
             ins.weight(e)
         for b in self.plan.biases:
@@ -102,6 +127,7 @@ class InsertQDQPass(RewritePass):
         return len(self.plan.weights) + len(self.plan.biases) + len(self.plan.activations)
 
 
-def insert_qdq(model: ir.Model, plan: QuantPlan) -> None:
-    """Apply a calibrated plan to `model` in place (topologically sorted afterwards)."""
-    InsertQDQPass(plan)(model)
+def insert_qdq(model: ir.Model, plan: QuantPlan, weights: Mapping[str, qmath.QuantizedTensor] | None = None) -> None:
+    """Apply a calibrated plan to `model` in place (topologically sorted afterwards); `weights`: precomputed
+    integers by weight tensor (see :class:`InsertQDQPass`)."""
+    InsertQDQPass(plan, weights)(model)

@@ -9,9 +9,9 @@ tensor for the given scales: the QDQ format does not change.
 
 Inputs come from the FP32 model run by onnxruntime over the calibration data (not from the
 partly quantized model). Convolutions are unfolded into patch rows and a random subset of rows
-is kept per batch, so memory is bounded by ``max_rows`` per layer. The total time budget is split
-evenly over the layers; each layer's iteration count is fitted to its share after timing a few
-steps. A layer whose learned rounding does not beat round-to-nearest on the rows keeps RTN.
+is kept per batch, so memory is bounded by ``max_rows`` per layer. The total time budget (input
+capture included) is shared by the layers: each gets what is left, split evenly over the layers
+still to do, and stops at that time or at ``iters`` iterations, fully annealed either way. A layer whose learned rounding does not beat round-to-nearest on the rows keeps RTN.
 Conv (2-D, explicit pads), Gemm (alpha = 1, no transA) and MatMul with a 2-D constant weight.
 
 Needs PyTorch (``pip install 'slimq[qat]'``); runs on the CPU.
@@ -24,6 +24,7 @@ import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -131,7 +132,7 @@ class _Layer:
         return cols.transpose(1, 2).reshape(-1, c["group"], k).numpy()
 
 
-def _attr(n: ir.Node, name: str, default):
+def _attr(n: ir.Node, name: str, default: Any) -> Any:
     return n.attributes[name].value if name in n.attributes else default
 
 
@@ -324,7 +325,7 @@ def _scale(lay: _Layer, cfg: AdaRoundConfig, scales: dict[str, np.ndarray] | Non
     return qmath.quantize_weight(lay.weight, cfg.qtype, axis).scale, axis
 
 
-def adaround(model: onnx.ModelProto, calib_data, config: AdaRoundConfig = AdaRoundConfig(),
+def adaround(model: onnx.ModelProto, calib_data: object, config: AdaRoundConfig = AdaRoundConfig(),
              nodes: Iterable[str] | None = None,
              scales: dict[str, np.ndarray] | None = None) -> dict[str, RoundedWeight]:
     """Learned rounding of every supported layer of the FP32 `model`, keyed by node name.
@@ -332,18 +333,35 @@ def adaround(model: onnx.ModelProto, calib_data, config: AdaRoundConfig = AdaRou
     calib_data: anything :func:`slimq.io.samples.load_samples` accepts. `scales[node]` overrides the
     default symmetric abs-max scale (per output channel with ``config.per_channel``).
     """
+    samples = load_samples(calib_data, model_inputs(model))
+    batches = list(samples.batches(range(min(len(samples), config.max_samples)), config.batch_size))
+    return adaround_batches(model, batches, config, nodes, scales)
+
+
+def adaround_batches(model: onnx.ModelProto, batches: list[dict[str, np.ndarray]],
+                     config: AdaRoundConfig = AdaRoundConfig(), nodes: Iterable[str] | None = None,
+                     scales: dict[str, np.ndarray] | None = None) -> dict[str, RoundedWeight]:
+    """:func:`adaround` on ready feed batches (static PTQ passes its calibration batches)."""
+    nodes = list(nodes) if nodes is not None else None
     layers = find_layers(model, nodes)
     if not layers:
         raise ConfigError("AdaRound found no Conv/Gemm/MatMul layer with a constant float32 weight"
-                          + (f" among nodes {sorted(nodes)}." if nodes is not None else "."))
-    samples = load_samples(calib_data, model_inputs(model))
-    batches = list(samples.batches(range(min(len(samples), config.max_samples)), config.batch_size))
+                          + (f" among nodes {sorted(nodes)[:8]}." if nodes is not None else "."))
+    deadline = time.perf_counter() + config.time_budget_s
     run = _Run(model, layers, batches, config)
-    share, out, threads = config.time_budget_s / len(layers), {}, torch.get_num_threads()
+    out, threads = {}, torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
-        for lay in layers:
+        for i, lay in enumerate(layers):
+            share = _share(deadline, len(layers) - i, len(layers), config)
             out[lay.node] = run.round(lay, *_scale(lay, config, scales), share)
     finally:
         torch.set_num_threads(threads)
     return out
+
+
+def _share(deadline: float, layers_left: int, layers: int, cfg: AdaRoundConfig) -> float:
+    """Seconds for the next layer: what is left of the budget (input capture included), split evenly over the
+    layers left; at least a twentieth of an even share, so a late layer still anneals (and keeps
+    round-to-nearest if that is not better)."""
+    return max((deadline - time.perf_counter()) / layers_left, 0.05 * cfg.time_budget_s / layers)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -53,6 +54,7 @@ class Calibration:
     constant: tuple[str, ...] = ()  # tensors with one value on every sample (e.g. all zero)
     batches: int = 0
     observers: dict[str, TensorObserver] = field(default_factory=dict)  # kept on request (searches)
+    rounding: Any = None  # learned weight rounding (slimq.static.rounding.WeightRounding), weight_rounding="adaround"
 
 
 def calibrate(model: onnx.ModelProto, tensors: Sequence[str], batches: Callable[[], Iterable[Feeds]],

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import onnx
 import onnx_ir as ir
 
+from slimq.core import qmath
 from slimq.core.config import StaticConfig, TargetRules, target_rules
 from slimq.core.errors import NothingToQuantizeError
 from slimq.core.observers import ObserverSettings, get_algorithm
@@ -22,10 +23,12 @@ from slimq.report.schema import FloatOp, Report
 from slimq.runtime.cpu import cpu_info
 from slimq.static.calibrate import Calibration, calibrate
 from slimq.static.diagnostics import diagnostics
+from slimq.static.rounding import rounded_weights, rounding_notes, with_rounding, without_learned_biases
 
 log = logging.getLogger("slimq")
 
 ModelSource = str | os.PathLike | onnx.ModelProto
+W4 = qmath.INT4.narrow()  # weight_bits=4: [-7, 7]
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,10 @@ def resolve_reduce_range(cfg: StaticConfig) -> bool:
 
 
 def static_rules(cfg: StaticConfig) -> TargetRules:
-    return target_rules(cfg.target, resolve_reduce_range(cfg), cfg.per_channel)
+    rules = target_rules(cfg.target, resolve_reduce_range(cfg), cfg.per_channel)
+    if cfg.weight_bits == 4:  # int4 values in int8 initializers: no u8 x s8 saturation, so no reduced range
+        rules = replace(rules, weight_qtype=W4)
+    return rules
 
 
 def plan_static(graph: ir.Graph, cfg: StaticConfig, allow_empty: bool = False) -> QuantPlan:
@@ -80,22 +86,28 @@ def root_algorithms(plan: QuantPlan, algo_for: dict[str, str]) -> dict[str, str]
 def run_calibration(fp32: onnx.ModelProto, irm: ir.Model, plan: QuantPlan, samples: SampleSet, idx: list[int],
                     cfg: StaticConfig, algo_for: dict[str, str] | None = None) -> Calibration:
     """Ranges of the plan's root tensors and, with bias correction, the means its sites need: one pass.
-    `algo_for` overrides the configured algorithm for some tensors (e.g. KL after SmoothQuant)."""
+    `algo_for` overrides the configured algorithm for some tensors (e.g. KL after SmoothQuant). Then, with
+    ``weight_rounding="adaround"``, the learned weight rounding (:mod:`slimq.static.rounding`)."""
     sites = bias_sites(irm, plan) if cfg.bias_correction else []
     per_root = {r: get_algorithm(a) for r, a in root_algorithms(plan, algo_for or {}).items()}
-    return calibrate(fp32, plan.roots, lambda: samples.batches(idx, cfg.batch_size), get_algorithm(cfg.algo),
-                     observer_settings(plan.rules, cfg), cfg.memory_budget_mb, cfg.show_progress,
-                     -(-len(idx) // cfg.batch_size), plan.bounds,
-                     mean_tensors=sorted({s.bias.activation for s in sites}), keep_observers=True,
-                     algo_for=per_root)
+    calib = calibrate(fp32, plan.roots, lambda: samples.batches(idx, cfg.batch_size), get_algorithm(cfg.algo),
+                      observer_settings(plan.rules, cfg), cfg.memory_budget_mb, cfg.show_progress,
+                      -(-len(idx) // cfg.batch_size), plan.bounds,
+                      mean_tensors=sorted({s.bias.activation for s in sites}), keep_observers=True,
+                      algo_for=per_root)
+    return with_rounding(calib, fp32, plan, samples, idx, cfg)
 
 
 def apply_plan(irm: ir.Model, plan: QuantPlan, calib: Calibration, cfg: StaticConfig) -> tuple[onnx.ModelProto, int]:
-    """Bias correction (if on) and Q/DQ insertion; returns the INT8 model and the corrected-layer count."""
-    corrected = correct_biases(irm, plan, calib.means) if cfg.bias_correction and calib.means else 0
+    """Bias correction (if on; not of layers whose rounding was learned) and Q/DQ insertion (with the learned
+    integers where there are any, round-to-nearest elsewhere); returns the INT8 model and the corrected-layer
+    count."""
+    weights = rounded_weights(calib, cfg)
+    corrected = correct_biases(irm, without_learned_biases(plan, calib, cfg), calib.means) \
+        if cfg.bias_correction and calib.means else 0
     if corrected:
         log.debug("slimq: bias correction on %d layers", corrected)
-    insert_qdq(irm, plan)
+    insert_qdq(irm, plan, weights)
     return ir.to_proto(irm), corrected
 
 
@@ -115,6 +127,8 @@ def static_report(fp32: onnx.ModelProto, int8: onnx.ModelProto, plan: QuantPlan,
                "calibration": {"samples": len(split.calib), "batches": calib.batches,
                                "held_back": 0 if split.in_sample else len(split.check)},
                "constant_tensors": list(calib.constant)}
+    rounding, rounding_note = rounding_notes(calib)
+    details.update(rounding)
     if search_details is not None:
         details["search"] = search_details
     if rewrites:
@@ -127,7 +141,7 @@ def static_report(fp32: onnx.ModelProto, int8: onnx.ModelProto, plan: QuantPlan,
                   inputs, split.in_sample, op_counts(list(plan.quantized_nodes.values())),
                   [FloatOp(f.node, f.op_type, f.reason) for f in plan.float_nodes],
                   warnings=[*budget_warning, *_constant_warning(calib.constant)], details=details,
-                  notes=search_notes(search_details))
+                  notes=[*rounding_note, *search_notes(search_details)])
     return build_report(ev, Check(cfg.min_cosine))
 
 

@@ -22,6 +22,7 @@ from slimq.report.measure import BudgetMeasure, Score
 from slimq.runtime.macs import count_macs
 from slimq.runtime.timing import latency_ms
 from slimq.static.calibrate import Calibration, calibrate
+from slimq.static.rounding import with_rounding
 from slimq.static.steps import Split, apply_plan, observer_settings, plan_static, root_algorithms
 from slimq.tasks.metrics import Metric
 
@@ -161,10 +162,11 @@ class Tuner:
 
         sites = bias_sites(irm, self.plan)
         cfg = self.cfg
-        return calibrate(self.fp32, self.plan.roots, lambda: samples.batches(split.calib, cfg.batch_size),
-                         get_algorithm("hist"), observer_settings(self.plan.rules, cfg), cfg.memory_budget_mb,
-                         cfg.show_progress, -(-len(split.calib) // cfg.batch_size), self.plan.bounds,
-                         mean_tensors=sorted({s.bias.activation for s in sites}), keep_observers=True)
+        calib = calibrate(self.fp32, self.plan.roots, lambda: samples.batches(split.calib, cfg.batch_size),
+                          get_algorithm("hist"), observer_settings(self.plan.rules, cfg), cfg.memory_budget_mb,
+                          cfg.show_progress, -(-len(split.calib) // cfg.batch_size), self.plan.bounds,
+                          mean_tensors=sorted({s.bias.activation for s in sites}), keep_observers=True)
+        return with_rounding(calib, self.fp32, self.plan, samples, split.calib, cfg)  # learned once, every candidate
 
     def _range(self, root: str, s: Setting) -> tuple[float, float]:
         key = (root, s)
