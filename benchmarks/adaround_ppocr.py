@@ -3,7 +3,7 @@
 Static PTQ with default settings (x86 rules: u8 activations, s8 per-channel weights, hist
 calibration, bias correction), once with ``weight_rounding="nearest"`` and once with
 ``weight_rounding="adaround"`` (slimq.static.adaround through the integrated static path: the
-learned integers go to Q/DQ insertion, and bias correction computes its shift from them).
+learned integers go to Q/DQ insertion; bias correction skips the layers AdaRound learned).
 Calibration as in benchmarks/accuracy_control_ppocr.py: 48 rendered lines (seed 7, batch 1), of
 which 32 calibrate (and train AdaRound) and 16 are held back for the fidelity check. Evaluation:
 200 held-out lines (seed 0, batch 8). Goal: CER with AdaRound no worse than without.
