@@ -70,6 +70,7 @@ class BenchResult:
     title: str = ""
     backends: list[str] = field(default_factory=lambda: ["ort"])
     failed: dict[str, str] = field(default_factory=dict)  # row label -> why that backend could not load it
+    notes: list[str] = field(default_factory=list)  # e.g. which runtime `--backend auto` found fastest
 
     def label(self, model: str, backend: str | None = None) -> str:
         """The row label of `model` on `backend` (default: the first backend) in tables and `accuracy`."""

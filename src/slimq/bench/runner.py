@@ -27,8 +27,9 @@ from slimq.bench.results import (
     entry_label,
 )
 from slimq.core.errors import ConfigError
-from slimq.io.model import load_model, model_size_bytes
+from slimq.io.model import model_size_bytes
 from slimq.io.samples import validate_feeds
+from slimq.io.source import load_source
 from slimq.io.spec import Feeds, model_inputs
 from slimq.runtime.backends import BackendError, parse_backends
 from slimq.runtime.cpu import cpu_info
@@ -178,7 +179,9 @@ def benchmark(models: Sequence[ModelLike], data=None, threads: Sequence[int | st
         raise ConfigError("Give at least one model to benchmark.")
     names = _name_models(models, names)
     backends = parse_backends(backends)
-    protos = [m if isinstance(m, onnx.ModelProto) else load_model(m) for m in models]
+    sources = [load_source(m) for m in models]  # .pt2 / Paddle folders are converted (and checked) first
+    models = [s.model if s.path is None else s.path for s in sources]
+    protos = [s.model for s in sources]
     check_compatible(protos, names)
     inputs = model_inputs(protos[0])
     first = models[0]

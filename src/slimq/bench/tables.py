@@ -95,6 +95,8 @@ def results_markdown(results: Sequence[BenchResult]) -> str:
     parts += ["### Speed", "", speed_table(results), "", settings_line(results[0])]
     failed = [f"- not run: {label}: {why}" for r in results for label, why in r.failed.items()]
     parts += ["", *failed] if failed else []
+    notes = [f"- {n}" for r in results for n in r.notes]
+    parts += ["", *notes] if notes else []
     return "\n".join(parts)
 
 
