@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import onnx
 import onnx_ir as ir
@@ -34,10 +35,10 @@ from slimq.static.steps import (
 from slimq.static.tuner import Candidate, Tuner
 from slimq.tasks.metrics import Metric, builtin_metric
 
-ModelSource = str | os.PathLike | onnx.ModelProto | object  # object: a PyTorch model (see slimq.io.source)
+ModelSource = str | os.PathLike | onnx.ModelProto
 
 
-def quantize_static(model: ModelSource, calib_data: object, config: StaticConfig = StaticConfig(),
+def quantize_static(model: ModelSource | Any, calib_data: object, config: StaticConfig = StaticConfig(),
                     output: str | os.PathLike | None = None, preprocess_spec: PreprocessSpec | None = None, *,
                     eval_data: object = None, metric: Metric | Callable[..., float] | None = None) -> QuantResult:
     """Quantize `model` with activation ranges calibrated on `calib_data`.

@@ -27,6 +27,7 @@ import onnx
 import onnx_ir as ir
 
 from slimq.core.ops import Role, op_info
+from slimq.graph.names import node_name
 from slimq.graph.plan import QuantPlan
 from slimq.io.spec import Feeds
 from slimq.runtime.select import RUNTIME_NAMES, interleaved_ms
@@ -116,7 +117,7 @@ def speed_groups(plan: QuantPlan, graph: ir.Graph) -> list[tuple[str, frozenset[
     groups: dict[str, set[str]] = {}
     rank: dict[str, int] = {}
     for node in graph:
-        name = node.name or node.outputs[0].name
+        name = node_name(node)
         op = plan.quantized_nodes.get(name)
         info = op_info(op, node.domain) if op is not None else None
         if info is None or info.role not in (Role.COMPUTE, Role.PASSTHROUGH) or info.keeps_values:
