@@ -41,3 +41,15 @@ def test_cli_arm(tmp_path, capsys):
                  "--target", "arm", "-o", str(tmp_path / "m.int8.onnx")])
     assert code in (0, 3) and (tmp_path / "m.int8.ort").is_file()
     assert "ORT format for onnxruntime Mobile" in capsys.readouterr().out
+
+
+def test_ort_file_never_overwrites_the_input(tmp_path, conv_model, conv_calib):
+    import onnx
+    import pytest
+
+    from slimq.core.errors import OutputPathError
+
+    src = tmp_path / "m.ort"  # an input that happens to be named like the .ort companion of m.onnx
+    onnx.save(conv_model, src)
+    with pytest.raises(OutputPathError, match="never overwrites its input"):
+        quantize_static(str(src), conv_calib, StaticConfig(show_progress=False, target="arm"), tmp_path / "m.onnx")

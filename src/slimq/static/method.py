@@ -19,7 +19,7 @@ from slimq.io.samples import SampleSet, load_samples
 from slimq.io.source import Source, load_source, model_location, with_conversion
 from slimq.io.spec import model_inputs
 from slimq.report.publish import QuantResult, check_output, publish
-from slimq.static.mobile import mobile_format, with_mobile, write_mobile
+from slimq.static.mobile import check_mobile_path, mobile_format, with_mobile, write_mobile
 from slimq.static.rewrites import Rewrites, prequantize
 from slimq.static.search import budget_warning, search
 from slimq.static.speed_step import Built, guard_speed, with_speed
@@ -53,6 +53,7 @@ def quantize_static(model: ModelSource | Any, calib_data: object, config: Static
     With `output`, the model and `<output>.report.json` are written atomically; the input is never touched.
     """
     out = check_output(model_location(model), output)
+    check_mobile_path(out, model_location(model), config)
     src = load_source(model, calib_data, preprocess_spec)
     fp32 = preprocess(src.model)
     samples = load_samples(calib_data, model_inputs(fp32), preprocess_spec)

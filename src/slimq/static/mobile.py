@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -9,12 +10,26 @@ from typing import Any
 import onnx
 
 from slimq.core.config import StaticConfig
+from slimq.core.errors import OutputPathError
 from slimq.io.spec import Feeds
 from slimq.report.publish import QuantResult
 from slimq.report.schema import Report
 from slimq.runtime.ort_format import OrtFormat, ort_format_path, to_ort_format
 
 MOBILE_TARGETS = ("arm",)
+
+
+def check_mobile_path(out: Path | None, source: object, cfg: StaticConfig) -> None:
+    """Before any work: the .ort file of a mobile target must not overwrite the input model."""
+    if out is None or cfg.target not in MOBILE_TARGETS or not isinstance(source, (str, os.PathLike)):
+        return
+    ort_path = ort_format_path(out)
+    if Path(source).exists() and ort_path.exists() and ort_path.resolve() == Path(source).resolve():
+        raise OutputPathError(f"--target {cfg.target} also writes {ort_path}, which is the input model; slimq never "
+                              "overwrites its input. Choose another -o path.")
+    if ort_path.is_dir():
+        raise OutputPathError(f"{ort_path} (the ORT-format model of -o {out}) is a directory; remove it or choose "
+                              "another -o path.")
 
 
 def mobile_format(model: onnx.ModelProto, cfg: StaticConfig, feeds: list[Feeds], out: Path | None) -> OrtFormat | None:
