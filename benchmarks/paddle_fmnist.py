@@ -45,7 +45,7 @@ PADDLE_SIDE = textwrap.dedent("""
     calib, test, labels = data["calib"], data["test"], data["labels"]
     result = {"paddle": paddle.__version__}
     try:
-        import paddleslim
+
         from paddleslim.quant import quant_post_static
         paddle.enable_static()
         exe = paddle.static.Executor(paddle.CPUPlace())
@@ -61,7 +61,8 @@ PADDLE_SIDE = textwrap.dedent("""
                           params_filename="inference.pdiparams", batch_nums=len(calib) // 32, algo="hist",
                           hist_percent=0.9999, quantizable_op_type=["conv2d", "depthwise_conv2d", "mul", "matmul",
                                                                      "matmul_v2"], onnx_format=False)
-        result["paddleslim"] = paddleslim.__version__
+        import importlib.metadata
+        result["paddleslim"] = importlib.metadata.version("paddleslim")
         paddle.disable_static()
     except Exception as e:  # PaddleSlim missing or failing: FP32 only
         result["paddleslim_error"] = f"{type(e).__name__}: {str(e)[:300]}"
