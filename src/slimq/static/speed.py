@@ -34,8 +34,8 @@ from slimq.runtime.select import RUNTIME_NAMES, interleaved_ms
 
 log = logging.getLogger("slimq")
 
-MIN_TIMED_MS = 0.2  # FP32 runs faster than this: too short to search reliably inside a quantization run
-MIN_COMPARED_MS = 0.02  # from here to MIN_TIMED_MS one side-by-side timing only goes into the report
+MIN_TIMED_MS = 0.02  # FP32 runs faster than this: not timed at all
+MIN_MACS = 1_000_000  # toy models (under a million multiply-accumulates per sample): not timed at all
 KEEP_GAIN = 0.97  # a change is kept when the model runs in <= 97 % of the time it took before
 TIME_BUDGET_S = 120.0  # op classes not tried by then stay int8 (and are listed as not tried)
 
@@ -179,10 +179,9 @@ def place_for_speed(fp32: onnx.ModelProto, int8: onnx.ModelProto, groups: Sequen
     return best, rec
 
 
-def too_fast_to_time(fp32: onnx.ModelProto, timer: Timer) -> float | None:
-    """FP32 milliseconds when under MIN_TIMED_MS (the step is skipped), else None."""
-    ms = timer([fp32])[0]
-    return ms if ms < MIN_TIMED_MS else None
+def timing_window(fp32_ms: float) -> float:
+    """Seconds per model and round: about 200 runs of the model, between 0.05 and 0.3 s."""
+    return min(0.3, max(0.05, 0.2 * fp32_ms))
 
 
 def backend_timer(backend: str, feeds: Feeds, threads: int = 1, min_time: float = 0.3, rounds: int = 4) -> Timer:

@@ -17,10 +17,11 @@ from slimq.graph.plan import QuantPlan
 from slimq.io.spec import Feeds
 from slimq.report.schema import FloatOp, Report
 from slimq.runtime.backends import openvino_available
+from slimq.runtime.macs import count_macs
 from slimq.runtime.select import RUNTIME_NAMES, installed_backends, interleaved_ms, missing_note
 from slimq.static.calibrate import Calibration
 from slimq.static.speed import (
-    MIN_COMPARED_MS,
+    MIN_MACS,
     MIN_TIMED_MS,
     Rewrite,
     SpeedPlacement,
@@ -28,6 +29,7 @@ from slimq.static.speed import (
     backend_timer,
     place_for_speed,
     speed_groups,
+    timing_window,
 )
 from slimq.static.steps import apply_plan, plan_static
 
@@ -94,30 +96,23 @@ def guard_speed(fp32: onnx.ModelProto, first: Built, calib: Calibration, cfg: St
     out = SpeedOutcome(first)
     if not (cfg.speed_guard or cfg.compare_runtimes):
         return out
+    macs = count_macs(fp32, feed)
+    if macs.int8_macs + macs.float_macs < MIN_MACS:
+        why = f"a toy model ({macs.int8_macs + macs.float_macs:,} MACs per run < {MIN_MACS:,}): not timed"
+        out.placement = SpeedPlacement(TARGET_RUNTIME.get(cfg.target, "ort"), skipped=why)
+        return out
     fp32_ms = (timer or backend_timer("ort", feed, min_time=0.05, rounds=1))([fp32])[0]
     if fp32_ms < MIN_TIMED_MS:
-        out.placement = _too_small(fp32, first, cfg, fp32_ms, feed, timer)
+        why = f"FP32 runs in {fp32_ms:.3f} ms, too fast to time reliably (< {MIN_TIMED_MS} ms)"
+        out.placement = SpeedPlacement(TARGET_RUNTIME.get(cfg.target, "ort"), fp32_ms, skipped=why)
         return out
     if cfg.speed_guard:
         build = builder or (lambda floats: rebuild(fp32, first.plan, calib, cfg, floats))
+        timer = timer or backend_timer(TARGET_RUNTIME.get(cfg.target, "ort"), feed, min_time=timing_window(fp32_ms))
         out.built, out.placement = _place(fp32, first, build, cfg, feed, timer)
     if cfg.compare_runtimes:
         out.runtimes = compare_runtimes(fp32, out.built.model, feed)
     return out
-
-
-def _too_small(fp32: onnx.ModelProto, first: Built, cfg: StaticConfig, fp32_ms: float, feed: Feeds,
-               timer: Timer | None) -> SpeedPlacement:
-    """No search below MIN_TIMED_MS; from MIN_COMPARED_MS up, one side-by-side timing says how INT8 compares."""
-    runtime = TARGET_RUNTIME.get(cfg.target, "ort")
-    why = f"FP32 runs in {fp32_ms:.3f} ms, too fast to search reliably (< {MIN_TIMED_MS} ms)"
-    rec = SpeedPlacement(runtime, fp32_ms, skipped=why)
-    if fp32_ms < MIN_COMPARED_MS or not cfg.speed_guard or _guard_skip(cfg):
-        return rec
-    rec.fp32_ms, rec.int8_ms = (timer or backend_timer(runtime, feed, min_time=0.1, rounds=2))([fp32, first.model])
-    rec.final_ms = rec.int8_ms
-    rec.skipped = f"{why}; INT8 measured {rec.fp32_ms / rec.int8_ms:.2f}x of FP32 on {RUNTIME_NAMES[runtime]}"
-    return rec
 
 
 def _place(fp32: onnx.ModelProto, first: Built, builder: Builder, cfg: StaticConfig, feed: Feeds,
