@@ -126,3 +126,18 @@ def test_cpu_command(capsys):
     assert main(["cpu", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["cpu_class"] in RUNTIME_NOTES and "onnxruntime" in d["runtimes"]
+
+
+def test_bench_cpu_clock(tmp_path, capsys):
+    from slimq.bench.results import TimingConfig
+    from slimq.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="Unknown clock"):
+        TimingConfig(clock="sundial")
+    fp32 = tmp_path / "fp32.onnx"
+    import onnx
+
+    onnx.save(testing.conv_net(), fp32)
+    assert main(["bench", str(fp32), "--threads", "1", "--clock", "cpu", "--min-time", "0", "--iters", "3",
+                 "--rounds", "1", "--warmup", "0"]) == 0
+    assert "timing in process CPU time" in capsys.readouterr().out

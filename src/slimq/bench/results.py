@@ -25,11 +25,15 @@ class TimingConfig:
     min_iters: int = 10
     min_time: float = 2.0
     rounds: int = 3
+    clock: str = "wall"  # "cpu": process CPU time (1 thread on a shared machine; see slimq.runtime.select)
 
     def __post_init__(self) -> None:
         if self.warmup < 0 or self.min_iters < 1 or self.rounds < 1 or self.min_time < 0:
             raise ConfigError(f"Invalid timing settings {self}: warmup >= 0, iters >= 1, rounds >= 1, "
                               "min_time >= 0.")
+        if self.clock not in ("wall", "cpu"):
+            raise ConfigError(f'Unknown clock "{self.clock}": "wall" (elapsed time) or "cpu" (process CPU time, '
+                              "for 1-thread timing on a busy machine).")
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from slimq.io.source import load_source
 from slimq.io.spec import Feeds, model_inputs
 from slimq.runtime.backends import BackendError, parse_backends
 from slimq.runtime.cpu import cpu_info
+from slimq.runtime.select import CLOCKS
 from slimq.runtime.session import Predictor, resolve_threads
 from slimq.tasks.base import Evaluator, collect_outputs
 
@@ -85,11 +86,12 @@ def check_compatible(protos: Sequence[onnx.ModelProto], names: Sequence[str]) ->
 
 def _time_turn(run: Callable[[Feeds], object], feeds: Feeds, timing: TimingConfig) -> list[float]:
     times: list[float] = []
+    now = CLOCKS[timing.clock]
     start = time.perf_counter()
     while len(times) < timing.min_iters or time.perf_counter() - start < timing.min_time:
-        t0 = time.perf_counter_ns()
+        t0 = now()
         run(feeds)
-        times.append((time.perf_counter_ns() - t0) / 1e6)
+        times.append((now() - t0) / 1e6)
     return times
 
 

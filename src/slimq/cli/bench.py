@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction, methods: argparse._SubParsersActio
     p.add_argument("--warmup", type=int, default=5, help="warm-up runs per model (default 5)")
     p.add_argument("--min-time", type=float, default=2.0, help="minimum seconds per model and round (default 2)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    p.add_argument("--clock", default="wall", choices=("wall", "cpu"),
+                   help="wall: elapsed time (default); cpu: process CPU time, steadier for 1 thread on a busy machine")
     p.add_argument("--backend", default="ort",
                    help="comma-separated runtimes: ort (onnxruntime, default), openvino (pip install "
                         "'slimq[openvino]'), auto (every installed runtime, and a note on which is fastest for "
@@ -65,7 +67,7 @@ def run_bench(args: argparse.Namespace) -> int:
         raise ConfigError('--threads needs at least one value, e.g. "1,all".')
     _check_outputs(args)
     names = _csv(args.names) or None
-    timing = TimingConfig(args.warmup, args.iters, args.min_time, args.rounds)
+    timing = TimingConfig(args.warmup, args.iters, args.min_time, args.rounds, args.clock)
     backends, auto = expand_auto(_csv(args.backend))
     result = benchmark(args.models, args.data, threads, batch=args.batch, task=args.task, timing=timing,
                        names=names, limit=args.limit, backends=parse_backends(backends),
