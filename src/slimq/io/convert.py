@@ -7,14 +7,17 @@ the error, so a broken conversion is refused before any calibration is spent on 
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
 from slimq.core.errors import ConversionError
+from slimq.io.model import externalize, is_large
 from slimq.io.spec import Feeds
 
 RTOL = 1e-3
@@ -56,13 +59,24 @@ def onnx_runner(model: onnx.ModelProto) -> Runner:
     so.intra_op_num_threads = 1
     so.log_severity_level = 3
     try:
-        session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        session = _session(model, so)
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
         raise ConversionError(f"onnxruntime cannot load the converted model: {str(e)[:400]}") from None
 
     def run(feeds: Feeds) -> list[np.ndarray]:
         return [np.asarray(o) for o in session.run(None, dict(feeds))]
     return run
+
+
+def _session(model: onnx.ModelProto, so: ort.SessionOptions) -> ort.InferenceSession:
+    """An onnxruntime session for `model`; over protobuf's 2 GB limit through a temporary external-data file
+    (onnxruntime reads the weights at session creation, so the folder may go afterwards)."""
+    if not is_large(model):
+        return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    with tempfile.TemporaryDirectory(prefix="slimq-convert-") as tmp:
+        stripped, _ = externalize(model, Path(tmp), "model.onnx.data")
+        (Path(tmp) / "model.onnx").write_bytes(stripped.SerializeToString())
+        return ort.InferenceSession(str(Path(tmp) / "model.onnx"), so, providers=["CPUExecutionProvider"])
 
 
 def _diff(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:

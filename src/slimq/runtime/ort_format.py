@@ -21,6 +21,7 @@ import onnxruntime as ort
 
 from slimq.core.errors import ModelLoadError
 from slimq.io.spec import Feeds
+from slimq.runtime.source import ort_model
 
 ORT_SUFFIX = ".ort"
 
@@ -59,15 +60,16 @@ def to_ort_format(model: onnx.ModelProto, feeds: Sequence[Feeds]) -> OrtFormat:
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     so.add_session_config_entry("session.save_model_format", "ORT")
     so.log_severity_level = 3
-    with tempfile.TemporaryDirectory(prefix="slimq-ort-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="slimq-ort-") as tmp, ort_model(model) as src:
         so.optimized_model_filepath = str(Path(tmp) / "model.ort")
-        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
         data = (Path(tmp) / "model.ort").read_bytes()
     try:
         mobile = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
         raise ModelLoadError(f"onnxruntime cannot load the ORT-format model it wrote: {e}") from None
-    qdq = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    with ort_model(model) as src:
+        qdq = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
     worst = 0.0
     for feed in feeds:
         for a, b in zip(mobile.run(None, dict(feed)), qdq.run(None, dict(feed))):

@@ -15,8 +15,8 @@ import onnxruntime as ort
 
 from slimq.core.errors import ConfigError
 from slimq.core.ops import MacKind, is_dequantize, is_float_mac, op_info
-from slimq.runtime.source import ort_model
 from slimq.runtime.select import RuntimeChoice, choose_runtime
+from slimq.runtime.source import ort_model
 
 
 def resolve_threads(threads: int | str) -> int:
