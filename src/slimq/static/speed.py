@@ -134,18 +134,10 @@ def _rewritten(model: onnx.ModelProto, rewrites: Sequence[Rewrite]) -> onnx.Mode
     return model
 
 
-def place_for_speed(fp32: onnx.ModelProto, int8: onnx.ModelProto, groups: Sequence[tuple[str, frozenset[str]]],
-                    build: Build, timer: Timer, runtime: str, rewrites: Sequence[tuple[str, Rewrite]] = (),
-                    budget_s: float = TIME_BUDGET_S) -> tuple[onnx.ModelProto | None, SpeedPlacement]:
-    """Try the QDQ `rewrites` (more int8), then keep float the op classes that make the model slower; each
-    change is kept only when the whole model measures faster. None as the model means "keep FP32".
-
-    Returns the INT8 model to write (the input one when nothing changed) and the record of the step.
-    """
-    rec = SpeedPlacement(runtime)
-    rec.fp32_ms, rec.int8_ms = timer([fp32, int8])
-    rec.final_ms = rec.int8_ms
-    best, best_ms, floats = int8, rec.int8_ms, frozenset[str]()
+def _try_rewrites(int8: onnx.ModelProto, int8_ms: float, rec: SpeedPlacement, timer: Timer,
+                  rewrites: Sequence[tuple[str, Rewrite]]) -> tuple[onnx.ModelProto, float, list[Rewrite]]:
+    """Apply each rewrite that measures faster, in order; the model, its time and the rewrites kept."""
+    best, best_ms = int8, int8_ms
     kept_rewrites: list[Rewrite] = []
     for name, rewrite in rewrites:
         candidate = rewrite(best)
@@ -158,6 +150,22 @@ def place_for_speed(fp32: onnx.ModelProto, int8: onnx.ModelProto, groups: Sequen
             best, best_ms = candidate, after
             kept_rewrites.append(rewrite)
             rec.rewrites.append(name)
+    return best, best_ms, kept_rewrites
+
+
+def place_for_speed(fp32: onnx.ModelProto, int8: onnx.ModelProto, groups: Sequence[tuple[str, frozenset[str]]],
+                    build: Build, timer: Timer, runtime: str, rewrites: Sequence[tuple[str, Rewrite]] = (),
+                    budget_s: float = TIME_BUDGET_S) -> tuple[onnx.ModelProto | None, SpeedPlacement]:
+    """Try the QDQ `rewrites` (more int8), then keep float the op classes that make the model slower; each
+    change is kept only when the whole model measures faster. None as the model means "keep FP32".
+
+    Returns the INT8 model to write (the input one when nothing changed) and the record of the step.
+    """
+    rec = SpeedPlacement(runtime)
+    rec.fp32_ms, int8_ms = timer([fp32, int8])
+    rec.int8_ms = rec.final_ms = int8_ms
+    best, best_ms, kept_rewrites = _try_rewrites(int8, int8_ms, rec, timer, rewrites)
+    floats = frozenset[str]()
     start = time.perf_counter()
     for name, nodes in groups:
         if time.perf_counter() - start > budget_s:
