@@ -10,7 +10,7 @@ onnxruntime and on the runtime ``backend="auto"`` picks for the INT8 model. Spee
 (slimq.runtime.select.interleaved_ms): the machine this ran on had 2 cores shared with other jobs.
 
 Usage: python benchmarks/seed_table.py [--models resnet50 ...] [--calib 32] [--json out.json] [--md out.md]
-Results of record are in docs/benchmarks.md.
+Measured results: docs/models_in.md.
 """
 
 from __future__ import annotations
