@@ -885,7 +885,8 @@ def verify(c_id, rc_ok, msg, forbid, msg_rcs, spec: Spec, run: h.Run, before, af
     allowed = set()
     if out is not None:
         allowed |= {out, out.with_name(out.name + ".report.json"), out.with_name(out.name + ".data"),
-                    out.with_name(out.name + ".report.html")}  # the HTML report (report/html) beside the JSON one
+                    out.with_name(out.name + ".report.html"),  # the HTML report (report/html) beside the JSON one
+                    out.with_suffix(".ort")}  # --target arm: the ORT-format model (static/mobile)
     allowed |= {Path(p) for p in spec.outputs}
     allowed_rel = {os.path.relpath(os.path.abspath(p), root) for p in allowed}
     changed, removed, added = h.diff_snapshots(before, after)

@@ -62,20 +62,26 @@ def test_float_model_macs_match_the_hand_count(batch):
 
 
 def test_qdq_model_splits_int8_and_float_macs():
-    # x86 static PTQ: Conv, Gemm and MatMul get int8 kernels in onnxruntime; ConvTranspose has none
+    # x86 static PTQ: Conv, Gemm and MatMul get int8 kernels in onnxruntime. onnxruntime has no int8
+    # ConvTranspose, but this one (kernel = stride = 2, no padding) is rewritten exactly as a 1x1 Conv +
+    # DepthToSpace (slimq.graph.passes.deconv), so it runs as a third QLinearConv with the same MACs.
     m = mac_model()
     data = np.random.default_rng(2).standard_normal((40, 3, 8, 8)).astype(np.float32)
     q = quantize_static(m, data, StaticConfig(show_progress=False)).model
     c = count_macs(optimized_graph(q, "extended"), feeds(2))
-    int8_per_sample = sum(PER_SAMPLE.values()) - PER_SAMPLE["t"]  # 5280
-    assert (c.int8_macs, c.float_macs) == (2 * int8_per_sample, 2 * PER_SAMPLE["t"])
-    assert c.int8_share == pytest.approx(5280 / 6048, abs=1e-12)
+    assert (c.int8_macs, c.float_macs) == (2 * sum(PER_SAMPLE.values()), 0)
+    assert c.int8_share == 1.0
+    assert dict(c.int8_ops) == {"QLinearConv": 3, "QGemm": 1, "MatMulIntegerToFloat": 2}
+    assert not c.float_ops and not c.float_nodes
+
+
+def test_padded_convtranspose_stays_float():
+    # with padding the rewrite does not apply: onnxruntime runs the ConvTranspose in float
+    m = mac_model()
+    t = next(n for n in m.graph.node if n.op_type == "ConvTranspose")
+    t.attribute.extend([onnx.helper.make_attribute("pads", [0, 0, 1, 1]), onnx.helper.make_attribute("output_padding", [1, 1])])
+    data = np.random.default_rng(2).standard_normal((40, 3, 8, 8)).astype(np.float32)
+    q = quantize_static(m, data, StaticConfig(show_progress=False)).model
+    c = count_macs(optimized_graph(q, "extended"), feeds(2))
+    assert dict(c.float_ops) == {"ConvTranspose": 1}
     assert dict(c.int8_ops) == {"QLinearConv": 2, "QGemm": 1, "MatMulIntegerToFloat": 2}
-    assert dict(c.float_ops) == {"ConvTranspose": 1} and c.float_nodes == ["t (ConvTranspose, 1536 MACs)"]
-    assert c.to_dict()["int8_share"] == round(5280 / 6048, 4)
-
-
-def test_model_without_mac_ops_counts_nothing():
-    text = """<ir_version: 8, opset_import: ["" : 17]> g (float[N, 4] x) => (float[N, 4] y) { y = Relu(x) }"""
-    c = count_macs(onnx.parser.parse_model(text), {"x": np.ones((2, 4), np.float32)})
-    assert (c.int8_macs, c.float_macs, c.int8_share) == (0, 0, 0.0)

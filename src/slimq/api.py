@@ -33,7 +33,10 @@ def quantize(model: Any, config: StaticConfig | DynamicConfig | QATConfig, data:
              output: str | os.PathLike | None = None, **options: Any) -> QuantResult:
     """Quantize `model` with the method `config` selects; write it (and its report) to `output` if given.
 
-    model: an ONNX path or ModelProto (static, dynamic); a torch ``nn.Module`` or a prepared QAT model (QAT).
+    model: static and dynamic: an ONNX path or ModelProto, a PyTorch ``nn.Module`` (with example inputs as
+    ``(module, example_inputs)``, or taken from array `data`), a ``torch.export.ExportedProgram`` or ``.pt2``
+    file, or a Paddle inference model folder (converted and checked first: :mod:`slimq.io.source`);
+    QAT: a torch ``nn.Module`` or a prepared QAT model.
     data: calibration samples (static; required), check inputs (dynamic; optional, synthesised otherwise),
     samples to calibrate and check on (QAT). options: static: ``preprocess`` (image folders: a
     PreprocessSpec), ``eval_data`` and ``metric`` (for a ``max_drop`` budget); dynamic: ``calib_data``

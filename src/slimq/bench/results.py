@@ -25,11 +25,15 @@ class TimingConfig:
     min_iters: int = 10
     min_time: float = 2.0
     rounds: int = 3
+    clock: str = "wall"  # "cpu": process CPU time (1 thread on a shared machine; see slimq.runtime.select)
 
     def __post_init__(self) -> None:
         if self.warmup < 0 or self.min_iters < 1 or self.rounds < 1 or self.min_time < 0:
             raise ConfigError(f"Invalid timing settings {self}: warmup >= 0, iters >= 1, rounds >= 1, "
                               "min_time >= 0.")
+        if self.clock not in ("wall", "cpu"):
+            raise ConfigError(f'Unknown clock "{self.clock}": "wall" (elapsed time) or "cpu" (process CPU time, '
+                              "for 1-thread timing on a busy machine).")
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,7 @@ class BenchResult:
     title: str = ""
     backends: list[str] = field(default_factory=lambda: ["ort"])
     failed: dict[str, str] = field(default_factory=dict)  # row label -> why that backend could not load it
+    notes: list[str] = field(default_factory=list)  # e.g. which runtime `--backend auto` found fastest
 
     def label(self, model: str, backend: str | None = None) -> str:
         """The row label of `model` on `backend` (default: the first backend) in tables and `accuracy`."""

@@ -27,11 +27,13 @@ from slimq.bench.results import (
     entry_label,
 )
 from slimq.core.errors import ConfigError
-from slimq.io.model import load_model, model_size_bytes
+from slimq.io.model import model_size_bytes
 from slimq.io.samples import validate_feeds
+from slimq.io.source import load_source
 from slimq.io.spec import Feeds, model_inputs
 from slimq.runtime.backends import BackendError, parse_backends
 from slimq.runtime.cpu import cpu_info
+from slimq.runtime.select import CLOCKS
 from slimq.runtime.session import Predictor, resolve_threads
 from slimq.tasks.base import Evaluator, collect_outputs
 
@@ -84,11 +86,12 @@ def check_compatible(protos: Sequence[onnx.ModelProto], names: Sequence[str]) ->
 
 def _time_turn(run: Callable[[Feeds], object], feeds: Feeds, timing: TimingConfig) -> list[float]:
     times: list[float] = []
+    now = CLOCKS[timing.clock]
     start = time.perf_counter()
     while len(times) < timing.min_iters or time.perf_counter() - start < timing.min_time:
-        t0 = time.perf_counter_ns()
+        t0 = now()
         run(feeds)
-        times.append((time.perf_counter_ns() - t0) / 1e6)
+        times.append((now() - t0) / 1e6)
     return times
 
 
@@ -160,6 +163,22 @@ def evaluate_models(models: Sequence[ModelLike], names: Sequence[str], evaluator
     return out
 
 
+def _load_models(models: Sequence[ModelLike], names: Sequence[str]
+                 ) -> tuple[list[ModelLike], list[onnx.ModelProto]]:
+    """Paths (or in-memory protos) to run and their protos; .pt2 / Paddle folders are converted (and checked)."""
+    sources = [load_source(m) for m in models]
+    protos = [s.model for s in sources]
+    check_compatible(protos, names)
+    return [s.model if s.path is None else s.path for s in sources], protos
+
+
+def _model_infos(names: Sequence[str], models: Sequence[ModelLike], protos: Sequence[onnx.ModelProto]
+                 ) -> list[ModelInfo]:
+    return [ModelInfo(n, None if isinstance(m, onnx.ModelProto) else str(m),
+                      p.ByteSize() if isinstance(m, onnx.ModelProto) else model_size_bytes(m))
+            for n, m, p in zip(names, models, protos)]
+
+
 def benchmark(models: Sequence[ModelLike], data=None, threads: Sequence[int | str] = (1, "all"),
               evaluator: Evaluator | None = None, batch: int = 1, task: str = "auto",
               timing: TimingConfig = TimingConfig(), names: Sequence[str] | None = None, limit: int | None = None,
@@ -178,8 +197,7 @@ def benchmark(models: Sequence[ModelLike], data=None, threads: Sequence[int | st
         raise ConfigError("Give at least one model to benchmark.")
     names = _name_models(models, names)
     backends = parse_backends(backends)
-    protos = [m if isinstance(m, onnx.ModelProto) else load_model(m) for m in models]
-    check_compatible(protos, names)
+    models, protos = _load_models(models, names)
     inputs = model_inputs(protos[0])
     first = models[0]
     first_path = None if isinstance(first, onnx.ModelProto) else Path(first)
@@ -201,9 +219,7 @@ def benchmark(models: Sequence[ModelLike], data=None, threads: Sequence[int | st
             progress(f"timing {len(protos)} models on {', '.join(backends)} at {t} thread(s), batch {batch} "
                      f"({timing.rounds} rounds)")
         speed += measure_speed(runnable, names, bi.feeds, t, timing, progress, backends, failed)
-    infos = [ModelInfo(n, None if isinstance(m, onnx.ModelProto) else str(m),
-                       p.ByteSize() if isinstance(m, onnx.ModelProto) else model_size_bytes(m))
-             for n, m, p in zip(names, models, protos)]
+    infos = _model_infos(names, models, protos)
     ev = None if bi.evaluator is None else {"name": bi.evaluator.name, "primary_metric": bi.evaluator.primary_metric,
                                             "higher_is_better": bi.evaluator.higher_is_better}
     settings = {"batch": batch, "threads": counts, "data": bi.source, "backends": list(backends), **asdict(timing)}

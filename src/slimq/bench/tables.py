@@ -78,8 +78,10 @@ def speed_table(results: Sequence[BenchResult]) -> str:
 def settings_line(result: BenchResult) -> str:
     s, cpu = result.settings, result.machine.get("cpu", {})
     run_on = "" if result.backends == ["ort"] else f"backends: {', '.join(result.backends)}; "
-    return (f"batch {s.get('batch')}, data: {s.get('data')}; {run_on}timing: {s.get('rounds')} interleaved rounds "
-            f"of >= {s.get('min_time')} s and >= {s.get('min_iters')} runs per model, {s.get('warmup')} warm-up runs; "
+    clock = " in process CPU time" if s.get("clock") == "cpu" else ""
+    return (f"batch {s.get('batch')}, data: {s.get('data')}; {run_on}timing{clock}: {s.get('rounds')} "
+            f"interleaved rounds of >= {s.get('min_time')} s and >= {s.get('min_iters')} runs per model, "
+            f"{s.get('warmup')} warm-up runs; "
             f"{cpu.get('model', '?')} ({cpu.get('cores', '?')} cores), onnxruntime "
             f"{result.machine.get('onnxruntime', '?')}"
             + (f", openvino {result.machine['openvino']}" if result.machine.get("openvino") else "")
@@ -95,6 +97,8 @@ def results_markdown(results: Sequence[BenchResult]) -> str:
     parts += ["### Speed", "", speed_table(results), "", settings_line(results[0])]
     failed = [f"- not run: {label}: {why}" for r in results for label, why in r.failed.items()]
     parts += ["", *failed] if failed else []
+    notes = [f"- {n}" for r in results for n in r.notes]
+    parts += ["", *notes] if notes else []
     return "\n".join(parts)
 
 

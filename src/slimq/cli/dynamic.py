@@ -42,7 +42,8 @@ def register(sub: argparse._SubParsersAction, methods: argparse._SubParsersActio
                            description="Quantize weights ahead of time; optionally quantize MatMul activations "
                                        "at run time. Checks the result against FP32 before writing it.",
                            epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="FP32 ONNX model")
+    p.add_argument("model", help="FP32 model: .onnx, a PyTorch .pt2 (torch.export.save) or a Paddle inference "
+                                  "model folder")
     p.add_argument("-o", "--output", required=True, help="output .onnx path (never the input)")
     p.add_argument("--mode", default="weight-only",
                    help="weight-only (int8/int4 weights, float compute; default) or dynamic-activation "

@@ -13,9 +13,9 @@ def run_inspect(args: argparse.Namespace) -> int:
     from slimq.core.config import target_rules
     from slimq.graph.passes import preprocess
     from slimq.graph.plan import build_plan
-    from slimq.io.model import load_model
+    from slimq.io.source import load_source
 
-    model = preprocess(load_model(args.model))
+    model = preprocess(load_source(args.model).model)
     graph = ir.from_proto(model).graph
     plan = build_plan(graph, target_rules("x86"))
     ops = Counter(n.op_type for n in graph)
@@ -51,7 +51,7 @@ def run_optimize(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction, methods: argparse._SubParsersAction) -> None:
     i = sub.add_parser("inspect", help="list a model's ops and the quantizable share")
-    i.add_argument("model")
+    i.add_argument("model", help="an .onnx file, a PyTorch .pt2 (torch.export.save) or a Paddle inference model folder")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=run_inspect)
 
@@ -60,5 +60,14 @@ def register(sub: argparse._SubParsersAction, methods: argparse._SubParsersActio
     o.add_argument("-o", "--output", required=True)
     o.set_defaults(func=run_optimize)
 
-    c = sub.add_parser("cpu", help="report int8 capabilities of this CPU (VNNI, AMX) and the expected speed-up")
-    c.set_defaults(func=lambda a: print(json.dumps(__import__("slimq.runtime.cpu", fromlist=["cpu_info"]).cpu_info().to_dict(), indent=2)))
+    c = sub.add_parser("cpu", help="the class of this CPU (VNNI, AMX) and what it means for each runtime")
+    c.add_argument("--json", action="store_true", help="print the facts as JSON")
+    c.set_defaults(func=run_cpu)
+
+
+def run_cpu(args: argparse.Namespace) -> int:
+    from slimq.runtime.cpu import cpu_info
+
+    info = cpu_info()
+    print(json.dumps(info.to_dict(), indent=2) if args.json else info.format())
+    return 0

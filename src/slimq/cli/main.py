@@ -27,7 +27,8 @@ from slimq.core.errors import SlimqError
 
 # Modules that define `register(commands, quantize_methods)`; a missing optional one (e.g. QAT without torch) is skipped.
 COMMAND_MODULES = ("slimq.cli.static", "slimq.cli.dynamic", "slimq.cli.inspect", "slimq.cli.bench", "slimq.cli.demo",
-                   "slimq.cli.debug", "slimq.cli.sensitivity", "slimq.cli.qat")
+                   "slimq.cli.debug", "slimq.cli.sensitivity", "slimq.cli.qat",
+                   "slimq.cli.importer")
 HANDLED_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
 
 

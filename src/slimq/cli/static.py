@@ -37,7 +37,8 @@ def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
 
 def register(sub: argparse._SubParsersAction, methods: argparse._SubParsersAction) -> None:
     p = methods.add_parser("static", help="static post-training quantization with calibration data")
-    p.add_argument("model", help="FP32 ONNX model")
+    p.add_argument("model", help="FP32 model: .onnx, a PyTorch .pt2 (torch.export.save) or a Paddle inference "
+                                  "model folder (converted, then checked against its framework on the samples)")
     p.add_argument("--calib", required=True, help="calibration data: image folder, .npy/.npz file or folder")
     p.add_argument("-o", "--output", required=True, help="output .onnx path (never the input)")
     p.add_argument("--algo", help=f"calibration algorithm: {', '.join(ALGORITHMS)} (default hist)")
@@ -57,6 +58,10 @@ def register(sub: argparse._SubParsersAction, methods: argparse._SubParsersActio
     p.add_argument("--adaround-budget", type=float, metavar="SECONDS",
                    help="AdaRound time budget for all layers together (default 120)")
     p.add_argument("--strict", action="store_true", help="fail (write nothing) when the fidelity check fails")
+    p.add_argument("--no-speed-guard", action="store_true",
+                   help="do not time INT8 against FP32 (by default layers that int8 makes slower stay float)")
+    p.add_argument("--no-runtime-compare", action="store_true",
+                   help='leave out the report\'s "runs fastest on" line (onnxruntime vs OpenVINO timing)')
     p.add_argument("--size", help="image H,W for image folders")
     p.add_argument("--resize-short", type=int, help="resize the short side then center-crop (images)")
     p.add_argument("--mean", help="per-channel mean, e.g. 0.485,0.456,0.406")
@@ -83,6 +88,10 @@ def _static_config(args: argparse.Namespace, recipe: dict) -> StaticConfig:
         overrides["per_channel"] = False
     if args.strict:
         overrides["strict"] = True
+    if getattr(args, "no_speed_guard", False):
+        overrides["speed_guard"] = False
+    if getattr(args, "no_runtime_compare", False):
+        overrides["compare_runtimes"] = False
     if args.skip_nodes or args.skip_ops or args.skip_regex:
         overrides["skip"] = SkipSpec(_csv(args.skip_nodes) + cfg.skip.names, _csv(args.skip_ops) + cfg.skip.op_types,
                                      _csv(args.skip_regex) + cfg.skip.patterns)

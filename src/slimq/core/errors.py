@@ -14,6 +14,10 @@ class ModelLoadError(SlimqError):
     """The model file is missing, corrupt, not ONNX, or uses an unsupported opset."""
 
 
+class ConversionError(ModelLoadError):
+    """A PyTorch or Paddle model could not be converted to ONNX, or the FP32 ONNX does not match the original."""
+
+
 class CalibrationDataError(SlimqError):
     """Calibration or evaluation data is empty, has NaN/Inf, or does not match the model inputs."""
 

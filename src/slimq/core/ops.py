@@ -207,6 +207,7 @@ def _data_ops() -> tuple[OpInfo, ...]:
         OpInfo("Resize", p, commutes_with_clip=False),  # linear interpolation mixes values
         OpInfo("Reshape", p, keeps_values=True),
         OpInfo("Transpose", p),
+        OpInfo("DepthToSpace", p),  # onnxruntime runs it on uint8 between Q/DQ (ConvTranspose rewrite, graph.passes)
         OpInfo("Flatten", p, keeps_values=True),
         OpInfo("Squeeze", p, keeps_values=True),
         OpInfo("Unsqueeze", p, keeps_values=True),

@@ -65,8 +65,9 @@ from slimq.dynamic.graph import (
 )
 from slimq.dynamic.report import CONV_REASON, Findings, dynamic_report, node_name_proto
 from slimq.graph.passes import preprocess
-from slimq.io.model import default_opset, load_model, upgrade_opset
+from slimq.io.model import default_opset, upgrade_opset
 from slimq.io.samples import load_samples, require_variation
+from slimq.io.source import load_source, model_location, with_conversion
 from slimq.io.spec import model_inputs
 from slimq.report.agreement import Reference, worst_cosine
 from slimq.report.publish import QuantResult, check_output, publish
@@ -104,9 +105,9 @@ def require_blocked_runtime(bits: int) -> None:
             "Upgrade onnxruntime, or use --weight-bits 8 --granularity channel for older runtimes.")
 
 
-def _prepare(model, config: DynamicConfig) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+def _prepare(model: onnx.ModelProto, config: DynamicConfig) -> tuple[onnx.ModelProto, onnx.ModelProto]:
     """(FP32 reference, working copy with Gemm rewritten as MatMul), both preprocessed."""
-    fp32 = preprocess(model if isinstance(model, onnx.ModelProto) else load_model(model))
+    fp32 = preprocess(model)
     if config.weight_bits == 4 or config.block_size:
         require_blocked_runtime(config.weight_bits)
         if default_opset(fp32) < BLOCK_OPSET:
@@ -218,8 +219,9 @@ def quantize_dynamic(model: str | os.PathLike | onnx.ModelProto, config: Dynamic
     FidelityError (on_collapse="refuse" and the check failed; nothing written).
     """
     _check_rounding(config, calib_data)
-    out = check_output(model, output)
-    fp32, work = _prepare(model, config)
+    out = check_output(model_location(model), output)
+    src = load_source(model, check_data)
+    fp32, work = _prepare(src.model, config)
     candidates, floats = find_candidates(ir.from_proto(work).graph)
     config.skip.validate([node_name_proto(n) for n in work.graph.node], {n.op_type for n in work.graph.node})
     if not candidates:
@@ -241,8 +243,8 @@ def quantize_dynamic(model: str | os.PathLike | onnx.ModelProto, config: Dynamic
         decisions, demotions, warnings, quantized, agree = _on_collapse(check, build, decisions, quantized, agree,
                                                                          config)
     found = Findings(decisions, demotions, floats, agree, warnings, check.runs, rounding)
-    report = dynamic_report(fp32, quantized, work, feeds, source, found, config, cache)
-    return publish(quantized, report, out, source=model, external_data=config.external_data,
+    report = with_conversion(dynamic_report(fp32, quantized, work, feeds, source, found, config, cache), src)
+    return publish(quantized, report, out, source=src.size_source, external_data=config.external_data,
                    artifacts={"decisions": decisions, "demotions": demotions})
 
 

@@ -11,7 +11,7 @@ import onnx
 import onnx.external_data_helper as edh
 
 from slimq.core.errors import ModelLoadError, OutputPathError
-from slimq.io.atomic import Stage
+from slimq.io.atomic import Stage, deferred_signals
 
 MIN_SUPPORTED_OPSET = 7
 QDQ_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear need opset 13
@@ -289,7 +289,8 @@ def check_output_path(input_path: InputPaths, output_path: str | os.PathLike | N
         if out.with_name(out.name + c).is_dir():
             raise OutputPathError(f"{out.with_name(out.name + c)} (the {'report' if 'report' in c else 'data'} path "
                                   f"of {flag} {out}) is a directory; remove it or choose another path.")
-    Stage(out).discard()  # writable? (also removes staging folders a killed run left behind)
+    with deferred_signals():  # a Ctrl-C between the probe's mkdir and its removal would leave the folder behind
+        Stage(out).discard()  # writable? (also removes staging folders a killed run left behind)
     return out
 
 

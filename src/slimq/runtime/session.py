@@ -15,6 +15,7 @@ import onnxruntime as ort
 
 from slimq.core.errors import ConfigError
 from slimq.core.ops import MacKind, is_dequantize, is_float_mac, op_info
+from slimq.runtime.select import RuntimeChoice, choose_runtime
 from slimq.runtime.source import ort_model
 
 
@@ -73,15 +74,23 @@ def session_options(threads: int | str = 1, level: str = "all", optimized_path: 
 class Predictor:
     """A loaded model with explicit threads, run by onnxruntime (default) or another backend.
 
-    backend: "ort" or "openvino" (see slimq.runtime.backends; OpenVINO needs ``pip install 'slimq[openvino]'``).
+    backend: "ort", "openvino" (see slimq.runtime.backends; OpenVINO needs ``pip install 'slimq[openvino]'``), or
+    "auto": time the model on every installed runtime (on `example`, else synthesised data) and keep the fastest;
+    ``choice`` then records the measurement (:class:`slimq.runtime.select.RuntimeChoice`).
     providers and level apply to onnxruntime only. ``session`` is the backend's own session object
     (an onnxruntime InferenceSession, or a slimq.runtime.backends.OpenVINOSession).
     """
 
     def __init__(self, model: str | os.PathLike | onnx.ModelProto, threads: int | str = 1,
-                 providers: list[str] | None = None, level: str = "all", backend: str = "ort") -> None:
+                 providers: list[str] | None = None, level: str = "all", backend: str = "ort",
+                 example: dict[str, np.ndarray] | None = None) -> None:
         from slimq.runtime.backends import OpenVINOSession, check_backend
 
+        self.choice: RuntimeChoice | None = None
+        if backend == "auto":
+
+            self.choice = choose_runtime(model, _load_run, example, resolve_threads(threads))
+            backend = self.choice.backend
         self.backend = check_backend(backend)
         self.session: OpenVINOSession | ort.InferenceSession
         self._run: Callable[[dict[str, np.ndarray]], list[np.ndarray]]
@@ -105,6 +114,10 @@ class Predictor:
         return self._run(feeds)
 
     __call__ = run
+
+
+def _load_run(model: str | os.PathLike | onnx.ModelProto, backend: str, threads: int) -> Callable:
+    return Predictor(model, threads=threads, backend=backend).run
 
 
 def optimized_graph(model: str | os.PathLike | onnx.ModelProto, level: str = "extended") -> onnx.ModelProto:

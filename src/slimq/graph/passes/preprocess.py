@@ -25,7 +25,8 @@ from slimq.graph.builder import GraphBuilder
 from slimq.graph.names import node_name
 from slimq.graph.passes.base import RewritePass
 from slimq.graph.passes.common import const_array
-from slimq.graph.passes.fusions import FoldConvAffinePass, FuseHardSwishPass
+from slimq.graph.passes.deconv import ConvTransposeToDepthToSpacePass
+from slimq.graph.passes.fusions import FoldConvAffinePass, FoldInputAffinePass, FuseHardSwishPass
 from slimq.io.model import PROTOBUF_LIMIT, upgrade_opset
 
 
@@ -114,12 +115,15 @@ def ir_passes() -> ir.passes.PassManager:
         FoldBatchNormPass(),
         FoldConvAffinePass(),
         FuseHardSwishPass(),
+        FoldInputAffinePass(),
+        ConvTransposeToDepthToSpacePass(),
         RemoveUnusedOpsetsPass(),
     ], early_stop=False)  # one step; early_stop would only log that nothing changed
 
 
 def preprocess(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Opset upgrade to >= 13, constant folding, BatchNorm and affine folding, HardSwish fusion, shapes.
+    """Opset upgrade to >= 13, constant folding, BatchNorm and affine folding, HardSwish fusion, ConvTranspose
+    with kernel = stride as Conv 1x1 + DepthToSpace (:mod:`slimq.graph.passes.deconv`), shapes.
 
     Every step is exact in FP32; they remove elementwise ops that would otherwise become
     requantization points or float islands in the INT8 model. The onnx-ir steps run as one
