@@ -56,7 +56,7 @@ OV_METHOD = ["OpenVINO: every model also runs on OpenVINO's CPU plugin (the same
 COMMAND = ".venv/bin/python benchmarks/run_all.py"
 # Measurements made by their own scripts (each document names its commands): copied into benchmarks.md
 # under "Other measurements" so that every comparison row is in one place.
-OWN_SCRIPT_DOCS = ("accuracy_control.md", "transformers.md", "advanced_ptq.md", "inputs_and_runtimes.md", "qat.md")
+OWN_SCRIPT_DOCS = ("accuracy_control.md", "transformers.md", "advanced_ptq.md", "models_in.md", "qat.md")
 OTHER_HEADING = "## Other measurements (own scripts)"
 
 
