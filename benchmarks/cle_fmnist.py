@@ -61,7 +61,7 @@ def with_cle(model: onnx.ModelProto, mode: str | None) -> tuple[onnx.ModelProto,
 
 def per_tensor(model: onnx.ModelProto, calib: np.ndarray, bias_correction: bool = True) -> onnx.ModelProto:
     cfg = StaticConfig(per_channel=False, max_samples=len(calib), holdout=0, bias_correction=bias_correction,
-                       show_progress=False)
+                       show_progress=False, speed_guard=False, compare_runtimes=False)  # every layer int8
     return quantize_static(model, calib, cfg).model
 
 
