@@ -370,7 +370,7 @@ class FloatMacsNet(nn.Module):
 def test_float_mac_outputs_get_no_activation_quantizer() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", qat.QATWarning)
-        qmodel = qat.prepare(FloatMacsNet(), images(2), qat.QATConfig(skip=("block",)))
+        qmodel = qat.prepare(FloatMacsNet(), images(2), qat.QATConfig(skip=("block",), capture="fx"))
     net = qmodel.net
     readers = {str(n.target): n.args[0] for n in net.graph.nodes if n.op == "call_module"}
     for name in ("conv_a", "conv_b", "conv_c"):

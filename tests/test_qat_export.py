@@ -136,8 +136,8 @@ def test_dynamo_exporter_matches(tmp_path) -> None:
 
 def test_unquantized_output_uses_fallback_step(tmp_path) -> None:
     with pytest.warns(qat.QATWarning):
-        qmodel = qat.prepare(NetWithUnsupported(), torch.randn(2, 1, 8, 8),
-                             qat.QATConfig(skip=("head",)))
+        qmodel = qat.prepare(NetWithUnsupported(), torch.randn(2, 1, 8, 8),  # mostly float on purpose
+                             qat.QATConfig(skip=("head",), min_int8_mac_share=0.0))
     qat.calibrate(qmodel, [torch.randn(4, 1, 8, 8)])
     result = qat.convert(qmodel, tmp_path / "u.onnx")
     x = torch.randn(32, 1, 8, 8)
@@ -222,7 +222,8 @@ def test_convert_writes_fidelity_report(tmp_path) -> None:
 
 def test_report_names_unsupported_and_skipped_layers(tmp_path, caplog) -> None:
     with pytest.warns(qat.QATWarning):
-        qmodel = qat.prepare(NetWithUnsupported(), torch.randn(2, 1, 8, 8), qat.QATConfig(skip=("head",)))
+        qmodel = qat.prepare(NetWithUnsupported(), torch.randn(2, 1, 8, 8),  # mostly float on purpose
+                             qat.QATConfig(skip=("head",), min_int8_mac_share=0.0))
     qat.calibrate(qmodel, [torch.randn(4, 1, 8, 8)])
     with caplog.at_level("WARNING", logger="slimq"):
         report = qat.convert(qmodel, tmp_path / "u.onnx").report
