@@ -23,6 +23,7 @@ from slimq.core.observers import ObserverSettings, compute_range, get_algorithm,
 
 MIN_SCALE = 1e-8
 INT32_LIMIT = 2**31 - 128  # largest float32 below 2**31: int32 bias values stay in [-limit, limit]
+BIAS_LIMIT = 2.0**30  # int32 biases stay below this, leaving headroom in the int32 accumulator
 
 
 def distributed_world() -> int:
@@ -318,17 +319,20 @@ class WeightQuantizer(nn.Module):
         if self.variant == "lsq":
             self.scale.copy_(self.abs_max_scale(w))
 
-    def current_scale(self, w: torch.Tensor) -> torch.Tensor:
-        """Detached per-channel scale used for ``w``."""
+    def current_scale(self, w: torch.Tensor, floor: torch.Tensor | None = None) -> torch.Tensor:
+        """Detached per-channel scale used for ``w`` (at least ``floor``, see the QAT modules' bias)."""
         if self.variant == "lsq":
-            return self.scale.detach().clamp_min(MIN_SCALE).float()
-        return self.abs_max_scale(w)
+            scale = self.scale.detach().clamp_min(MIN_SCALE).float()
+        else:
+            scale = self.abs_max_scale(w)
+        return scale if floor is None else torch.maximum(scale, floor)
 
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
+    def forward(self, w: torch.Tensor, floor: torch.Tensor | None = None) -> torch.Tensor:
         shape = (-1,) + (1,) * (w.dim() - 1)
         if self.variant == "lsq":
             g = 1.0 / math.sqrt(max(w[0].numel(), 1) * self.qmax)
-            return fake_quant_lsq(w, self.scale.reshape(shape), self.qmin, self.qmax, g)
-        scale = self.abs_max_scale(w)
+            scale = self.scale if floor is None else torch.maximum(self.scale, floor)
+            return fake_quant_lsq(w, scale.reshape(shape), self.qmin, self.qmax, g)
+        scale = self.current_scale(w, floor)
         zero = torch.zeros(scale.shape, dtype=torch.int32, device=w.device)
         return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, self.qmin, self.qmax)
