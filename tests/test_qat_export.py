@@ -67,7 +67,7 @@ def test_onnx_agrees_with_fake_quant_model(tmp_path, name: str, variant: str, ta
     qmodel = trained(name, config)
     result = qat.convert(qmodel, tmp_path / "m.onnx")
     agreement = qat.check_agreement(qmodel, result.path, images(500, seed=7))
-    assert agreement.output_quantized
+    assert not agreement.output_quantized  # the logits' Gemm writes float (QGemm), as static PTQ leaves it
     assert agreement.num_values == 5000
     assert agreement.fraction_within_step >= 0.999, agreement
     assert agreement.max_diff_steps <= 2.0, agreement

@@ -50,7 +50,7 @@ ATEN_TO_ONNX: dict[object, str] = {
     aten.adaptive_avg_pool2d: "GlobalAveragePool",
     aten.sigmoid: "Sigmoid", aten.leaky_relu: "LeakyRelu",
     aten.relu: "Relu", aten.relu_: "Relu",
-    **{op: "Clip" for op in (aten.hardtanh, aten.hardtanh_, aten.clamp, aten.clamp_, aten.clip)},
+    **{op: "Clip" for op in (aten.hardtanh, aten.hardtanh_, aten.clamp, aten.clamp_, aten.clip, aten.relu6)},
     **{op: "MaxPool" for op in (aten.max_pool1d, aten.max_pool2d)},
     **{op: "Reshape" for op in (aten.view, aten.reshape, aten._unsafe_view)},
     aten.flatten: "Flatten", aten.squeeze: "Squeeze", aten.unsqueeze: "Unsqueeze",
@@ -68,6 +68,7 @@ NO_OPS = {aten.clone, aten.contiguous, aten.alias, aten.detach, aten.dropout, at
 CLIP_BOUNDS: dict[object, Callable[[fx.Node], Bounds]] = {
     aten.hardtanh: _hardtanh_bounds, aten.hardtanh_: _hardtanh_bounds,
     aten.clamp: _clamp_bounds, aten.clamp_: _clamp_bounds, aten.clip: _clamp_bounds,
+    aten.relu6: lambda node: (0.0, 6.0),
 }
 POOLS = ("AveragePool", "GlobalAveragePool")
 

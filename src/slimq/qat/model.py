@@ -25,6 +25,7 @@ from slimq.core.errors import (
     did_you_mean,
     unknown_choice,
 )
+from slimq.qat.bias_correction import BiasCorrection
 from slimq.qat.capture import capture
 from slimq.qat.config import QATConfig
 from slimq.qat.coverage import probe
@@ -231,14 +232,16 @@ def _batch_inputs(batch: Any) -> tuple[torch.Tensor, ...]:
 
 
 def calibrate(qmodel: nn.Module, batches: Iterable[Any], max_batches: int | None = None,
-              algo: str = "avg") -> int:
+              algo: str = "avg", bias_correction: bool = False) -> int:
     """Set every activation range from data before training (PaddleSlim's quant_post first).
 
     Runs the model in eval mode with activations in float. ``algo="avg"``: each quantizer's range
     becomes the mean over batches of the per-batch ``max|x|`` (max over ranks when distributed, so
     every rank must call this with the same number of batches); ``"hist"``, ``"mse"``, ``"KL"``,
     ``"emd"``, ``"abs_max"``: static PTQ's calibration algorithms on each quantizer's grid (better
-    when the model is converted without training). Returns the batch count.
+    when the model is converted without training). ``bias_correction``: also subtract each layer's
+    mean output shift caused by weight rounding from its bias (:mod:`slimq.qat.bias_correction`).
+    Returns the batch count.
     """
     if algo not in CALIBRATION_ALGOS:
         raise unknown_choice("QAT calibration algorithm", algo, CALIBRATION_ALGOS)
@@ -247,6 +250,7 @@ def calibrate(qmodel: nn.Module, batches: Iterable[Any], max_batches: int | None
     training = qm.training
     qm.eval()
     count = 0
+    correction = BiasCorrection(qm.net) if bias_correction else None
     try:
         for q in quantizers:
             q.start_calibration(algo)
@@ -259,9 +263,13 @@ def calibrate(qmodel: nn.Module, batches: Iterable[Any], max_batches: int | None
         if count == 0:
             raise CalibrationDataError("calibrate() got no batches; pass at least one input batch.")
         missed = [name for name, q in qm.quantizers() if not q.finish_calibration()]
+        if correction is not None:
+            correction.apply()
     finally:
         for q in quantizers:
             q.calibrating, q._calib = False, None
+        if correction is not None:
+            correction.remove()
         qm.train(training)
     if missed:
         warnings.warn(f"Calibration never reached: {', '.join(missed)}.", QATWarning, stacklevel=2)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.node import Argument
 
+from slimq.core.ops import op_info
 from slimq.qat.aten_ops import activation_bounds, is_mac
 from slimq.qat.capture import skipped_scope
 from slimq.qat.config import QATConfig
@@ -30,6 +31,8 @@ _MAC_FUNCS = {F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose
 _MAC_METHODS = {"matmul", "mm", "bmm"}
 _CLIP_FUNCS = {torch.clamp, torch.clip, F.hardtanh}
 _CLIP_METHODS = {"clamp", "clip", "clamp_", "clip_"}
+# Quantized kinds whose ONNX op has an integer kernel with float output (op table: float_output_ok).
+_FLOAT_OUTPUT = {"linear": "Gemm", "matmul": "MatMul"}
 # Between a float MAC and its output quantizer onnxruntime would fold or move these ops.
 _SEE_THROUGH = ("act", "pass", "bn")
 
@@ -155,6 +158,14 @@ class _Placer:
             if isinstance(value, fx.Node):
                 self._ensure_input(value, node)
         users = list(node.users)
+        self.quantized_ops.append(str(node.target) if node.op == "call_module" else node.name)
+        if kind in ("conv", "linear") and node.op == "call_module":
+            source = node.args[0]
+            grid = self.grid_of.get(source) if isinstance(source, fx.Node) else None
+            self.input_grids.setdefault(str(node.target), set()).add(grid)
+        if kind in _FLOAT_OUTPUT and op_info(_FLOAT_OUTPUT[kind]).float_output_ok and users and \
+                all(u.op == "output" for u in users):
+            return  # a model output: integer kernels write it in float (QGemm), as static PTQ leaves it
         target = node
         unsigned = kind == "pool" and self._unsigned_input(node.args[0])
         ceiling = None
@@ -164,11 +175,6 @@ class _Placer:
         if ceiling is not None:
             self.quantizers[qname].cap_range(ceiling)
         self._insert_after(target, qname)
-        self.quantized_ops.append(str(node.target) if node.op == "call_module" else node.name)
-        if kind in ("conv", "linear") and node.op == "call_module":
-            source = node.args[0]
-            grid = self.grid_of.get(source) if isinstance(source, fx.Node) else None
-            self.input_grids.setdefault(str(node.target), set()).add(grid)
 
     def bind_inputs(self) -> None:
         """Give each QAT Conv/Linear its input quantizer (int32 bias scale ``s_in * s_w``).

@@ -115,6 +115,9 @@ def fake_quant_bias(b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 CALIBRATION_ALGOS = ("avg", "abs_max", "hist", "mse", "KL", "emd")
+# As static PTQ: tensors with fewer values per sample (logits, pooled features) are never clipped; their
+# rare large values are the signal (the top class), not noise.
+MIN_VALUES_TO_CLIP = 1024
 
 
 class RangeCalibration:
@@ -129,7 +132,7 @@ class RangeCalibration:
 
     def __init__(self, algo: str, bits: int, unsigned: bool) -> None:
         self.algo = get_algorithm(algo)
-        self.settings = ObserverSettings(levels=2**bits, symmetric=not unsigned)
+        self.settings = ObserverSettings(levels=2**bits, symmetric=not unsigned, min_values_to_clip=MIN_VALUES_TO_CLIP)
         self.batch_max: list[torch.Tensor] = []
         self.observer = make_observer(self.algo, self.settings) if self.algo.name != "avg" else None
 
