@@ -239,7 +239,7 @@ def load_model(name: str) -> tuple[torch.nn.Module, PreprocessSpec]:
     from slimq.zoo import imagenet
 
     try:
-        return imagenet.load(name), imagenet.PREPROCESS[name]
+        return imagenet.load(name), PreprocessSpec(**imagenet.PREPROCESS[name])
     except ModelLoadError as exc:
         sys.exit(str(exc))
 

@@ -242,6 +242,7 @@ def test_cli_quantizes_a_user_factory_and_a_pt2_program_without_labels(tmp_path,
     (["--model", "user_models:nope", "--calib", "calib.npz"], 'has no callable "nope"'),
     (["--model", "user_models:", "--calib", "calib.npz"], "should be module:factory"),
     (["--model", "user_models:tiny", "--calib", "calib.npz", "--size", "16"], "--size expects H,W"),
+    (["--model", "user_models:tiny", "--calib", "calib.npz", "--size", "16,16"], "apply to image folders only"),
     (["--model", "user_models:tiny", "--calib", "calib.npz", "--distill", "--steps", "0"],
      "steps must be a positive integer"),
 ])

@@ -112,6 +112,7 @@ def _numbers(text: str | None, flag: str, kind: type = float) -> tuple[Any, ...]
 
 
 def _preprocess(args: argparse.Namespace) -> Any:
+    """A PreprocessSpec when preprocessing was asked for, else None (array data refuses one)."""
     from slimq.io.images import PreprocessSpec
 
     size = _numbers(args.size, "--size", int)
@@ -119,7 +120,7 @@ def _preprocess(args: argparse.Namespace) -> Any:
         raise ConfigError(f'--size expects H,W, got "{args.size}".')
     changes = {k: v for k, v in {"size": size, "resize_short": args.resize_short, "mean": _numbers(args.mean, "--mean"),
                                  "std": _numbers(args.std, "--std")}.items() if v is not None}
-    return PreprocessSpec(**changes)
+    return PreprocessSpec(**changes) if changes else None
 
 
 def run_user_model(args: argparse.Namespace, out: Path) -> int:

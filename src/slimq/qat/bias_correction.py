@@ -28,7 +28,7 @@ def _weight_error(module: QATConv | QATLinear) -> torch.Tensor:
     return _fq_weight(module, w, b) - w
 
 
-def _target(module: QATConv | QATLinear) -> nn.Parameter | None:
+def _target(module: QATConv | QATLinear) -> torch.Tensor | None:
     """The parameter the folded bias moves with one to one."""
     if isinstance(module, QATLinear):
         return module.linear.bias

@@ -141,7 +141,7 @@ class _Lifter:
         self.graph.erase_node(node)
 
     def run(self) -> None:
-        handlers = {aten.linear: self.linear, aten.batch_norm: self.batch_norm, aten.dropout: self.dropout,
+        handlers: dict[object, Any] = {aten.linear: self.linear, aten.batch_norm: self.batch_norm, aten.dropout: self.dropout,
                     **{op: self.conv for op in _CONVS}}
         for node in list(self.graph.nodes):
             handler = handlers.get(packet(node)) if is_aten(node) else None
@@ -155,16 +155,17 @@ class _Lifter:
         """(pads, its input) when ``x`` is a zero constant pad of the spatial dims read only by the conv."""
         if not (is_aten(x) and packet(x) in _PADS and len(x.users) == 1 and skipped_scope(x, self.skip) is None):
             return None, x
-        pads = x.args[1] if len(x.args) > 1 else x.kwargs.get("pad")
+        pads: Any = x.args[1] if len(x.args) > 1 else x.kwargs.get("pad")
         is_pad = packet(x) is aten.pad
         mode = (x.args[2] if len(x.args) > 2 else x.kwargs.get("mode", "constant")) if is_pad else "constant"
         value = x.args[3 if is_pad else 2] if len(x.args) > (3 if is_pad else 2) else x.kwargs.get("value")
         ok = (mode == "constant" and value in (None, 0, 0.0) and isinstance(pads, (list, tuple))
               and len(pads) == 2 * spatial and all(isinstance(p, int) and p >= 0 for p in pads))
-        return (tuple(pads), x.args[0]) if ok else (None, x)  # type: ignore[return-value]
+        source: Any = x.args[0]
+        return (tuple(pads), source) if ok else (None, x)
 
     def conv(self, node: fx.Node) -> None:
-        args = list(node.args)
+        args: list[Any] = list(node.args)
         if packet(node) is aten.convolution:
             if len(args) < 9 or args[6]:
                 return  # transposed convolutions stay float (no int8 kernel on x86)
@@ -182,7 +183,7 @@ class _Lifter:
         symmetric = pads is not None and all(pads[2 * i] == pads[2 * i + 1] for i in range(spatial))
         if symmetric:
             for i in range(spatial):
-                padding[i] += pads[2 * (spatial - 1 - i)]  # type: ignore[index]
+                padding[i] += pads[2 * (spatial - 1 - i)]  # type: ignore[index,unused-ignore]
         plain, padded = _CONV_TYPES[spatial]
         cls = padded if pads is not None and not symmetric else plain
         conv = nn.utils.skip_init(cls, weight.shape[1] * int(groups), weight.shape[0], tuple(weight.shape[2:]),
@@ -197,18 +198,19 @@ class _Lifter:
             self.graph.erase_node(x)
 
     def linear(self, node: fx.Node) -> None:
-        w = node.args[1]
-        b = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+        w: Any = node.args[1]
+        b: Any = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
         weight, bias = self.fetch(w), self.fetch(b)
         if weight is None or weight.dim() != 2 or (b is not None and bias is None):
             return
         linear = nn.utils.skip_init(nn.Linear, weight.shape[1], weight.shape[0], bias=bias is not None)
         linear.weight = _parameter(weight)
         linear.bias = None if bias is None else _parameter(bias)
-        self._replace(node, self._path(w, ".weight", "_linear"), linear, node.args[0])
+        source: Any = node.args[0]
+        self._replace(node, self._path(w, ".weight", "_linear"), linear, source)
 
     def batch_norm(self, node: fx.Node) -> None:
-        args = list(node.args) + [None] * (9 - len(node.args))
+        args: list[Any] = list(node.args) + [None] * (9 - len(node.args))
         x, w, b, mean_node, var_node, training, momentum, eps = args[:8]
         mean, var = self.fetch(mean_node), self.fetch(var_node)
         val = node.meta.get("val")
@@ -224,16 +226,19 @@ class _Lifter:
         self._replace(node, self._path(source, ".weight" if w is not None else ".running_mean", "_bn"), bn, x)
 
     def dropout(self, node: fx.Node) -> None:
-        p = node.args[1] if len(node.args) > 1 else node.kwargs.get("p", 0.5)
+        p: Any = node.args[1] if len(node.args) > 1 else node.kwargs.get("p", 0.5)
         paths = module_paths(node)
         base = paths[-1] if paths else "dropout"
         path, i = base, 1
         while path in self.modules:
             path, i = f"{base}_{i}", i + 1
-        self._replace(node, path, nn.Dropout(float(p)), node.args[0])
+        source: Any = node.args[0]
+        self._replace(node, path, nn.Dropout(float(p)), source)
 
 
 def _parameter(t: torch.Tensor | None) -> nn.Parameter:
+    if t is None:
+        raise ModelLoadError("A captured layer's weight is not a constant of the program.")
     if isinstance(t, nn.Parameter):
         return t
     return nn.Parameter(t.detach(), requires_grad=False)  # a buffer used as a weight stays frozen

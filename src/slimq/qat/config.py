@@ -100,8 +100,7 @@ class QATConfig:
         for name in ("freeze_observer_step", "freeze_bn_step"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 0)
-        if self.capture not in CAPTURES:
-            raise unknown_choice("QAT capture", self.capture, CAPTURES)
+        require_choice("QAT capture", self.capture, CAPTURES)
         share = self.min_int8_mac_share
         if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
             raise ConfigError(f"min_int8_mac_share must be a number in [0, 1], got {share!r}.")

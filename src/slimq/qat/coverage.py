@@ -68,7 +68,7 @@ def _function_op(node: fx.Node) -> str | None:
     return _FUNCTIONS.get(node.target)  # type: ignore[arg-type]
 
 
-def _from_quantizer(gm: fx.GraphModule, value: Any) -> bool:
+def _from_quantizer(gm: nn.Module, value: Any) -> bool:
     return (isinstance(value, fx.Node) and value.op == "call_module"
             and isinstance(gm.get_submodule(str(value.target)), ActQuantizer))
 
@@ -96,7 +96,7 @@ class _Probe(fx.Interpreter):
 
     def hook(self, path: str, op: str, int8: bool) -> Callable[..., None]:
         def record(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-            w = module.conv.weight if isinstance(module, QATConv) else \
+            w: Any = module.conv.weight if isinstance(module, QATConv) else \
                 module.linear.weight if isinstance(module, QATLinear) else module.weight
             if isinstance(output, torch.Tensor) and inputs and isinstance(inputs[0], torch.Tensor):
                 self.ops.append(MacOp(path, op, COUNTERS[op](inputs[0], w, output), int8))

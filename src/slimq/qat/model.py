@@ -140,7 +140,10 @@ def _check_skip_patterns(model: nn.Module, patterns: tuple[str, ...]) -> None:
 def _build(model: nn.Module | ExportedProgram, example: tuple[torch.Tensor, ...], cfg: QATConfig,
            mode: str) -> tuple[fx.GraphModule, PrepareReport]:
     """Capture (fx or export), fold and swap layers, place quantizers, count MACs."""
-    gm = trace(copy.deepcopy(model), cfg.skip) if mode == "fx" else capture(model, example, cfg.skip)
+    if mode == "fx" and isinstance(model, nn.Module):
+        gm = trace(copy.deepcopy(model), cfg.skip)
+    else:  # a torch.export program is always captured as exported
+        gm = capture(model, example, cfg.skip)
     swap_modules(gm, cfg)
     names, quantized, float_ops, skipped = insert_quantizers(gm, cfg)
     if not quantized:

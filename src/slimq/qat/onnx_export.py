@@ -63,6 +63,8 @@ def _dynamo(net: nn.Module, example: tuple[torch.Tensor, ...], dest: Path, opset
     else:
         program = _core.export(net, example, registry=_registry(opset), dynamic_shapes=shapes, input_names=inputs,
                                output_names=outputs, verbose=False, optimize=True, opset_version=opset)
+    if program is None:
+        raise RuntimeError("torch.onnx.export(dynamo=True) returned no program")
     program.save(str(dest))
 
 

