@@ -179,6 +179,15 @@ def test_distillation_without_labels_moves_the_student_towards_the_teacher() -> 
         qat.distill(qmodel, train[:1])
 
 
+def test_distill_stays_the_function_whatever_is_imported_first() -> None:
+    import subprocess
+
+    code = ("import slimq.qat as q; q.DistillConfig; import slimq.qat.user_model; import slimq.qat.distillation; "
+            "assert callable(q.distill) and q.distill.__name__ == 'distill', q.distill")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_distillation_with_mse_and_feature_matching_from_a_folder(tmp_path) -> None:
     model = build("functional")
     x = images(48, seed=3)

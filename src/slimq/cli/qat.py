@@ -135,7 +135,7 @@ def run_user_model(args: argparse.Namespace, out: Path) -> int:
         raise ConfigError("--train data is only used with --distill (label-free training); add --distill.")
     try:
         from slimq.qat.config import QATConfig
-        from slimq.qat.distill import DistillConfig
+        from slimq.qat.distillation import DistillConfig
         from slimq.qat.user_model import quantize_user_model
     except ModuleNotFoundError as exc:
         raise ConfigError(f"slimq quantize qat needs PyTorch ({exc.name} is missing): pip install 'slimq[qat]'.") from exc

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
         TargetRules,
         load_recipe,
     )
-    from slimq.qat.distill import DistillConfig, DistillResult, distill
+    from slimq.qat.distillation import DistillConfig, DistillResult, distill
     from slimq.qat.export import convert, onnx_io_names
     from slimq.qat.graph import FloatOp, PrepareReport
     from slimq.qat.model import (
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 _EXPORTS = {
     "slimq.qat.config": ("TARGETS", "VARIANTS", "QATConfig", "QATRecipe", "TargetRules", "load_recipe"),
-    "slimq.qat.distill": ("DistillConfig", "DistillResult", "distill"),
+    "slimq.qat.distillation": ("DistillConfig", "DistillResult", "distill"),
     "slimq.qat.export": ("convert", "onnx_io_names"),
     "slimq.qat.graph": ("FloatOp", "PrepareReport"),
     "slimq.qat.model": ("QATModel", "QATWarning", "calibrate", "load_checkpoint", "param_groups",

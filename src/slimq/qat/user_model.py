@@ -25,7 +25,7 @@ from slimq.core.errors import CalibrationDataError, ConfigError, ModelLoadError
 from slimq.io.samples import load_samples
 from slimq.io.spec import InputSpec
 from slimq.qat.config import QATConfig
-from slimq.qat.distill import DistillConfig, distill
+from slimq.qat.distillation import DistillConfig, distill
 from slimq.qat.export import convert
 from slimq.qat.model import calibrate, prepare
 from slimq.report.publish import QuantResult
