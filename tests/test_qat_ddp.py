@@ -41,3 +41,10 @@ def test_two_rank_ddp_keeps_scales_bit_identical(tmp_path) -> None:
         assert onnx_path.is_file()
         ops = qat.ort_optimized_ops(onnx_path)
         assert ops["com.microsoft:QLinearConv"] == 5
+    d0, d1 = ranks[0]["distill"], ranks[1]["distill"]
+    assert d0["changed"] and d0["act_scales"]  # distillation trained the weights
+    assert d0["losses"] != d1["losses"]  # each rank trains on its own slice of every batch ...
+    for name, scale in d0["act_scales"].items():  # ... yet calibration and training stay in sync
+        assert torch.equal(scale, d1["act_scales"][name]), name
+    differing = [k for k, v in d0["state_dict"].items() if not torch.equal(v, d1["state_dict"][k])]
+    assert differing == [], differing

@@ -67,7 +67,7 @@ def test_onnx_agrees_with_fake_quant_model(tmp_path, name: str, variant: str, ta
     qmodel = trained(name, config)
     result = qat.convert(qmodel, tmp_path / "m.onnx")
     agreement = qat.check_agreement(qmodel, result.path, images(500, seed=7))
-    assert agreement.output_quantized
+    assert not agreement.output_quantized  # the logits' Gemm writes float (QGemm), as static PTQ leaves it
     assert agreement.num_values == 5000
     assert agreement.fraction_within_step >= 0.999, agreement
     assert agreement.max_diff_steps <= 2.0, agreement
@@ -136,8 +136,8 @@ def test_dynamo_exporter_matches(tmp_path) -> None:
 
 def test_unquantized_output_uses_fallback_step(tmp_path) -> None:
     with pytest.warns(qat.QATWarning):
-        qmodel = qat.prepare(NetWithUnsupported(), torch.randn(2, 1, 8, 8),
-                             qat.QATConfig(skip=("head",)))
+        qmodel = qat.prepare(NetWithUnsupported(), torch.randn(2, 1, 8, 8),  # mostly float on purpose
+                             qat.QATConfig(skip=("head",), min_int8_mac_share=0.0))
     qat.calibrate(qmodel, [torch.randn(4, 1, 8, 8)])
     result = qat.convert(qmodel, tmp_path / "u.onnx")
     x = torch.randn(32, 1, 8, 8)
@@ -196,7 +196,7 @@ def test_export_failure_names_the_op(tmp_path) -> None:
     with pytest.warns(qat.QATWarning, match="cummax"):
         qmodel = qat.prepare(_CumMax(), torch.randn(2, 1, 8, 8))
     qat.calibrate(qmodel, [torch.randn(4, 1, 8, 8)])
-    with pytest.raises(ModelLoadError, match="aten::cummax"):
+    with pytest.raises(ModelLoadError, match="aten.cummax"):
         qat.convert(qmodel, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
 
@@ -222,7 +222,8 @@ def test_convert_writes_fidelity_report(tmp_path) -> None:
 
 def test_report_names_unsupported_and_skipped_layers(tmp_path, caplog) -> None:
     with pytest.warns(qat.QATWarning):
-        qmodel = qat.prepare(NetWithUnsupported(), torch.randn(2, 1, 8, 8), qat.QATConfig(skip=("head",)))
+        qmodel = qat.prepare(NetWithUnsupported(), torch.randn(2, 1, 8, 8),  # mostly float on purpose
+                             qat.QATConfig(skip=("head",), min_int8_mac_share=0.0))
     qat.calibrate(qmodel, [torch.randn(4, 1, 8, 8)])
     with caplog.at_level("WARNING", logger="slimq"):
         report = qat.convert(qmodel, tmp_path / "u.onnx").report

@@ -5,6 +5,7 @@ Typical use::
     qmodel = slimq.qat.prepare(model, example_inputs, QATConfig(target="x86"))
     slimq.qat.calibrate(qmodel, batches)          # optional range initialisation
     ...train qmodel as usual (DDP works: wrap it after prepare)...
+    # or, without labels: slimq.qat.distill(qmodel, "calib_images/")  (matches the FP32 model's outputs)
     slimq.qat.convert(qmodel, "model.int8.onnx")
 
 Names are imported lazily: the configuration classes work without PyTorch (so ``slimq``'s
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
         TargetRules,
         load_recipe,
     )
+    from slimq.qat.distillation import DistillConfig, DistillResult, distill
     from slimq.qat.export import convert, onnx_io_names
     from slimq.qat.graph import FloatOp, PrepareReport
     from slimq.qat.model import (
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
 
 _EXPORTS = {
     "slimq.qat.config": ("TARGETS", "VARIANTS", "QATConfig", "QATRecipe", "TargetRules", "load_recipe"),
+    "slimq.qat.distillation": ("DistillConfig", "DistillResult", "distill"),
     "slimq.qat.export": ("convert", "onnx_io_names"),
     "slimq.qat.graph": ("FloatOp", "PrepareReport"),
     "slimq.qat.model": ("QATModel", "QATWarning", "calibrate", "load_checkpoint", "param_groups",

@@ -32,7 +32,9 @@ from slimq.core.targets import QAT_TARGETS, TargetRules, target_rules
 
 Variant = Literal["ste", "pact", "lsq"]
 Target = Literal["x86", "tensorrt", "arm"]
+Capture = Literal["auto", "fx", "export"]
 VARIANTS: tuple[str, ...] = ("ste", "pact", "lsq")
+CAPTURES: tuple[str, ...] = ("auto", "fx", "export")
 
 
 # The storage rules of each QAT target (activation dtype, unsigned grid), from the one target table.
@@ -67,6 +69,13 @@ class QATConfig:
     activation ranges / BatchNorm statistics stop updating (``None``: never). PACT and LSQ
     only observe data to initialise their ranges, which then train as parameters.
     ``skip``: fnmatch patterns of module names left in float (also opaque to tracing).
+    ``capture``: how :func:`slimq.qat.prepare` sees the model. ``"fx"``: torch.fx tracing and module
+    swapping (``nn.Conv1d/2d``, ``nn.Linear`` and their BatchNorms); ``"export"``: torch.export graph
+    capture, which also sees ``F.conv2d``/``F.linear`` calls in custom modules, padding and matmuls
+    (:mod:`slimq.qat.capture`); ``"auto"`` (default): fx when it quantizes every MAC, else whichever
+    reaches the larger int8 MAC share.
+    ``min_int8_mac_share``: prepare fails, listing the float MAC ops, when less than this fraction of the
+    model's multiply-accumulates can run in int8 (lower it to accept a mostly-float model; 0 disables).
     """
 
     variant: Variant = "ste"
@@ -77,6 +86,8 @@ class QATConfig:
     freeze_observer_step: int | None = None
     freeze_bn_step: int | None = None
     skip: tuple[str, ...] = field(default=())
+    capture: Capture = "auto"
+    min_int8_mac_share: float = 0.5
 
     def __post_init__(self) -> None:
         require_choice("QAT variant", self.variant, VARIANTS)  # typed: a list is refused, not hashed
@@ -89,6 +100,10 @@ class QATConfig:
         for name in ("freeze_observer_step", "freeze_bn_step"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 0)
+        require_choice("QAT capture", self.capture, CAPTURES)
+        share = self.min_int8_mac_share
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
+            raise ConfigError(f"min_int8_mac_share must be a number in [0, 1], got {share!r}.")
         skip = (self.skip,) if isinstance(self.skip, str) else self.skip
         if not isinstance(skip, (tuple, list)) or not all(isinstance(s, str) for s in skip):
             raise ConfigError(f"skip must be a list of module-name patterns, got {self.skip!r}.")

@@ -1,24 +1,23 @@
 """Export of a trained QAT model to QDQ ONNX.
 
 Approach: the model is copied, every QAT module is replaced by its export form
-(:mod:`slimq.qat.modules`: BN folded, weights pre-quantized, activations as
-``torch.fake_quantize_per_tensor_affine`` with the target's storage zero point), and the copy
-is exported with the TorchScript exporter (``dynamo=False``, opset 17), which maps fake
-quantization to QuantizeLinear/DequantizeLinear with uint8/int8 zero points. It is the default
-because it handles dynamic batch sizes with ``dynamic_axes`` and needs no onnxscript; the
-torch.export-based exporter (``exporter="dynamo"``) produces the same Q/DQ graph and is
-supported as an option. A small onnx-ir pass then replaces each ``QuantizeLinear`` of a
-constant weight by an int8 initializer feeding ``DequantizeLinear`` (about 4x smaller file;
-onnxruntime fuses the result into QLinearConv / QGemm). Next to the model, ``convert`` writes
-the fidelity report static PTQ writes (``<path>.report.json``, :mod:`slimq.qat.fidelity`).
+(:mod:`slimq.qat.modules`: BN folded, weights pre-quantized, activations as QuantizeLinear/
+DequantizeLinear custom ops with the target's storage zero point), and the copy is exported with the
+torch.export-based exporter (default; ``exporter="legacy"``: the TorchScript exporter, for
+module-swap models only), see :mod:`slimq.qat.onnx_export`. The FP32 reference (the trained network
+with fake quantization off) is exported the same way and checked against PyTorch before anything is
+written. A small onnx-ir pass then replaces each ``QuantizeLinear`` of a constant weight by an int8
+initializer feeding ``DequantizeLinear`` (about 4x smaller file; onnxruntime fuses the result into
+QLinearConv / QGemm). Next to the model, ``convert`` writes the fidelity report static PTQ writes
+(``<path>.report.json``, :mod:`slimq.qat.fidelity`), with the share of outputs within one output
+quantization step of the PyTorch fake-quant model.
 """
 
 from __future__ import annotations
 
 import copy
-import logging
+import re
 import tempfile
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -49,11 +48,13 @@ from slimq.qat.config import TARGETS
 from slimq.qat.fidelity import build_qat_report, float_network, sample_feeds
 from slimq.qat.model import QATModel, as_inputs, unwrap
 from slimq.qat.modules import QATConv, QATLinear, export_act
-from slimq.qat.qdq_op import dynamo_translation_table
+from slimq.qat.onnx_export import DYNAMO_OPSET, check_batch, check_fp32_export, torch_export
 from slimq.qat.quantizers import MIN_SCALE, ActQuantizer, WeightQuantizer
+from slimq.qat.verify import check_agreement
 from slimq.report.publish import QuantResult, check_output, publish
 
-EXPORTERS = ("legacy", "dynamo")
+EXPORTERS = ("dynamo", "legacy")
+DEFAULT_OPSET = {"dynamo": DYNAMO_OPSET, "legacy": 17}
 _INT_RANGES = {np.dtype(np.int8): (-128, 127), np.dtype(np.uint8): (0, 255)}
 
 
@@ -148,31 +149,6 @@ def onnx_io_names(path: str | Path) -> tuple[list[str], list[str]]:
     return inputs, [o.name for o in model.graph.output]
 
 
-def _torch_export(net: nn.Module, example: tuple[torch.Tensor, ...], dest: Path, exporter: str,
-                  opset: int, names: tuple[list[str], list[str]]) -> None:
-    inputs, outputs = names
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", FutureWarning)
-        if exporter == "legacy":
-            axes = {name: {0: "batch"} for name in inputs + outputs}
-            torch.onnx.export(net, example, str(dest), dynamo=False, opset_version=opset,
-                              input_names=inputs, output_names=outputs, dynamic_axes=axes,
-                              do_constant_folding=True)
-            return
-        # "torchvision is not installed" warnings are about ops this model does not use.
-        logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-        # A batch of 1 would be specialised by torch.export; trace with two samples.
-        example = tuple(t if t.shape[0] > 1 else torch.cat([t, t]) for t in example)
-        batch = torch.export.Dim("batch")
-        program = torch.onnx.export(
-            net, example, dynamo=True, opset_version=max(opset, 18), input_names=inputs,
-            output_names=outputs, dynamic_shapes=tuple({0: batch} for _ in example),
-            custom_translation_table=dynamo_translation_table(), verbose=False,
-        )
-        program.save(str(dest))
-
-
 def _quantize_constant(x: np.ndarray, scale: np.ndarray, zero: np.ndarray, axis: int) -> np.ndarray:
     """ONNX QuantizeLinear on numpy: saturate(round_half_even(x / scale) + zero)."""
     shape = [1] * x.ndim
@@ -210,17 +186,24 @@ def fold_weight_quantization(model: ir.Model) -> int:
     return rewrite_count(FoldWeightQuantizationPass(), model)
 
 
+def _export_error(exc: Exception) -> str:
+    """The exporter's message without colour codes and boilerplate (the dynamo exporter's summary)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    summary = text.split("## Exception summary", 1)
+    return (summary[1] if len(summary) > 1 else text).strip()[:800]
+
+
 def _export_onnx(net: nn.Module, qm: QATModel, dest: Path, exporter: str, opset: int,
                  names: tuple[list[str], list[str]]) -> ir.Model:
     """Export ``net`` on the model's example inputs; failures name the exporter and the op."""
     try:
         with torch.no_grad():
-            _torch_export(net, qm.example_inputs, dest, exporter, opset, names)
+            torch_export(net, qm.example_inputs, dest, exporter, opset, names)
     except Exception as exc:
+        hint = ', or try exporter="dynamo"' if exporter == "legacy" else ""
         raise ModelLoadError(
             f"torch.onnx.export ({exporter} exporter, opset {opset}) cannot export the QAT model: "
-            f"{type(exc).__name__}: {str(exc)[:800]}. Replace the op named there, or try "
-            f"exporter=\"{'dynamo' if exporter == 'legacy' else 'legacy'}\"."
+            f"{type(exc).__name__}: {_export_error(exc)}. Replace the op named there{hint}."
         ) from exc
     model = ir.load(str(dest))
     if exporter == "dynamo":
@@ -228,11 +211,16 @@ def _export_onnx(net: nn.Module, qm: QATModel, dest: Path, exporter: str, opset:
     return model
 
 
-def _check_options(exporter: str, opset: int) -> None:
+def _check_options(qm: QATModel, exporter: str, opset: int | None) -> int:
     if exporter not in EXPORTERS:
         raise unknown_choice("ONNX exporter", exporter, EXPORTERS)
+    if exporter == "legacy" and qm.report.capture == "export":
+        raise ConfigError("The legacy TorchScript exporter fixes the sizes it traces through in torch.export-captured "
+                          "models (e.g. the batch in a view); export them with exporter=\"dynamo\" (the default).")
+    opset = DEFAULT_OPSET[exporter] if opset is None else opset
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < 13:
         raise ConfigError(f"opset must be an integer >= 13 (per-channel QuantizeLinear), got {opset!r}.")
+    return opset
 
 
 def _agreement_batch(qm: QATModel, samples: object) -> tuple[torch.Tensor, ...]:
@@ -250,11 +238,15 @@ def _agreement_batch(qm: QATModel, samples: object) -> tuple[torch.Tensor, ...]:
 
 
 def convert(qmodel: nn.Module, path: str | Path, target: str | None = None, *,
-            exporter: str = "legacy", opset: int = 17, input_names: Sequence[str] | None = None,
+            exporter: str = "dynamo", opset: int | None = None, input_names: Sequence[str] | None = None,
             output_names: Sequence[str] | None = None, samples: object = None, strict: bool = False) -> QuantResult:
     """Export a trained QAT model (or its DDP wrapper) to a QDQ ONNX file at ``path``, and its
     fidelity report (int8 MAC share, float ops, INT8-vs-FP32 agreement) to ``<path>.report.json``.
 
+    ``exporter``: "dynamo" (torch.export-based, default; opset 18) or "legacy" (TorchScript, opset 17; not
+    for torch.export-captured models). The FP32 export is checked against PyTorch first (FidelityError, nothing
+    written, when it differs); the INT8 export's agreement with the PyTorch fake-quant model (share of outputs
+    within one output step) is in the report's details and in ``artifacts["export_agreement"]``.
     ``target`` defaults to the one in the model's QATConfig; another target raises ConfigError.
     ``input_names``/``output_names`` name the graph's inputs/outputs in order (default
     ``input``/``output``); to keep an FP32 ONNX model's names pass :func:`onnx_io_names` of it.
@@ -266,7 +258,7 @@ def convert(qmodel: nn.Module, path: str | Path, target: str | None = None, *,
     """
     qm = unwrap(qmodel)
     target = _check_ready(qm, target)
-    _check_options(exporter, opset)
+    opset = _check_options(qm, exporter, opset)
     batch = _agreement_batch(qm, samples)
     out = check_output(None, path)
     net = export_network(qm, target)
@@ -277,15 +269,21 @@ def convert(qmodel: nn.Module, path: str | Path, target: str | None = None, *,
     except Exception as exc:
         raise ModelLoadError(f"The QAT model's export form fails on the example inputs: "
                              f"{type(exc).__name__}: {str(exc)[:800]}") from exc
+    reference = float_network(qm)
     with tempfile.TemporaryDirectory(prefix="slimq-qat-") as tmp:
         model = _export_onnx(net, qm, Path(tmp) / "int8.onnx", exporter, opset, names)
-        fp32 = ir.serde.serialize_model(_export_onnx(float_network(qm), qm, Path(tmp) / "fp32.onnx",
-                                                     exporter, opset, names))
+        fp32 = ir.serde.serialize_model(_export_onnx(reference, qm, Path(tmp) / "fp32.onnx", exporter, opset, names))
+    fp32_diff = check_fp32_export(reference, fp32, check_batch(batch, qm.example_inputs), exporter)
     folded = fold_weight_quantization(model)
     proto = ir.serde.serialize_model(model)
     onnx.checker.check_model(proto, full_check=True)
+    within = check_agreement(qm, proto, check_batch(batch, qm.example_inputs))
+    extra = {"exporter": exporter, "opset": opset, "capture": qm.report.capture,
+             "fp32_export_max_abs_diff": fp32_diff, "int8_export_within_one_step": within.fraction_within_step,
+             "int8_export_max_diff_steps": within.max_diff_steps}
     report = build_qat_report(qm, proto, fp32, sample_feeds(batch, names[0]), target, samples is not None,
-                              extra={"exporter": exporter, "opset": opset})
+                              extra=extra)
     n_q = sum(1 for n in proto.graph.node if is_quantize(n.op_type, n.domain))
     return publish(proto, report, out, strict=strict, source=fp32,
-                   artifacts={"target": target, "exporter": exporter, "int8_weights": folded, "quantize_nodes": n_q})
+                   artifacts={"target": target, "exporter": exporter, "int8_weights": folded, "quantize_nodes": n_q,
+                              "export_agreement": within})

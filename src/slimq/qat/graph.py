@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from slimq.core.errors import ModelLoadError
+from slimq.core.targets import TargetRules, target_rules
+from slimq.qat.aten_ops import aten_kind, is_aten
 from slimq.qat.config import QATConfig
 from slimq.qat.modules import BNType, QATConv, QATLinear
 from slimq.qat.quantizers import ActQuantizer, WeightQuantizer
@@ -57,19 +59,44 @@ class FloatOp:
 
 
 @dataclass(frozen=True)
+class MacOp:
+    """A multiply-accumulate op of a prepared model: where, which ONNX op, its MACs on the example
+    inputs, and whether QAT quantizes it (see :mod:`slimq.qat.coverage`)."""
+
+    name: str
+    op: str
+    macs: int
+    int8: bool
+
+
+@dataclass(frozen=True)
 class PrepareReport:
-    """What :func:`slimq.qat.prepare` did."""
+    """What :func:`slimq.qat.prepare` did. ``capture``: "fx" (module swapping on a torch.fx trace) or
+    "export" (torch.export graph capture); ``mac_ops``: every MAC op run on the example inputs."""
 
     quantized: tuple[str, ...]
     unsupported: tuple[FloatOp, ...]
     skipped: tuple[str, ...]
     act_quantizers: tuple[str, ...]
+    capture: str = "fx"
+    mac_ops: tuple[MacOp, ...] = ()
+
+    @property
+    def int8_mac_share(self) -> float:
+        """Fraction of the example's MACs that QAT quantizes (1.0 without MACs)."""
+        total = sum(o.macs for o in self.mac_ops)
+        return sum(o.macs for o in self.mac_ops if o.int8) / total if total else 1.0
+
+    def float_macs(self) -> list[MacOp]:
+        """MAC ops left in float, largest first."""
+        return sorted((o for o in self.mac_ops if not o.int8), key=lambda o: -o.macs)
 
     def summary(self) -> str:
         """One paragraph for logs."""
         lines = [
-            f"QAT: {len(self.quantized)} quantized ops, {len(self.act_quantizers)} activation "
-            f"quantizers, {len(self.skipped)} skipped, {len(self.unsupported)} left in float."
+            f"QAT ({self.capture} capture): {len(self.quantized)} quantized ops, {len(self.act_quantizers)} activation "
+            f"quantizers, {len(self.skipped)} skipped, {len(self.unsupported)} left in float; "
+            f"{100 * self.int8_mac_share:.1f} % of MACs int8."
         ]
         lines += [f"  float: {u.name} ({u.op})" for u in self.unsupported]
         lines += [f"  skipped: {s}" for s in self.skipped]
@@ -123,10 +150,13 @@ def trace(model: nn.Module, skip: tuple[str, ...]) -> fx.GraphModule:
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
-def _kind(gm: fx.GraphModule, node: fx.Node) -> str:
-    """Classify a node: conv, linear, bn, act, pass, pool, add, neutral or float."""
-    if node.op in ("placeholder", "output", "get_attr"):
-        return "neutral"
+def _kind(gm: fx.GraphModule, node: fx.Node, rules: TargetRules | None = None) -> str:
+    """Classify a node: conv, linear, bn, act, pass, pool, add, neutral or float (and for the ATen ops of a
+    ``torch.export`` graph also matmul and compute, see :func:`slimq.qat.aten_ops.aten_kind`)."""
+    if node.op in ("placeholder", "output", "get_attr") or (node.op == "call_module" and not node.users):
+        return "neutral"  # also torch.export's input guard (its result is unused)
+    if is_aten(node):
+        return aten_kind(node, rules if rules is not None else target_rules("x86"))
     if node.op == "call_module":
         m = _module(gm, node)
         for kind, types in (

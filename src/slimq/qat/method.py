@@ -50,8 +50,9 @@ def quantize_qat(model: nn.Module, config: QATConfig | None = None, data: Any = 
                  output: str | os.PathLike | None = None, **convert_options: Any) -> QuantResult:
     """Convert a trained QAT model, or prepare -> calibrate -> convert a float one (no training).
 
-    For a float model, `data` (samples along axis 0, or a list of batches) calibrates the activation
-    ranges; the last samples (up to 16, at most a fifth) are held back for the report's agreement.
+    For a float model (an ``nn.Module`` or a ``torch.export`` program), `data` (samples along axis 0, or a
+    list of batches) calibrates the activation ranges as static PTQ does (``hist``, bias correction); the
+    last samples (up to 16, at most a fifth) are held back for the report's agreement.
     """
     out = check_output(None, output)
     if out is None:
@@ -65,7 +66,7 @@ def quantize_qat(model: nn.Module, config: QATConfig | None = None, data: Any = 
     hold = min(HOLDOUT, len(x) // 5)
     calib, check = (x[:-hold], x[-hold:]) if hold else (x, None)
     qmodel = prepare(model, calib[:2], config or QATConfig())
-    calibrate(qmodel, _as_batches(calib))
+    calibrate(qmodel, _as_batches(calib), algo="hist", bias_correction=True)  # PTQ quality: no training follows
     return convert(qmodel, out, samples=check, **convert_options)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.export import ExportedProgram
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from slimq.core.errors import (
@@ -22,12 +23,16 @@ from slimq.core.errors import (
     NothingToQuantizeError,
     OutputPathError,
     did_you_mean,
+    unknown_choice,
 )
+from slimq.qat.bias_correction import BiasCorrection
+from slimq.qat.capture import capture
 from slimq.qat.config import QATConfig
+from slimq.qat.coverage import probe
 from slimq.qat.graph import PrepareReport, is_skipped, swap_modules, trace
 from slimq.qat.modules import QATConv
 from slimq.qat.placement import insert_quantizers
-from slimq.qat.quantizers import ActQuantizer, WeightQuantizer
+from slimq.qat.quantizers import CALIBRATION_ALGOS, ActQuantizer, WeightQuantizer
 
 CHECKPOINT_FORMAT = "slimq-qat-checkpoint-v1"
 
@@ -122,35 +127,6 @@ def as_inputs(inputs: Any, what: str) -> tuple[torch.Tensor, ...]:
     return items
 
 
-class _Locator(fx.Interpreter):
-    """Runs a GraphModule and remembers the node being executed."""
-
-    current: fx.Node | None = None
-
-    def run_node(self, n: fx.Node) -> Any:
-        self.current = n
-        return super().run_node(n)
-
-
-def _smoke_run(net: fx.GraphModule, example: tuple[torch.Tensor, ...]) -> None:
-    locator = _Locator(net)
-    training = net.training
-    net.eval()
-    try:
-        with torch.no_grad():
-            locator.run(*example)
-    except Exception as exc:
-        node = locator.current
-        where = node.format_node() if node is not None else "<start>"
-        raise ModelLoadError(
-            f"The QAT-prepared model fails on the example inputs at node: {where} "
-            f"({type(exc).__name__}: {exc}). Check the example inputs' shapes, or add the "
-            f"module to QATConfig.skip."
-        ) from exc
-    finally:
-        net.train(training)
-
-
 def _check_skip_patterns(model: nn.Module, patterns: tuple[str, ...]) -> None:
     names = [name for name, _ in model.named_modules() if name]
     for pattern in patterns:
@@ -161,32 +137,92 @@ def _check_skip_patterns(model: nn.Module, patterns: tuple[str, ...]) -> None:
             )
 
 
-def prepare(model: nn.Module, example_inputs: Any, config: QATConfig | None = None) -> QATModel:
-    """Return a fake-quantized copy of ``model`` (the original is left untouched).
-
-    Modules and ops that have no int8 form are kept in float, listed in ``qmodel.report``
-    and announced with a :class:`QATWarning`.
-    """
-    cfg = config if config is not None else QATConfig()
-    if isinstance(model, (QATModel, DataParallel, DistributedDataParallel)):
-        raise ConfigError("prepare() takes the plain float model; call it before wrapping in DDP.")
-    example = tuple(t.detach().clone() for t in as_inputs(example_inputs, "example_inputs"))
-    _check_skip_patterns(model, cfg.skip)
-    gm = trace(copy.deepcopy(model), cfg.skip)
+def _build(model: nn.Module | ExportedProgram, example: tuple[torch.Tensor, ...], cfg: QATConfig,
+           mode: str) -> tuple[fx.GraphModule, PrepareReport]:
+    """Capture (fx or export), fold and swap layers, place quantizers, count MACs."""
+    if mode == "fx" and isinstance(model, nn.Module):
+        gm = trace(copy.deepcopy(model), cfg.skip)
+    else:  # a torch.export program is always captured as exported
+        gm = capture(model, example, cfg.skip)
     swap_modules(gm, cfg)
     names, quantized, float_ops, skipped = insert_quantizers(gm, cfg)
     if not quantized:
         raise NothingToQuantizeError(
-            f"{type(model).__name__} has no Conv1d/Conv2d/Linear/Add/AvgPool to quantize"
-            f"{' outside the skipped modules' if cfg.skip else ''}."
-        )
-    report = PrepareReport(tuple(quantized), tuple(float_ops), tuple(skipped), tuple(names))
-    if float_ops:
-        ops = ", ".join(f"{op.name} ({op.op})" for op in float_ops)
+            f"{_name(model)} has no Conv1d/Conv2d/Linear/Add/AvgPool to quantize"
+            f"{' outside the skipped modules' if cfg.skip else ''} ({mode} capture).")
+    ops = probe(gm, example)
+    return gm, PrepareReport(tuple(quantized), tuple(float_ops), tuple(skipped), tuple(names), mode, tuple(ops))
+
+
+def _name(model: nn.Module | ExportedProgram) -> str:
+    return type(model).__name__
+
+
+def _choose(model: nn.Module | ExportedProgram, example: tuple[torch.Tensor, ...],
+            cfg: QATConfig) -> tuple[fx.GraphModule, PrepareReport]:
+    """``capture="auto"``: fx when it quantizes every MAC, else the capture reaching the larger int8 MAC share."""
+    if isinstance(model, ExportedProgram) or cfg.capture != "auto":
+        return _build(model, example, cfg, "fx" if cfg.capture == "fx" else "export")
+    fx_result, fx_error = None, None
+    try:
+        fx_result = _build(model, example, cfg, "fx")
+        if fx_result[1].int8_mac_share >= 1.0:
+            return fx_result
+    except (ModelLoadError, NothingToQuantizeError) as exc:
+        fx_error = exc
+    try:
+        exported = _build(model, example, cfg, "export")
+    except (ModelLoadError, NothingToQuantizeError, ConfigError) as exc:
+        if fx_result is not None:
+            return fx_result
+        assert fx_error is not None
+        raise type(fx_error)(f"{fx_error} (torch.export graph capture failed too: {exc})") from exc
+    if fx_result is None or exported[1].int8_mac_share > fx_result[1].int8_mac_share:
+        return exported
+    return fx_result
+
+
+def _check_share(report: PrepareReport, cfg: QATConfig, name: str) -> None:
+    share = report.int8_mac_share
+    if share >= cfg.min_int8_mac_share:
+        return
+    total = sum(o.macs for o in report.mac_ops)
+    floats = report.float_macs()
+    listed = ", ".join(f"{o.name} ({o.op}, {100 * o.macs / total:.1f} % of MACs)" for o in floats[:12])
+    more = f" and {len(floats) - 12} more" if len(floats) > 12 else ""
+    others = ", ".join(f"{u.name} ({u.op})" for u in report.unsupported[:12])
+    raise NothingToQuantizeError(
+        f"Only {100 * share:.1f} % of {name}'s multiply-accumulates can run in int8 ({report.capture} capture), "
+        f"below QATConfig.min_int8_mac_share={cfg.min_int8_mac_share}. Left in float: {listed}{more}."
+        f"{f' Other float ops: {others}.' if others else ''} Remove these layers from QATConfig.skip, "
+        f"try QATConfig(capture=\"{'fx' if report.capture == 'export' else 'export'}\"), or lower "
+        f"min_int8_mac_share to accept a mostly-float model.")
+
+
+def prepare(model: nn.Module | ExportedProgram, example_inputs: Any, config: QATConfig | None = None) -> QATModel:
+    """Return a fake-quantized copy of ``model`` (the original is left untouched).
+
+    ``model``: a float ``nn.Module`` or a ``torch.export`` program (``torch.export.load`` of a ``.pt2``,
+    exported with a dynamic batch dimension). How the graph is captured: ``QATConfig.capture``. Modules
+    and ops that have no int8 form are kept in float, listed in ``qmodel.report`` and announced with a
+    :class:`QATWarning`; when less than ``QATConfig.min_int8_mac_share`` of the MACs can be quantized,
+    prepare raises NothingToQuantizeError listing the float MAC ops.
+    """
+    cfg = config if config is not None else QATConfig()
+    if isinstance(model, (QATModel, DataParallel, DistributedDataParallel)):
+        raise ConfigError("prepare() takes the plain float model; call it before wrapping in DDP.")
+    if not isinstance(model, (nn.Module, ExportedProgram)):
+        raise ConfigError(f"prepare() takes a torch nn.Module or a torch.export ExportedProgram, got "
+                          f"{type(model).__name__}.")
+    example = tuple(t.detach().clone() for t in as_inputs(example_inputs, "example_inputs"))
+    _check_skip_patterns(model.module() if isinstance(model, ExportedProgram) else model, cfg.skip)
+    gm, report = _choose(model, example, cfg)
+    _check_share(report, cfg, _name(model))
+    if report.unsupported:
+        ops = ", ".join(f"{op.name} ({op.op})" for op in report.unsupported)
         warnings.warn(f"QAT leaves these ops in float: {ops}.", QATWarning, stacklevel=2)
     qmodel = QATModel(gm, cfg, report, example)
-    qmodel.train(model.training)
-    _smoke_run(gm, example)
+    qmodel.train(model.training if isinstance(model, nn.Module) else False)
     return qmodel
 
 
@@ -198,21 +234,29 @@ def _batch_inputs(batch: Any) -> tuple[torch.Tensor, ...]:
     return inputs
 
 
-def calibrate(qmodel: nn.Module, batches: Iterable[Any], max_batches: int | None = None) -> int:
+def calibrate(qmodel: nn.Module, batches: Iterable[Any], max_batches: int | None = None,
+              algo: str = "avg", bias_correction: bool = False) -> int:
     """Set every activation range from data before training (PaddleSlim's quant_post first).
 
-    Runs the model in eval mode with activations in float; each quantizer's range becomes
-    the mean over batches of the per-batch ``max|x|`` (max over ranks when distributed, so
-    every rank must call this with the same number of batches). Returns the batch count.
+    Runs the model in eval mode with activations in float. ``algo="avg"``: each quantizer's range
+    becomes the mean over batches of the per-batch ``max|x|`` (max over ranks when distributed, so
+    every rank must call this with the same number of batches); ``"hist"``, ``"mse"``, ``"KL"``,
+    ``"emd"``, ``"abs_max"``: static PTQ's calibration algorithms on each quantizer's grid (better
+    when the model is converted without training). ``bias_correction``: also subtract each layer's
+    mean output shift caused by weight rounding from its bias (:mod:`slimq.qat.bias_correction`).
+    Returns the batch count.
     """
+    if algo not in CALIBRATION_ALGOS:
+        raise unknown_choice("QAT calibration algorithm", algo, CALIBRATION_ALGOS)
     qm = unwrap(qmodel)
     quantizers = [q for _, q in qm.quantizers()]
     training = qm.training
     qm.eval()
     count = 0
+    correction = BiasCorrection(qm.net) if bias_correction else None
     try:
         for q in quantizers:
-            q.calibrating, q._calib = True, []
+            q.start_calibration(algo)
         with torch.no_grad():
             for batch in batches:
                 if max_batches is not None and count >= max_batches:
@@ -222,9 +266,13 @@ def calibrate(qmodel: nn.Module, batches: Iterable[Any], max_batches: int | None
         if count == 0:
             raise CalibrationDataError("calibrate() got no batches; pass at least one input batch.")
         missed = [name for name, q in qm.quantizers() if not q.finish_calibration()]
+        if correction is not None:
+            correction.apply()
     finally:
         for q in quantizers:
-            q.calibrating, q._calib = False, []
+            q.calibrating, q._calib = False, None
+        if correction is not None:
+            correction.remove()
         qm.train(training)
     if missed:
         warnings.warn(f"Calibration never reached: {', '.join(missed)}.", QATWarning, stacklevel=2)

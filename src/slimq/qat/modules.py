@@ -29,6 +29,7 @@ from torch import nn
 from slimq.core.errors import ConfigError
 from slimq.qat.qdq_op import dequantize_linear, quantize_dequantize
 from slimq.qat.quantizers import (
+    BIAS_LIMIT,
     ActQuantizer,
     WeightQuantizer,
     bias_scale,
@@ -92,13 +93,13 @@ class QATConv(nn.Module):
         if self.bn is not None and self.training and not bool(self.bn_frozen):
             return self._forward_live_bn(x)
         w, b = self.folded()
-        return self.conv._conv_forward(x, self.weight_quant(w), _sim_bias(self, b, w))
+        return self.conv._conv_forward(x, _fq_weight(self, w, b), _sim_bias(self, b, w))
 
     def _forward_live_bn(self, x: torch.Tensor) -> torch.Tensor:
         assert self.bn is not None
         factor = self._bn_factor()
         w = self.conv.weight * factor.reshape(_channel_shape(self.conv.weight.dim(), 0))
-        y = self.conv._conv_forward(x, self.weight_quant(w), None)
+        y = self.conv._conv_forward(x, _fq_weight(self, w, self.folded()[1]), None)
         shape = _channel_shape(y.dim(), 1)
         # A channel with gamma = 0 (e.g. pruned) has zero folded weights; divide it by 1.
         y = y / torch.where(factor == 0, torch.ones_like(factor), factor).reshape(shape)
@@ -116,8 +117,8 @@ class QATConv(nn.Module):
         """Inference copy: folded weights, pre-quantized, exported as Q/DQ."""
         with torch.no_grad():
             w, b = self.folded()
-            scale = self.weight_quant.current_scale(w)
-            w_q = self.weight_quant(w)
+            scale = _weight_scale(self, w, b)
+            w_q = _fq_weight(self, w, b)
         conv = copy.deepcopy(self.conv)
         conv.bias = None
         return QDQConv(conv, w_q.detach().clone(), scale, _export_bias(self, b, w))
@@ -137,14 +138,14 @@ class QATLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.linear.weight
-        return F.linear(x, self.weight_quant(w), _sim_bias(self, self.linear.bias, w))
+        return F.linear(x, _fq_weight(self, w, self.linear.bias), _sim_bias(self, self.linear.bias, w))
 
     def export_module(self) -> "QDQLinear":
         """Inference copy with pre-quantized weights, exported as Q/DQ."""
         with torch.no_grad():
             w = self.linear.weight
-            scale = self.weight_quant.current_scale(w)
-            w_q = self.weight_quant(w)
+            scale = _weight_scale(self, w, self.linear.bias)
+            w_q = _fq_weight(self, w, self.linear.bias)
         return QDQLinear(w_q.detach().clone(), scale, _export_bias(self, self.linear.bias, w))
 
 
@@ -160,18 +161,49 @@ def bind_input(module: QATLayer, quantizer: ActQuantizer | None) -> None:
     object.__setattr__(module, "input_quant", quantizer)
 
 
-def _bias_scale(module: QATLayer, w: torch.Tensor) -> torch.Tensor | None:
-    """``s_in * s_w`` when the input grid is known, else None (bias stays float)."""
+def _input_scale(module: QATLayer) -> torch.Tensor | None:
     q = module.input_quant
     if q is None or q.calibrating or not bool(q.initialized):
         return None
-    return bias_scale(q.current_scale(), module.weight_quant.current_scale(w))
+    return q.current_scale()
+
+
+def _scale_floor(module: QATLayer, b: torch.Tensor | None) -> torch.Tensor | None:
+    """Per-channel lower bound of the weight scale that keeps the int32 bias below BIAS_LIMIT.
+
+    A channel whose folded weights are ~0 but whose bias is not (BatchNorm with gamma ~ 0: a constant
+    channel) would get a tiny weight scale and ``|b| / (s_in * s_w)`` beyond int32; integer kernels
+    then overflow their int32 accumulator while float QDQ does not. The floor keeps the bias exact
+    to ``|b| / BIAS_LIMIT`` and leaves enough headroom for the accumulated products.
+    """
+    s_in = _input_scale(module)
+    if b is None or s_in is None:
+        return None
+    return (b.detach().abs().float() / (s_in * BIAS_LIMIT)).float()
+
+
+def _fq_weight(module: QATLayer, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """The fake-quantized weight (identity when the quantizer is switched off for the FP32 reference)."""
+    wq = module.weight_quant
+    return wq(w, _scale_floor(module, b)) if isinstance(wq, WeightQuantizer) else wq(w)
+
+
+def _weight_scale(module: QATLayer, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    return module.weight_quant.current_scale(w, _scale_floor(module, b))
+
+
+def _bias_scale(module: QATLayer, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
+    """``s_in * s_w`` when the input grid is known, else None (bias stays float)."""
+    s_in = _input_scale(module)
+    if s_in is None or not isinstance(module.weight_quant, WeightQuantizer):
+        return None
+    return bias_scale(s_in, _weight_scale(module, w, b))
 
 
 def _sim_bias(module: QATLayer, b: torch.Tensor | None, w: torch.Tensor) -> torch.Tensor | None:
     if b is None:
         return None
-    scale = _bias_scale(module, w)
+    scale = _bias_scale(module, w, b)
     return b if scale is None else fake_quant_bias(b, scale)
 
 
@@ -179,7 +211,7 @@ def _export_bias(module: QATLayer, b: torch.Tensor | None, w: torch.Tensor) -> "
     if b is None:
         return None
     with torch.no_grad():
-        scale = _bias_scale(module, w)
+        scale = _bias_scale(module, w, b)
         if scale is None:
             return ExportBias(b.detach().float().clone(), None)
         return ExportBias(quantize_bias(b, scale).to(torch.int32), scale.contiguous())

@@ -16,6 +16,9 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.node import Argument
 
+from slimq.core.ops import op_info
+from slimq.qat.aten_ops import activation_bounds, is_mac
+from slimq.qat.capture import skipped_scope
 from slimq.qat.config import QATConfig
 from slimq.qat.graph import ACT_CONTAINER, FloatOp, _kind, _op_name, is_skipped
 from slimq.qat.modules import QATConv, QATLinear, bind_input
@@ -28,6 +31,8 @@ _MAC_FUNCS = {F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose
 _MAC_METHODS = {"matmul", "mm", "bmm"}
 _CLIP_FUNCS = {torch.clamp, torch.clip, F.hardtanh}
 _CLIP_METHODS = {"clamp", "clip", "clamp_", "clip_"}
+# Quantized kinds whose ONNX op has an integer kernel with float output (op table: float_output_ok).
+_FLOAT_OUTPUT = {"linear": "Gemm", "matmul": "MatMul"}
 # Between a float MAC and its output quantizer onnxruntime would fold or move these ops.
 _SEE_THROUGH = ("act", "pass", "bn")
 
@@ -97,20 +102,20 @@ class _Placer:
             return self._kind(node) in ("skipped", "float") and _ends_in_mac(module)
         if node.op == "call_method":
             return node.target in _MAC_METHODS
-        return node.op == "call_function" and node.target in _MAC_FUNCS
+        return node.op == "call_function" and (node.target in _MAC_FUNCS or is_mac(node))
 
     def _is_clip(self, node: fx.Node) -> bool:
         if node.op == "call_module":
             return isinstance(self.gm.get_submodule(str(node.target)), nn.Hardtanh)
         if node.op == "call_method":
             return node.target in _CLIP_METHODS
-        return node.op == "call_function" and node.target in _CLIP_FUNCS
+        return node.op == "call_function" and (node.target in _CLIP_FUNCS or activation_bounds(node) is not None)
 
     def from_float_mac(self, value: fx.Node) -> bool:
         """True when ``value`` is the output of a float MAC (through BN/ReLU/clamp/max-pool...)."""
         node = value
         while node not in self.grid_of and node.args and isinstance(node.args[0], fx.Node) and (
-                self._kind(node) in _SEE_THROUGH or self._is_clip(node)):
+                self._see_through_kind(node) in _SEE_THROUGH or self._is_clip(node)):
             node = node.args[0]
         return node not in self.grid_of and self._is_float_mac(node)
 
@@ -128,24 +133,48 @@ class _Placer:
     def _kind(self, node: fx.Node) -> str:
         if node.op == "call_module" and is_skipped(str(node.target), self.cfg.skip):
             return "skipped"
-        return _kind(self.gm, node)
+        if node.op == "call_function" and skipped_scope(node, self.cfg.skip) is not None:
+            return "skipped"
+        return _kind(self.gm, node, self.cfg.rules)
+
+    def _see_through_kind(self, node: fx.Node) -> str:
+        """The kind of a node, also inside a skipped module (captured graphs keep skipped modules' ops)."""
+        if node.op == "call_function":
+            return _kind(self.gm, node, self.cfg.rules)
+        return self._kind(node)
+
+    def _ceiling(self, act: fx.Node) -> float | None:
+        """The upper clip bound of a fused activation (ReLU6: 6), None when unbounded."""
+        if act.op == "call_module":
+            return 6.0 if isinstance(self.gm.get_submodule(str(act.target)), nn.ReLU6) else None
+        if act.op == "call_function" and act.target is F.relu6:
+            return 6.0
+        bounds = activation_bounds(act)
+        return bounds[1] if bounds is not None else None
 
     def _quantize_op(self, node: fx.Node, kind: str) -> None:
-        inputs = list(node.args) if kind == "add" else [node.args[0]]
+        inputs = list(node.args[:2]) if kind in ("add", "matmul") else [node.args[0]]
         for value in inputs:
             if isinstance(value, fx.Node):
                 self._ensure_input(value, node)
         users = list(node.users)
-        target = node
-        unsigned = kind == "pool" and self._unsigned_input(node.args[0])
-        if len(users) == 1 and self._kind(users[0]) == "act" and users[0].args[0] is node:
-            target, unsigned = users[0], True
-        self._insert_after(target, self._new_quantizer(node.name, unsigned))
         self.quantized_ops.append(str(node.target) if node.op == "call_module" else node.name)
         if kind in ("conv", "linear") and node.op == "call_module":
             source = node.args[0]
             grid = self.grid_of.get(source) if isinstance(source, fx.Node) else None
             self.input_grids.setdefault(str(node.target), set()).add(grid)
+        if kind in _FLOAT_OUTPUT and op_info(_FLOAT_OUTPUT[kind]).float_output_ok and users and \
+                all(u.op == "output" for u in users):
+            return  # a model output: integer kernels write it in float (QGemm), as static PTQ leaves it
+        target = node
+        unsigned = kind == "pool" and self._unsigned_input(node.args[0])
+        ceiling = None
+        if len(users) == 1 and self._kind(users[0]) == "act" and users[0].args[0] is node:
+            target, unsigned, ceiling = users[0], True, self._ceiling(users[0])
+        qname = self._new_quantizer(node.name, unsigned)
+        if ceiling is not None:
+            self.quantizers[qname].cap_range(ceiling)
+        self._insert_after(target, qname)
 
     def bind_inputs(self) -> None:
         """Give each QAT Conv/Linear its input quantizer (int32 bias scale ``s_in * s_w``).
@@ -163,14 +192,16 @@ class _Placer:
     def run(self) -> None:
         for node in list(self.graph.nodes):
             kind = self._kind(node)
-            if kind in ("conv", "linear", "add", "pool"):
+            if kind in ("conv", "linear", "add", "pool", "matmul", "compute"):
                 self._quantize_op(node, kind)
             elif kind in ("pass", "act") and node.args and node.args[0] in self.grid_of:
                 self._insert_after(node, self.grid_of[node.args[0]], observe=False)
             elif kind in ("float", "bn"):
                 self.float_ops.append(_op_name(self.gm, node))
-            elif kind == "skipped" and str(node.target) not in self.skipped:
-                self.skipped.append(str(node.target))
+            elif kind == "skipped":
+                scope = str(node.target) if node.op == "call_module" else skipped_scope(node, self.cfg.skip)
+                if scope not in self.skipped:
+                    self.skipped.append(str(scope))
 
 
 def insert_quantizers(

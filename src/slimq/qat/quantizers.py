@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from slimq.core.errors import CalibrationDataError
+from slimq.core.observers import ObserverSettings, compute_range, get_algorithm, make_observer
 
 MIN_SCALE = 1e-8
 INT32_LIMIT = 2**31 - 128  # largest float32 below 2**31: int32 bias values stay in [-limit, limit]
+BIAS_LIMIT = 2.0**30  # int32 biases stay below this, leaving headroom in the int32 accumulator
 
 
 def distributed_world() -> int:
@@ -111,6 +114,44 @@ def fake_quant_bias(b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return quantize_bias(b, scale) * scale + (b - b.detach())
 
 
+CALIBRATION_ALGOS = ("avg", "abs_max", "hist", "mse", "KL", "emd")
+# As static PTQ: tensors with fewer values per sample (logits, pooled features) are never clipped; their
+# rare large values are the signal (the top class), not noise.
+MIN_VALUES_TO_CLIP = 1024
+
+
+class RangeCalibration:
+    """What an activation quantizer gathers while :func:`slimq.qat.calibrate` runs.
+
+    ``avg`` (the default, PaddleSlim's QAT initialisation): the mean over batches of the per-batch
+    ``max|x|`` (each all-reduced with MAX across ranks). The other algorithms are static PTQ's
+    (:mod:`slimq.core.observers`, e.g. ``hist``: the 99.99th percentile of ``|x|``) applied to this
+    quantizer's grid (signed or unsigned); under DDP each rank computes its threshold and the ranks
+    take the largest.
+    """
+
+    def __init__(self, algo: str, bits: int, unsigned: bool) -> None:
+        self.algo = get_algorithm(algo)
+        self.settings = ObserverSettings(levels=2**bits, symmetric=not unsigned, min_values_to_clip=MIN_VALUES_TO_CLIP)
+        self.batch_max: list[torch.Tensor] = []
+        self.observer = make_observer(self.algo, self.settings) if self.algo.name != "avg" else None
+
+    def update(self, x: torch.Tensor, abs_max: torch.Tensor) -> None:
+        self.batch_max.append(abs_max)
+        if self.observer is not None:
+            self.observer.update(x.detach().float().cpu().numpy())
+
+    def threshold(self) -> torch.Tensor | None:
+        """The calibrated range ``a`` of the grid ``[-a, a]`` (or ``[0, a]``); None when nothing was seen."""
+        if not self.batch_max:
+            return None
+        if self.observer is None:
+            return torch.stack(self.batch_max).mean()
+        lo, hi = compute_range(self.observer, self.algo, self.settings)
+        t = torch.tensor(float(max(-lo, hi, 0.0)), dtype=torch.float32)
+        return sync_max_(torch.where(t > 0, t, torch.stack(self.batch_max).max()))
+
+
 class ActQuantizer(nn.Module):
     """Per-tensor activation fake quantizer.
 
@@ -143,7 +184,8 @@ class ActQuantizer(nn.Module):
         elif variant == "lsq":
             self.scale = nn.Parameter(torch.ones(()))
         self.calibrating = False
-        self._calib: list[torch.Tensor] = []
+        self._calib: RangeCalibration | None = None
+        self.ceiling: float | None = None  # see cap_range
 
     def extra_repr(self) -> str:
         kind = "unsigned" if self.unsigned else "signed"
@@ -153,13 +195,28 @@ class ActQuantizer(nn.Module):
         """Detached upper end of the represented range (``qmax * scale``)."""
         return self.current_scale() * self.qmax
 
+    def max_scale(self) -> float | None:
+        """Largest float32 scale whose grid top ``qmax * scale`` (float32) stays within the ceiling."""
+        if self.ceiling is None:
+            return None
+        s = np.float32(self.ceiling / self.qmax)
+        while np.float32(s * np.float32(self.qmax)) > self.ceiling:
+            s = np.nextafter(s, np.float32(0))
+        return float(s)
+
+    def _capped(self, scale: torch.Tensor) -> torch.Tensor:
+        cap = self.max_scale()
+        return scale if cap is None else scale.clamp_max(cap)
+
     def current_scale(self) -> torch.Tensor:
         """Detached scale of the grid now in use."""
         if self.variant == "pact":
-            return (self.alpha.detach().clamp_min(MIN_SCALE * self.qmax) / self.qmax).float()
-        if self.variant == "lsq":
-            return self.scale.detach().clamp_min(MIN_SCALE).float()
-        return (self.accum / self.state.clamp_min(1e-12) / self.qmax).clamp_min(MIN_SCALE)
+            scale = (self.alpha.detach().clamp_min(MIN_SCALE * self.qmax) / self.qmax).float()
+        elif self.variant == "lsq":
+            scale = self.scale.detach().clamp_min(MIN_SCALE).float()
+        else:
+            scale = (self.accum / self.state.clamp_min(1e-12) / self.qmax).clamp_min(MIN_SCALE)
+        return self._capped(scale)
 
     def _batch_abs_max(self, x: torch.Tensor) -> torch.Tensor:
         cur = x.detach().abs().amax().float().reshape(())
@@ -196,30 +253,42 @@ class ActQuantizer(nn.Module):
             self.accum.mul_(self.moving_rate).add_(cur)
             self.state.mul_(self.moving_rate).add_(1.0)
 
+    def start_calibration(self, algo: str = "avg") -> None:
+        """Gather range statistics (activations pass through unchanged) until finish_calibration."""
+        self.calibrating, self._calib = True, RangeCalibration(algo, self.bits, self.unsigned)
+
     def finish_calibration(self) -> bool:
-        """Set the range to the mean per-batch abs max seen while calibrating."""
-        self.calibrating = False
-        if not self._calib:
+        """Set the range from what was gathered (see :class:`RangeCalibration`); False if nothing was."""
+        calib, self.calibrating, self._calib = self._calib, False, None
+        threshold = calib.threshold() if calib is not None else None
+        if threshold is None:
             return False
-        self._set_range(torch.stack(self._calib).mean())
-        self._calib = []
+        self._set_range(threshold)
         return True
+
+    def cap_range(self, ceiling: float) -> None:
+        """Never let the grid's top ``qmax * scale`` exceed ``ceiling`` (a ReLU6's 6): values above
+        cannot occur, and onnxruntime drops a Clip before QuantizeLinear only when the grid lies inside
+        the clip range."""
+        self.ceiling = float(ceiling)
 
     def forward(self, x: torch.Tensor, observe: bool = True) -> torch.Tensor:
         if self.calibrating:
-            if observe:
-                self._calib.append(self._batch_abs_max(x))
+            if observe and self._calib is not None:
+                self._calib.update(x, self._batch_abs_max(x))
             return x
         initialized = bool(self.initialized)
         if self.training and observe and (not initialized or self._ema_live()):
             self._observe(x)
         if not bool(self.initialized):
             return x
+        cap = self.max_scale()
         if self.variant == "pact":
-            return fake_quant_pact(x, self.alpha, self.qmin, self.qmax)
+            alpha = self.alpha if cap is None else self.alpha.clamp_max(cap * self.qmax)
+            return fake_quant_pact(x, alpha, self.qmin, self.qmax)
         if self.variant == "lsq":
             g = 1.0 / math.sqrt(max(x.numel(), 1) * self.qmax)
-            return fake_quant_lsq(x, self.scale, self.qmin, self.qmax, g)
+            return fake_quant_lsq(x, self._capped(self.scale), self.qmin, self.qmax, g)
         return fake_quant_ste(x, self.current_scale(), self.qmin, self.qmax)
 
 
@@ -253,17 +322,20 @@ class WeightQuantizer(nn.Module):
         if self.variant == "lsq":
             self.scale.copy_(self.abs_max_scale(w))
 
-    def current_scale(self, w: torch.Tensor) -> torch.Tensor:
-        """Detached per-channel scale used for ``w``."""
+    def current_scale(self, w: torch.Tensor, floor: torch.Tensor | None = None) -> torch.Tensor:
+        """Detached per-channel scale used for ``w`` (at least ``floor``, see the QAT modules' bias)."""
         if self.variant == "lsq":
-            return self.scale.detach().clamp_min(MIN_SCALE).float()
-        return self.abs_max_scale(w)
+            scale = self.scale.detach().clamp_min(MIN_SCALE).float()
+        else:
+            scale = self.abs_max_scale(w)
+        return scale if floor is None else torch.maximum(scale, floor)
 
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
+    def forward(self, w: torch.Tensor, floor: torch.Tensor | None = None) -> torch.Tensor:
         shape = (-1,) + (1,) * (w.dim() - 1)
         if self.variant == "lsq":
             g = 1.0 / math.sqrt(max(w[0].numel(), 1) * self.qmax)
-            return fake_quant_lsq(w, self.scale.reshape(shape), self.qmin, self.qmax, g)
-        scale = self.abs_max_scale(w)
+            scale = self.scale if floor is None else torch.maximum(self.scale, floor)
+            return fake_quant_lsq(w, scale.reshape(shape), self.qmin, self.qmax, g)
+        scale = self.current_scale(w, floor)
         zero = torch.zeros(scale.shape, dtype=torch.int32, device=w.device)
         return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, self.qmin, self.qmax)

@@ -1,4 +1,8 @@
-"""Tiny models for QAT tests and examples (inputs: 1x16x16 images, 10 classes)."""
+"""Tiny models for QAT tests and examples (inputs: 1x16x16 images, 10 classes).
+
+``FunctionalNet`` is built like the pretrained CNNs users download (EfficientNet/timm ports): custom
+same-padding modules calling ``F.conv2d``, matmuls between activations, a functional linear head.
+"""
 
 from __future__ import annotations
 
@@ -130,7 +134,58 @@ class UntraceableNet(nn.Module):
         return self.gate(self.conv(x))
 
 
-MODELS = {"convnet": TinyConvNet, "resnet": TinyResNet, "mobilenet": TinyMobileNet}
+class SamePadConv2d(nn.Conv2d):
+    """TF "SAME" convolution as EfficientNet/timm ports write it: ``nn.ZeroPad2d`` then ``F.conv2d``
+    (module swapping cannot see it; torch.export can)."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, size: int = 16) -> None:
+        super().__init__(cin, cout, k, stride, 0, groups=groups, bias=False)
+        out = -(-size // stride)
+        pad = max((out - 1) * stride + k - size, 0)
+        self.static_padding = nn.ZeroPad2d((pad // 2, pad - pad // 2, pad // 2, pad - pad // 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(self.static_padding(x), self.weight, self.bias, self.stride, self.padding, self.dilation,
+                        self.groups)
+
+
+class FunctionalBlock(nn.Module):
+    """Inverted residual of SamePadConv2d + BatchNorm + ReLU6 (depthwise in the middle), residual add."""
+
+    def __init__(self, channels: int, size: int) -> None:
+        super().__init__()
+        hidden = 2 * channels
+        self.expand, self.bn0 = SamePadConv2d(channels, hidden, 1, size=size), nn.BatchNorm2d(hidden)
+        self.depthwise = SamePadConv2d(hidden, hidden, 3, groups=hidden, size=size)
+        self.bn1 = nn.BatchNorm2d(hidden)
+        self.project, self.bn2 = SamePadConv2d(hidden, channels, 1, size=size), nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu6(self.bn0(self.expand(x)))
+        y = F.relu6(self.bn1(self.depthwise(y)))
+        return x + self.bn2(self.project(y))
+
+
+class FunctionalNet(nn.Module):
+    """Every convolution an ``F.conv2d`` behind asymmetric zero padding (stride-2 stem), BatchNorm,
+    ReLU6, a residual add, token mixing by two matmuls between activations and a functional linear head."""
+
+    def __init__(self, classes: int = 10, width: int = 8) -> None:
+        super().__init__()
+        self.stem = SamePadConv2d(1, width, 3, stride=2, size=16)
+        self.bn = nn.BatchNorm2d(width)
+        self.block = FunctionalBlock(width, 8)
+        self.head_weight = nn.Parameter(torch.randn(classes, width) * 0.3)
+        self.head_bias = nn.Parameter(torch.zeros(classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block(F.relu6(self.bn(self.stem(x))))
+        tokens = x.flatten(2).transpose(1, 2)  # (N, 64, C)
+        mixed = torch.matmul(torch.matmul(tokens, tokens.transpose(1, 2)) / 64.0, tokens)
+        return F.linear(mixed.mean(1), self.head_weight, self.head_bias)
+
+
+MODELS = {"convnet": TinyConvNet, "resnet": TinyResNet, "mobilenet": TinyMobileNet, "functional": FunctionalNet}
 
 
 def build(name: str, seed: int = 0) -> nn.Module:

@@ -50,6 +50,8 @@ def output_quantizer(qmodel: QATModel) -> ActQuantizer | None:
     net = qmodel.net
     out_node = next(n for n in net.graph.nodes if n.op == "output")
     value = out_node.args[0]
+    while isinstance(value, (tuple, list)) and value:  # torch.export graphs return a (flat) tuple
+        value = value[0]
     if getattr(value, "op", None) == "call_module":
         module = net.get_submodule(value.target)
         if isinstance(module, ActQuantizer) and bool(module.initialized):
@@ -57,27 +59,29 @@ def output_quantizer(qmodel: QATModel) -> ActQuantizer | None:
     return None
 
 
-def ort_session(path: str | Path, optimized_path: str | Path | None = None,
+def ort_session(path: str | Path | onnx.ModelProto, optimized_path: str | Path | None = None,
                 threads: int = 0) -> ort.InferenceSession:
-    """A CPU onnxruntime session (optionally writing the optimized graph)."""
+    """A CPU onnxruntime session of a file or an in-memory model (optionally writing the optimized graph)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
     if optimized_path is not None:
         options.optimized_model_filepath = str(optimized_path)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    source = path.SerializeToString() if isinstance(path, onnx.ModelProto) else str(path)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-def ort_run(path_or_session: str | Path | ort.InferenceSession, inputs: tuple[np.ndarray, ...]) -> np.ndarray:
+def ort_run(path_or_session: str | Path | onnx.ModelProto | ort.InferenceSession,
+            inputs: tuple[np.ndarray, ...]) -> np.ndarray:
     """First output of the model for numpy inputs."""
     sess = path_or_session if isinstance(path_or_session, ort.InferenceSession) else ort_session(path_or_session)
     feed = {i.name: x for i, x in zip(sess.get_inputs(), inputs)}
     return sess.run(None, feed)[0]
 
 
-def check_agreement(qmodel: nn.Module, onnx_path: str | Path, inputs: object) -> Agreement:
-    """Compare PyTorch (eval mode) and onnxruntime outputs on the same inputs."""
+def check_agreement(qmodel: nn.Module, onnx_path: str | Path | onnx.ModelProto, inputs: object) -> Agreement:
+    """Compare PyTorch (eval mode) and onnxruntime outputs on the same inputs (a file or an in-memory model)."""
     qm = unwrap(qmodel)
     tensors = as_inputs(inputs, "inputs")
     training = qm.training
@@ -87,7 +91,9 @@ def check_agreement(qmodel: nn.Module, onnx_path: str | Path, inputs: object) ->
             ref = qm(*tensors)
     finally:
         qm.train(training)
-    ref = (ref[0] if isinstance(ref, (tuple, list)) else ref).detach().float().numpy()
+    while isinstance(ref, (tuple, list)):
+        ref = ref[0]
+    ref = ref.detach().float().numpy()
     got = ort_run(onnx_path, tuple(t.detach().numpy() for t in tensors))
     quantizer = output_quantizer(qm)
     if quantizer is not None:

@@ -1,0 +1,73 @@
+"""Bias correction during calibration: remove the mean output shift that weight rounding causes.
+
+Static PTQ does the same (``StaticConfig.bias_correction``): rounding a layer's weights to the int8 grid
+moves the mean of each output channel by ``E[conv(x, w_q - w)]``; over the calibration batches (with
+float activations) that shift is measured per channel and subtracted from the bias. It matters most
+for models converted without training (``slimq.quantize`` with a float model); training absorbs the
+shift anyway. The correction goes into an existing parameter: the folded BatchNorm's ``bias`` or the
+layer's own ``bias`` (a layer with neither is left as is), so checkpoints keep their keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slimq.qat.modules import QATConv, QATLinear, _fq_weight
+from slimq.qat.quantizers import sync_mean_
+
+
+def _weight_error(module: QATConv | QATLinear) -> torch.Tensor:
+    if isinstance(module, QATConv):
+        w, b = module.folded()
+    else:
+        w, b = module.linear.weight, module.linear.bias
+    return _fq_weight(module, w, b) - w
+
+
+def _target(module: QATConv | QATLinear) -> torch.Tensor | None:
+    """The parameter the folded bias moves with one to one."""
+    if isinstance(module, QATLinear):
+        return module.linear.bias
+    return module.bn.bias if module.bn is not None else module.conv.bias
+
+
+class BiasCorrection:
+    """Forward hooks on every QAT Conv/Linear accumulating the per-channel output shift of weight rounding."""
+
+    def __init__(self, net: nn.Module) -> None:
+        self.sums: dict[nn.Module, torch.Tensor] = {}
+        self.counts: dict[nn.Module, int] = {}
+        self.handles = [m.register_forward_hook(self._hook) for m in net.modules()
+                        if isinstance(m, (QATConv, QATLinear)) and _target(m) is not None]
+
+    @torch.no_grad()
+    def _hook(self, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        x = inputs[0]
+        err = _weight_error(module)  # type: ignore[arg-type]
+        if isinstance(module, QATConv):
+            shift = module.conv._conv_forward(x, err, None).transpose(0, 1).flatten(1)
+        else:
+            shift = F.linear(x, err).flatten(0, -2).transpose(0, 1)
+        self.sums[module] = self.sums.get(module, 0) + shift.double().sum(1)
+        self.counts[module] = self.counts.get(module, 0) + shift.shape[1]
+
+    @torch.no_grad()
+    def apply(self) -> int:
+        """Subtract each layer's mean shift (averaged over ranks) from its bias; returns the layers corrected."""
+        for module, total in self.sums.items():
+            mean = sync_mean_((total / self.counts[module]).float())
+            param = _target(module)  # type: ignore[arg-type]
+            if param is not None:
+                param.sub_(mean.to(param.dtype))
+        return len(self.sums)
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+__all__ = ["BiasCorrection"]
