@@ -267,6 +267,34 @@ def test_fold_input_affine_exact_for_unpadded_convs_only():
     assert n == 2  # the padded conv keeps its Mul: padding zeros would not be scaled
 
 
+SCALAR_AFFINE_PADDED = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[N, 4, 8, 8] x) => (float[N, 4, 8, 8] y, float[N, 4, 8, 8] z) {
+    h = Relu (x)
+    m = Mul (h, a)
+    s = Add (m, beta)
+    y = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1], group = 4> (s, w, b)
+    m2 = Mul (h, a2)
+    z = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (m2, w2)
+}
+"""
+
+
+@pytest.mark.parametrize("a", [1.7, -0.6])
+def test_a_scalar_scale_moves_into_a_padded_conv_and_its_add_stays(a):
+    arrays = {"a": np.array(a), "beta": RNG.standard_normal((1, 4, 1, 1)), "w": RNG.standard_normal((4, 1, 3, 3)),
+              "b": RNG.standard_normal(4), "a2": np.array(0.5), "w2": RNG.standard_normal((4, 4, 3, 3))}
+    m = model_from_text(SCALAR_AFFINE_PADDED, arrays)
+    x = RNG.standard_normal((2, 4, 8, 8)).astype(np.float32)
+    folded, n = rewrite(m, fold_input_affine)
+    assert n == 2  # both Muls; the Add (beta / a) stays in front of the padded depthwise conv
+    assert testing.count_ops(folded) == {"Relu": 1, "Add": 1, "Conv": 2}
+    for got, want in zip(run_all(folded, x), run_all(m, x)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    zero = model_from_text(SCALAR_AFFINE_PADDED, {**arrays, "a": np.array(0.0)})
+    assert rewrite(zero, fold_input_affine)[1] == 1  # a zero scale cannot move (beta / 0): only the other Mul
+
+
 def run_all(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
     s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return s.run(None, {s.get_inputs()[0].name: x})

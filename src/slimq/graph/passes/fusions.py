@@ -184,15 +184,41 @@ def _input_affine_check(conv: ir.Node) -> tuple[ir.Value | None, np.ndarray, np.
     w = const_array(conv.inputs[1]) if len(conv.inputs) > 1 else None
     if w is None:
         return "weight is not a constant"
-    if not _unpadded(conv):
-        return "padded Conv (padded zeros would become the Add constant)"
     group = conv.attributes["group"].as_int() if "group" in conv.attributes else 1
     site = _input_affine(conv, w.shape[1] * group)
-    return site if site is not None else "input is not a per-channel constant Mul/Add read only by this Conv"
+    if site is None:
+        return "input is not a per-channel constant Mul/Add read only by this Conv"
+    if not _unpadded(conv):
+        return _padded_scale(site)
+    return site
+
+
+def _padded_scale(site: tuple[ir.Value | None, np.ndarray, np.ndarray, list[ir.Node]]
+                  ) -> tuple[ir.Value | None, np.ndarray, np.ndarray, list[ir.Node]] | str:
+    """For a padded Conv only one non-zero scalar scale moves exactly (``pad(a*z) = a*pad(z)``): the site
+    with ``(h + beta/a) * a``, the Add (if any) kept in front of the Conv; else why nothing fires."""
+    h, a, beta, dead = site
+    mul = next((n for n in dead if n.op_type == "Mul"), None)
+    if mul is None or not np.all(a == a[0]) or a[0] == 0:
+        return "padded Conv (padded zeros would become the Add constant) and no single scalar Mul to move"
+    return h, a, beta / a[0], [mul]
+
+
+def _keep_add(b: GraphBuilder, conv: ir.Node, add: ir.Node, h: ir.Value | None, beta: np.ndarray) -> ir.Value:
+    """Rewire `add` (in front of a padded Conv) to compute ``h + beta`` (beta per input channel)."""
+    const = next(v for v in add.inputs if const_array(v) is not None)
+    shape = const_array(const).shape  # type: ignore[union-attr]
+    vec = beta[0] if int(np.prod(shape)) == 1 else beta
+    new = b.initializer(f"{node_name(add)}.scaled", np.asarray(vec, np.float32).reshape(shape))
+    add.replace_input_with(list(add.inputs).index(const), new)
+    data = next(i for i, v in enumerate(add.inputs) if v is not new)
+    add.replace_input_with(data, h)
+    return add.outputs[0]
 
 
 class FoldInputAffinePass(RewritePass):
-    """Fold constant per-channel Mul/Add in front of unpadded Convs into them."""
+    """Fold constant per-channel Mul/Add in front of unpadded Convs into them, and a scalar Mul in front of a
+    padded Conv into its weights (its Add, divided by the scale, stays)."""
 
     def rewrite(self, model: ir.Model) -> int:
         b, folds = GraphBuilder(model.graph), 0
@@ -202,7 +228,13 @@ class FoldInputAffinePass(RewritePass):
                 self.not_fired(node_name(conv), site)
                 continue
             h, a, beta, dead = site
-            _fold_input_into(b, conv, h, a, beta)
+            if _unpadded(conv):
+                _fold_input_into(b, conv, h, a, beta)
+            else:
+                add = _producer(conv.inputs[0], "Add")
+                if add is not None and add not in dead:
+                    h = _keep_add(b, conv, add, h, beta)
+                _fold_input_into(b, conv, h, a, np.zeros_like(beta))
             model.graph.remove(dead, safe=True)
             folds += len(dead)
         return folds
