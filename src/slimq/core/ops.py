@@ -53,6 +53,11 @@ class Mac:
     weight_input: int  # input holding the weight (B) tensor
     a_input: int = 0  # input holding the activation (A) tensor
     integer: bool = False  # the kernel multiplies integers (int8 MACs)
+    a_trans_attr: str | None = None  # attribute that, when set, transposes A (Gemm's transA): K runs along its rows
+
+    def a_transposed(self, node: ir.Node) -> bool:
+        """Whether this node reads its activation (A) transposed."""
+        return self.a_trans_attr is not None and _int_attr(node, self.a_trans_attr, 0) != 0
 
 
 def _int_attr(node: ir.Node, name: str, default: int) -> int:
@@ -187,7 +192,8 @@ def _compute_ops() -> tuple[OpInfo, ...]:
                float_output_ok=True, mac=Mac(mm, 1), two_activations=_ATTENTION,
                weight_only=WeightOnly(fused_kernel="MatMulNBits", dynamic_kernel="DynamicQuantizeMatMul")),
         OpInfo("Gemm", Role.COMPUTE, weight=Weight(1, 1, 0, axis_attr="transB"), bias_input=2, bias_vector=True,
-               bias_correction=True, float_output_ok=True, mac=Mac(mm, 1), weight_only=WeightOnly()),
+               bias_correction=True, float_output_ok=True, mac=Mac(mm, 1, a_trans_attr="transA"),
+               weight_only=WeightOnly()),
         OpInfo("Add", Role.COMPUTE, act_inputs=(0, 1), constant_affine=True, float_on=(_OV_ELEMENTWISE,)),
         OpInfo("Mul", Role.COMPUTE, act_inputs=(0, 1), constant_affine=True, float_on=(_OV_ELEMENTWISE,)),
         OpInfo("Concat", Role.COMPUTE, act_inputs=ALL_INPUTS),
@@ -286,6 +292,14 @@ def op_info(op_type: str, domain: str = "") -> OpInfo:
     return OpInfo(op_type, Role.FLOAT, domain, note=_custom(domain) if domain else NO_KERNEL)
 
 
+def weight_only_info(op_type: str, domain: str = "") -> WeightOnly:
+    """How dynamic PTQ quantizes an op it quantizes (ValueError for any other op)."""
+    facts = op_info(op_type, domain).weight_only
+    if facts is None:
+        raise ValueError(f"op table: dynamic PTQ does not quantize {op_type} (no weight_only entry)")
+    return facts
+
+
 def mac_info(op_type: str) -> Mac | None:
     """How to count the MACs of an op of an optimized onnxruntime graph (None: not a MAC op).
 
@@ -330,4 +344,5 @@ def weight_only_op_types() -> tuple[str, ...]:
 
 __all__ = ["ALL_INPUTS", "Bounds", "DEQUANTIZE", "FLOAT_BY_DESIGN", "Mac", "MacKind", "OP_TABLE", "OpInfo",
            "PASSTHROUGH_DATA_INPUT", "QUANTIZE", "Role", "Weight", "WeightOnly", "input_saturation", "is_dequantize",
-           "is_float_mac", "is_quantize", "mac_info", "op_info", "quantizable_op_types", "target_float_ops", "weight_only_op_types"]
+           "is_float_mac", "is_quantize", "mac_info", "op_info", "quantizable_op_types", "target_float_ops",
+           "weight_only_info", "weight_only_op_types"]

@@ -207,7 +207,7 @@ def search_fallback(check: Reference, rank_check: Reference, build: Builder, dec
             break
 
         trial = functools.partial(_trial, check, build, current, weight_only_fmt)
-        k = _smallest_k(lambda k, r=ranked, t=trial: t(r[:k]), len(ranked), min_cosine)
+        k = _smallest_k(trial, ranked, min_cosine)
         chosen = ranked[:k]
         ds, cos = trial(chosen)
         if cos < min_cosine:  # one step down is not enough: move only the culprits on to the next round
@@ -231,14 +231,18 @@ def _trial(check: Reference, build: Builder, current: list[Decision], weight_onl
     return ds, worst_cosine(check(build(ds)))
 
 
-def _smallest_k(trial: Callable[[int], tuple[list[Decision], float]], n: int, min_cosine: float) -> int:
-    """Smallest prefix length k in [1, n] whose trial reaches min_cosine (n if none does): doubling, then bisection."""
-    lo, hi = 0, 1
-    while hi < n and trial(hi)[1] < min_cosine:
+_Trial = Callable[[list[tuple[int, float]]], tuple[list[Decision], float]]
+
+
+def _smallest_k(trial: _Trial, ranked: list[tuple[int, float]], min_cosine: float) -> int:
+    """Smallest k in [1, n] whose trial of ranked[:k] reaches min_cosine (n = len(ranked) if none does): doubling,
+    then bisection."""
+    lo, hi, n = 0, 1, len(ranked)
+    while hi < n and trial(ranked[:hi])[1] < min_cosine:
         lo, hi = hi, min(n, hi * 2)
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if trial(mid)[1] >= min_cosine:
+        if trial(ranked[:mid])[1] >= min_cosine:
             hi = mid
         else:
             lo = mid

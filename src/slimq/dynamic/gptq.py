@@ -27,6 +27,7 @@ import onnx_ir as ir
 
 from slimq.core import qmath
 from slimq.core.errors import ConfigError
+from slimq.core.ops import Mac, MacKind, op_info
 from slimq.dynamic.graph import (
     Candidate,
     Choice,
@@ -34,8 +35,10 @@ from slimq.dynamic.graph import (
     WeightCache,
     WeightFormat,
     find_candidates,
+    initializer_array,
     quantize_blocked,
 )
+from slimq.graph.names import node_name, value_name
 from slimq.io.samples import load_samples
 from slimq.io.spec import model_inputs
 from slimq.runtime.capture import stream_tensors
@@ -158,16 +161,22 @@ def gptq_quantize(w: np.ndarray, hessian: np.ndarray, fmt: WeightFormat, channel
     return q, scale
 
 
+def _matmul_mac(op_type: str) -> Mac | None:
+    """The op table's MAC facts of a matrix multiply (MatMul, Gemm); None for any other op."""
+    mac = op_info(op_type).mac
+    return mac if mac is not None and mac.kind is MacKind.MATMUL else None
+
+
 def _targets(graph: ir.Graph, candidates: Iterable[Candidate]) -> dict[str, list[tuple[Candidate, str]]]:
     """Weight name -> (candidate, activation tensor) of every 2-D MatMul / plain Gemm reading it."""
-    nodes = {(n.name or n.outputs[0].name): n for n in graph}
+    nodes = {node_name(n): n for n in graph}
     out: dict[str, list[tuple[Candidate, str]]] = {}
     for c in candidates:
-        n = nodes[c.node]
-        trans_a = n.op_type == "Gemm" and "transA" in n.attributes and n.attributes["transA"].as_int()
-        if c.op_type not in ("MatMul", "Gemm") or len(c.shape) != 2 or trans_a or c.input_index != 1:
+        n, mac = nodes[c.node], _matmul_mac(c.op_type)
+        x = n.inputs[0]
+        if mac is None or len(c.shape) != 2 or mac.a_transposed(n) or c.input_index != 1 or x is None:
             continue
-        out.setdefault(c.weight, []).append((c, n.inputs[0].name))
+        out.setdefault(c.weight, []).append((c, value_name(x)))
     return out
 
 
@@ -235,11 +244,10 @@ def run_gptq(model: onnx.ModelProto, calib_data: object, formats: dict[str, Weig
     n = min(len(samples), config.max_samples)
     acts = sorted({a for t in targets.values() for _, a in t})
     hs = hessians(model, acts, samples.batches(range(n), config.batch_size), config.memory_budget_mb)
-    inits = graph.initializers
     weights, errors, factors = {}, {}, {}
     for name, readers in targets.items():
-        w, key = inits[name].const_value.numpy(), tuple(sorted(a for _, a in readers))
-        h = sum(hs[a] for a in key)
+        w, key = initializer_array(graph, name), tuple(sorted(a for _, a in readers))
+        h = sum((hs[a] for a in key[1:]), hs[key[0]])  # the readers' Hessians added up
         if key not in factors:
             factors[key] = _factor(h, config)
         q, s, e_rtn, e = _quantize(w, h, formats[name], readers[0][0].channel_axis, config, factors[key])
@@ -259,7 +267,7 @@ def gptq_formats(decisions: Iterable[Decision]) -> dict[str, WeightFormat]:
     formats is left out."""
     seen: dict[str, set[WeightFormat]] = {}
     for d in decisions:
-        if d.choice is not Choice.FLOAT and d.fmt is not None and d.candidate.op_type in ("MatMul", "Gemm"):
+        if d.choice is not Choice.FLOAT and d.fmt is not None and _matmul_mac(d.candidate.op_type) is not None:
             seen.setdefault(d.candidate.weight, set()).add(d.fmt)
     return {w: next(iter(f)) for w, f in seen.items() if len(f) == 1}
 

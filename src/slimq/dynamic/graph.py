@@ -25,9 +25,9 @@ import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass, TopologicalSortPass
 
 from slimq.core import qmath
-from slimq.core.ops import op_info, weight_only_op_types
+from slimq.core.ops import WeightOnly, op_info, weight_only_info, weight_only_op_types
 from slimq.graph.builder import GraphBuilder
-from slimq.graph.names import node_name
+from slimq.graph.names import node_name, value_name
 from slimq.graph.passes.base import RewritePass, rewrite_count
 from slimq.graph.passes.gemm import GemmToMatMulPass, gemm_to_matmul  # noqa: F401 (re-exported)
 
@@ -62,6 +62,11 @@ class Candidate:
     def activation_input(self) -> int:
         return 1 - self.input_index
 
+    @property
+    def facts(self) -> WeightOnly:
+        """How dynamic PTQ treats this op (the op table's weight_only entry)."""
+        return weight_only_info(self.op_type)
+
 
 @dataclass(frozen=True)
 class WeightFormat:
@@ -94,6 +99,13 @@ class Decision:
     def node(self) -> str:
         return self.candidate.node
 
+    @property
+    def weight_format(self) -> WeightFormat:
+        """The storage format of a quantized (non-float) decision."""
+        if self.fmt is None:
+            raise ValueError(f"{self.node}: a {self.choice.value} decision has no weight format")
+        return self.fmt
+
     def to_dict(self) -> dict:
         c = self.candidate
         return {"node": c.node, "op_type": c.op_type, "weight": c.weight, "shape": list(c.shape),
@@ -109,15 +121,19 @@ def _embedding(n: ir.Node) -> Candidate | None:
     """A Gather over a constant 2-D float32 table with data-dependent indices."""
     axis = n.attributes["axis"].as_int() if "axis" in n.attributes else 0
     data, idx = n.inputs[0], op_info(n.op_type, n.domain).index_input
-    if axis != 0 or not _float32_const(data) or len(data.const_value.shape) != 2 or n.inputs[idx].const_value is not None:
+    if idx is None:
+        raise ValueError(f"op table: embedding op {n.op_type} has no index_input")
+    if axis != 0 or data is None or data.const_value is None or not _float32_const(data):
         return None
-    return Candidate(node_name(n), n.op_type, data.name, 0, 0, 1, False, tuple(data.const_value.shape))
+    shape, ids = tuple(data.const_value.shape.numpy()), n.inputs[idx]
+    if len(shape) != 2 or ids is None or ids.const_value is not None:
+        return None
+    return Candidate(node_name(n), n.op_type, value_name(data), 0, 0, 1, False, shape)
 
 
 def _dynamic_ok(n: ir.Node, idx: int, shape: tuple[int, ...]) -> bool:
     """An op with a dynamic-activation kernel, a 2-D weight and a float32 activation."""
-    info = op_info(n.op_type, n.domain)
-    if not info.weight_only.dynamic_kernel or len(shape) != 2:
+    if not weight_only_info(n.op_type, n.domain).dynamic_kernel or len(shape) != 2:
         return False
     x = n.inputs[1 - idx]
     return x is not None and x.dtype in (None, ir.DataType.FLOAT)
@@ -130,18 +146,21 @@ def candidate_for(n: ir.Node) -> tuple[Candidate | None, str | None]:
         return None, None
     if info.weight_only.embedding:
         return _embedding(n), None
+    if info.weight is None:
+        raise ValueError(f"op table: {n.op_type} has weight_only facts but no weight entry")
     idx = info.weight.input
     w = n.inputs[idx] if idx < len(n.inputs) else None
     if w is None or w.const_value is None:
         return None, "both inputs are activations (e.g. attention scores): no weight to quantize, stays float"
     if not _float32_const(w):
         return None, f"weight is {w.const_value.dtype.name}, not float32"
-    shape = tuple(w.const_value.shape)
+    shape = tuple(w.const_value.shape.numpy())
     if not shape:
         return None, "scalar weight"
     channel = info.weight.axes(n, len(shape))[0]
     block = info.weight.block_axis(n, len(shape))
-    return Candidate(node_name(n), n.op_type, w.name, idx, channel, block, _dynamic_ok(n, idx, shape), shape), None
+    return Candidate(node_name(n), n.op_type, value_name(w), idx, channel, block, _dynamic_ok(n, idx, shape),
+                     shape), None
 
 
 def find_candidates(graph: ir.Graph) -> tuple[list[Candidate], list[tuple[str, str, str]]]:
@@ -189,6 +208,14 @@ class WeightCache:
         return self._data[key]
 
 
+def initializer_array(graph: ir.Graph, name: str) -> np.ndarray:
+    """The data of initializer `name` (ValueError if it has none)."""
+    tensor = graph.initializers[name].const_value
+    if tensor is None:
+        raise ValueError(f"initializer {name} has no data")
+    return tensor.numpy()
+
+
 def int_tensor(q: np.ndarray, qtype: qmath.QType, name: str) -> ir.TensorProtocol:
     if qtype.bits == 4:
         return ir.PackedTensor(qmath.pack_int4(q), ir.DataType(qtype.onnx_dtype), shape=q.shape, name=name)
@@ -205,24 +232,25 @@ class _Rewriter:
         self.done: dict[tuple[str, str, WeightFormat], list[ir.Value]] = {}
 
     def _weight(self, d: Decision) -> tuple[np.ndarray, np.ndarray]:
-        w = self.graph.initializers[d.candidate.weight].const_value.numpy()
-        return self.cache.get(d.candidate.weight, w, d.fmt)
+        w = initializer_array(self.graph, d.candidate.weight)
+        return self.cache.get(d.candidate.weight, w, d.weight_format)
 
     def _replace(self, c: Candidate, out: ir.Value) -> None:
         self.b.replace_uses(self.nodes[c.node].outputs[0], out)
 
     def weight_only(self, d: Decision) -> None:
-        c, key, b = d.candidate, (d.candidate.weight, "dq", d.fmt), self.b
+        c, fmt, b = d.candidate, d.weight_format, self.b
+        key = (c.weight, "dq", fmt)
         if key not in self.done:
             q, s = self._weight(d)
-            qv = b.initializer(f"{c.weight}_quantized", int_tensor(q, d.fmt.qtype, ""))
+            qv = b.initializer(f"{c.weight}_quantized", int_tensor(q, fmt.qtype, ""))
             sv = b.initializer(f"{c.weight}_scale", s.astype(np.float32))
-            attrs = {"axis": d.fmt.axis, **({"block_size": d.fmt.block} if d.fmt.block else {})}
+            attrs = {"axis": fmt.axis, **({"block_size": fmt.block} if fmt.block else {})}
             self.done[key] = b.op("DequantizeLinear", [qv, sv], c.weight, attrs)
         self.nodes[c.node].replace_input_with(c.input_index, self.done[key][0])
 
     def embedding(self, d: Decision) -> None:
-        c, key, b = d.candidate, (d.candidate.weight, "rows", d.fmt), self.b
+        c, key, b = d.candidate, (d.candidate.weight, "rows", d.weight_format), self.b
         if key not in self.done:
             q, s = self._weight(d)
             self.done[key] = [b.initializer(f"{c.weight}_quantized", q.astype(np.int8)),
@@ -235,7 +263,7 @@ class _Rewriter:
         self._replace(c, b.op("Mul", [rows_f, scales], c.node)[0])
 
     def dynamic(self, d: Decision) -> None:
-        c, key, b = d.candidate, (d.candidate.weight, "dyn", d.fmt), self.b
+        c, key, b = d.candidate, (d.candidate.weight, "dyn", d.weight_format), self.b
         if key not in self.done:
             q, s = self._weight(d)
             self.done[key] = [b.initializer(f"{c.weight}_quantized", q.astype(np.int8)),
@@ -264,7 +292,7 @@ class ApplyDecisionsPass(RewritePass):
                 continue
             if d.choice is Choice.DYNAMIC:
                 rw.dynamic(d)
-            elif op_info(d.candidate.op_type).weight_only.embedding:
+            elif d.candidate.facts.embedding:
                 rw.embedding(d)
             else:
                 rw.weight_only(d)
@@ -287,15 +315,15 @@ def weight_bytes(decisions: Iterable[Decision], cache: WeightCache, base: onnx.M
     out: dict[str, dict] = {}
     seen: set[tuple[str, WeightFormat]] = set()
     for d in decisions:
-        if d.choice is Choice.FLOAT or (d.candidate.weight, d.fmt) in seen:
+        if d.choice is Choice.FLOAT or (d.candidate.weight, d.weight_format) in seen:
             continue
-        seen.add((d.candidate.weight, d.fmt))
+        seen.add((d.candidate.weight, d.weight_format))
         w = onnx.numpy_helper.to_array(inits[d.candidate.weight])
-        q, s = cache.get(d.candidate.weight, w, d.fmt)
+        q, s = cache.get(d.candidate.weight, w, d.weight_format)
         row = out.setdefault(d.candidate.op_type, {"tensors": 0, "fp32_bytes": 0, "quantized_bytes": 0})
         row["tensors"] += 1
         row["fp32_bytes"] += w.size * 4
-        row["quantized_bytes"] += -(-q.size * d.fmt.qtype.bits // 8) + s.size * 4
+        row["quantized_bytes"] += -(-q.size * d.weight_format.qtype.bits // 8) + s.size * 4
     for row in out.values():
         row["ratio"] = round(row["quantized_bytes"] / max(1, row["fp32_bytes"]), 4)
     return out

@@ -40,7 +40,6 @@ from slimq.core.errors import (
     NothingToQuantizeError,
     RuntimeTooOldError,
 )
-from slimq.core.ops import op_info
 from slimq.dynamic.check import (
     Demotion,
     activation_rows,
@@ -131,7 +130,7 @@ def _check_feeds(fp32: onnx.ModelProto, check_data, config: DynamicConfig) -> tu
 
 def weight_only_format(c: Candidate, config: DynamicConfig) -> tuple[WeightFormat, str]:
     """Storage format of a weight-only node and the reason for it."""
-    block, bits, facts = config.block_size, config.weight_bits, op_info(c.op_type).weight_only
+    block, bits, facts = config.block_size, config.weight_bits, c.facts
     if facts.embedding:
         why = f" ({c.op_type} cannot index packed int4 rows)" if bits == 4 else ""
         return WeightFormat(INT8_W, 0), f"embedding table: int8 rows dequantized after the lookup{why}"
@@ -151,7 +150,7 @@ def _weight_only(c: Candidate, config: DynamicConfig) -> Decision:
 
 
 def _skipped(c: Candidate, config: DynamicConfig) -> str | None:
-    facts = op_info(c.op_type).weight_only
+    facts = c.facts
     if config.skip.matches(c.node, c.op_type):
         return "skipped by configuration"
     if config.op_types is not None and c.op_type not in config.op_types:
@@ -185,7 +184,7 @@ def decide(candidates: list[Candidate], config: DynamicConfig, work: onnx.ModelP
         elif c in dyn:
             t = timings.get(c.node)
             speed = f": {t.dynamic_us:.0f} us vs float {t.float_us:.0f} us at M={t.m}" if t else ""
-            kernel = op_info(c.op_type).weight_only.dynamic_kernel
+            kernel = c.facts.dynamic_kernel
             decisions.append(Decision(c, Choice.DYNAMIC, dyn_fmt, "DynamicQuantizeLinear + MatMulInteger (u8 x s8), "
                                       f"fused by onnxruntime into {kernel}{speed}"))
         else:

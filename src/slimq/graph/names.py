@@ -10,6 +10,13 @@ def node_name(node: ir.Node) -> str:
     return node.name or node.outputs[0].name or ""
 
 
+def value_name(value: ir.Value) -> str:
+    """A value's name; ValueError for an unnamed one (every value of a loaded graph has a name)."""
+    if value.name is None:
+        raise ValueError(f"unnamed value {value!r}: slimq refers to values by name")
+    return value.name
+
+
 class UniqueNames:
     """Fresh value and node names that collide with nothing in the graph (nor with each other).
 

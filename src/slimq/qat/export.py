@@ -43,6 +43,7 @@ from slimq.core.errors import (
 )
 from slimq.core.ops import is_quantize
 from slimq.graph.builder import GraphBuilder
+from slimq.graph.names import value_name
 from slimq.graph.passes.base import RewritePass, rewrite_count
 from slimq.qat.config import TARGETS
 from slimq.qat.fidelity import build_qat_report, float_network, sample_feeds
@@ -160,19 +161,29 @@ def _quantize_constant(x: np.ndarray, scale: np.ndarray, zero: np.ndarray, axis:
     return np.clip(q, lo, hi).astype(zero.dtype)
 
 
+def _constant_operands(node: ir.Node) -> tuple[str, np.ndarray, np.ndarray, np.ndarray] | None:
+    """(input name, x, scale, zero point) of a QuantizeLinear of a constant; None for an activation quantizer."""
+    values = [v for v in node.inputs[:3] if v is not None]
+    consts = [t for t in (get_const_tensor(v) for v in values) if t is not None]
+    if len(consts) < 3:
+        return None
+    x, scale, zero = (c.numpy() for c in consts)
+    return value_name(values[0]), x, scale, zero
+
+
 class FoldWeightQuantizationPass(RewritePass):
     """Replace QuantizeLinear of constant tensors by int8/uint8 initializers; counts them."""
 
     def rewrite(self, model: ir.Model) -> int:
         b, folded = GraphBuilder(model.graph), 0
         for node in [n for n in model.graph if is_quantize(n.op_type, n.domain)]:
-            consts = [get_const_tensor(v) if v is not None else None for v in node.inputs[:3]]
-            if len(consts) < 3 or any(c is None for c in consts):
+            operands = _constant_operands(node)
+            if operands is None:
                 continue  # an activation quantizer
-            x, scale, zero = (c.numpy() for c in consts)
+            name, x, scale, zero = operands
             axis = node.attributes["axis"].as_int() if "axis" in node.attributes else 1
             q = _quantize_constant(x, scale, zero, axis if axis >= 0 else axis + x.ndim)
-            b.replace_uses(node.outputs[0], b.initializer(f"{node.inputs[0].name}_quantized", q, typed=True))
+            b.replace_uses(node.outputs[0], b.initializer(f"{name}_quantized", q, typed=True))
             model.graph.remove(node, safe=True)
             folded += 1
         IdentityEliminationPass()(model)  # the TorchScript exporter aliases equal constants

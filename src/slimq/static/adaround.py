@@ -33,7 +33,8 @@ import onnx_ir as ir
 
 from slimq.core import qmath
 from slimq.core.errors import ConfigError
-from slimq.core.ops import Role, input_saturation, op_info
+from slimq.core.ops import MacKind, Role, input_saturation, op_info
+from slimq.graph.names import node_name, value_name
 from slimq.io.samples import load_samples
 from slimq.io.spec import model_inputs
 from slimq.runtime.capture import stream_tensors
@@ -158,26 +159,31 @@ def _const(v: ir.Value | None) -> np.ndarray | None:
     return v.const_value.numpy() if v is not None and v.const_value is not None else None
 
 
+_LAYER_MACS = (MacKind.CONV, MacKind.MATMUL)  # Conv, Gemm, MatMul (not ConvTranspose)
+
+
 def _layer(n: ir.Node) -> _Layer | None:
-    if n.domain not in ("", "ai.onnx") or n.op_type not in ("Conv", "Gemm", "MatMul") or len(n.inputs) < 2:
+    info = op_info(n.op_type, n.domain)  # the op table's facts: inputs, weight axes, bias, kind of MAC
+    weight, mac = info.weight, info.mac
+    if n.domain not in ("", "ai.onnx") or weight is None or mac is None or mac.kind not in _LAYER_MACS:
         return None
-    w, x = _const(n.inputs[1]), n.inputs[0]
-    if w is None or w.dtype != np.float32 or x is None or x.const_value is not None:
+    if len(n.inputs) <= max(weight.input, mac.a_input):
         return None
-    b = _const(n.inputs[2]) if len(n.inputs) > 2 else None
-    name = n.name or n.outputs[0].name
-    if n.op_type == "Conv":
-        conv = _conv_attrs(n, w)
-        return _Layer(name, n.inputs[1].name, x.name, "Conv", w, 0, b, _clamp(n), conv) if conv else None
-    if w.ndim != 2 or _attr(n, "transA", 0) or _attr(n, "alpha", 1.0) != 1.0:
+    wv, x = n.inputs[weight.input], n.inputs[mac.a_input]
+    w = _const(wv)
+    if wv is None or w is None or w.dtype != np.float32 or x is None or x.const_value is not None:
         return None
-    weight = op_info(n.op_type, n.domain).weight  # output-channel axis of the weight, from the op table
-    if weight is None:
+    bi = info.bias_input
+    b = _const(n.inputs[bi]) if bi is not None and len(n.inputs) > bi else None
+    name, tensor, act = node_name(n), value_name(wv), value_name(x)
+    if mac.kind is MacKind.CONV:
+        conv = _conv_attrs(n, w)  # a 4-D weight, so its channel axis is defined
+        return _Layer(name, tensor, act, n.op_type, w, weight.axes(n, w.ndim)[0], b, _clamp(n), conv) if conv else None
+    if w.ndim != 2 or mac.a_transposed(n) or _attr(n, "alpha", 1.0) != 1.0:
         return None
     axis = weight.axes(n, w.ndim)[0]
-    ok_bias = n.op_type == "Gemm" and b is not None and b.size == w.shape[axis]
-    bias = b.reshape(-1) * float(_attr(n, "beta", 1.0)) if ok_bias else None
-    return _Layer(name, n.inputs[1].name, x.name, n.op_type, w, axis, bias, _clamp(n) if ok_bias else None)
+    bias = b.reshape(-1) * float(_attr(n, "beta", 1.0)) if b is not None and b.size == w.shape[axis] else None
+    return _Layer(name, tensor, act, n.op_type, w, axis, bias, _clamp(n) if bias is not None else None)
 
 
 def find_layers(model: onnx.ModelProto, nodes: Iterable[str] | None = None) -> list[_Layer]:
