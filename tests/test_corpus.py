@@ -1003,10 +1003,25 @@ def _final_state_problems(w: Path, out: Path, clean_tmp: bool) -> list[str]:
     return problems
 
 
+MISSED = ("never saw the temp folder", "finished before the signal could be sent")
+
+
 @pytest.mark.parametrize("sig,moment", SIGNAL_CASES, ids=[f"{s}-{m}" for s, m in SIGNAL_CASES])
 def test_signal(sig, moment, tmp_path):
+    """A run that the signal could not hit at `moment` (a save that finished between two polls) proves
+    nothing either way: it is retried, up to three times, before counting as a failure."""
+    for attempt in range(3):
+        problems, run = _signal_case(sig, moment, tmp_path / f"try{attempt}")
+        if not any(m in p for p in problems for m in MISSED):
+            break
+    _log({"id": f"signal_{sig}_{moment}", "cls": "10 signals", "rc": run.rc, "ok": not problems,
+          "problems": problems, "last_frame": run.last_frame(), "message": _first_message(run.text)})
+    assert not problems, _fmt(f"signal {sig} during {moment}", run, problems)
+
+
+def _signal_case(sig: str, moment: str, tmp_path: Path):
     w = tmp_path / "w"
-    w.mkdir()
+    w.mkdir(parents=True)
     argv = _calib_setup(w) if moment == "calibration" else _saving_setup(w)
     out = w / "q.onnx"
     inputs = h.snapshot(w)
@@ -1058,9 +1073,7 @@ def test_signal(sig, moment, tmp_path):
         why = h.load_ok(out)
         if why:
             problems.append(f"second run's model does not load: {why}")
-    _log({"id": f"signal_{sig}_{moment}", "cls": "10 signals", "rc": rc, "ok": not problems, "problems": problems,
-          "last_frame": run.last_frame(), "message": _first_message(run.text)})
-    assert not problems, _fmt(f"signal {sig} during {moment}", run, problems)
+    return problems, run
 
 
 CONCURRENT_CASES = ["static_same_output", "dynamic_external_same_output"]
