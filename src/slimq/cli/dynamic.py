@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from slimq.cli.budget import DYNAMIC_BUDGET_HELP, add_budget_flags, budget_from_args
 from slimq.core.config import SkipSpec
-from slimq.core.errors import unknown_choice
+from slimq.core.errors import ConfigError, unknown_choice
 
 if TYPE_CHECKING:
     from slimq.dynamic.method import DynamicConfig
@@ -68,6 +69,7 @@ def register(sub: argparse._SubParsersAction, methods: argparse._SubParsersActio
     p.add_argument("--skip-ops", help="comma-separated op types to keep in float")
     p.add_argument("--skip-regex", help="comma-separated regexes over node names to keep in float")
     p.add_argument("--external-data", action="store_true", help="store weights in OUT.data (automatic over 2 GB)")
+    add_budget_flags(p, min_cosine=False, help_text=DYNAMIC_BUDGET_HELP)
     p.set_defaults(func=run_dynamic)
 
 
@@ -82,17 +84,23 @@ def dynamic_config(args: argparse.Namespace) -> DynamicConfig:
     from slimq.dynamic.method import DynamicConfig
 
     skip = SkipSpec(_csv(args.skip_nodes), _csv(args.skip_ops), _csv(args.skip_regex))
+    for flag in ("time_budget", "min_int8_share"):
+        if getattr(args, flag, None) is not None:
+            raise ConfigError(f"--{flag.replace('_', '-')} is not used by dynamic PTQ: its fallback is bounded (two "
+                              "rounds of demotions) and keeps every node it can in int8; drop the flag.")
     return DynamicConfig(mode=args.mode, weight_bits=_bits(args.weight_bits), granularity=args.granularity,
                          embeddings=not args.no_embeddings, skip=skip, measure_kernels=not args.no_measure,
                          min_cosine=args.min_cosine, on_collapse=args.on_collapse,
                          external_data=True if args.external_data else None,
-                         weight_rounding="gptq" if args.gptq else "rtn")
+                         weight_rounding="gptq" if args.gptq else "rtn",
+                         budget=budget_from_args(args, None, triggers=("min_agreement", "max_drop", "metric")))
 
 
 def run_dynamic(args: argparse.Namespace) -> int:
     from slimq.dynamic.method import quantize_dynamic
 
-    result = quantize_dynamic(args.model, dynamic_config(args), args.output, args.check_data, args.calib)
+    result = quantize_dynamic(args.model, dynamic_config(args), args.output, args.check_data, args.calib,
+                              eval_data=args.eval_data)
     print(result.report.format())
     print(f"wrote {args.output} and {Path(args.output).name}.report.json")
     return 3 if result.report.warnings else 0

@@ -37,7 +37,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     from slimq.io.model import check_output_path, load_model
     from slimq.io.samples import load_samples
     from slimq.io.spec import model_inputs
-    from slimq.static.method import resolve_metric
+    from slimq.report.measure import resolve_metric
     from slimq.static.rewrites import prequantize
     from slimq.static.sensitivity import analyse, cache_key, format_table, save_cached
     from slimq.static.steps import split_samples, static_rules

@@ -130,11 +130,7 @@ class StaticConfig:
         if isinstance(self.weight_bits, bool) or self.weight_bits not in WEIGHT_BITS:
             raise unknown_choice("weight bits", str(self.weight_bits), [str(b) for b in WEIGHT_BITS])
         _normalize_selection(self)
-        if isinstance(self.budget, Mapping):  # a recipe's `budget:` mapping
-            object.__setattr__(self, "budget", Budget.from_dict(dict(self.budget)))
-        elif self.budget is not None and not isinstance(self.budget, Budget):
-            raise ConfigError(f"budget must be a mapping (min_cosine, min_agreement, max_drop, metric, ...), got "
-                              f"{type(self.budget).__name__} {self.budget!r:.60}.")
+        _normalize_budget(self)
 
     @property
     def algorithm_name(self) -> str:
@@ -173,6 +169,9 @@ class DynamicConfig:
     # "gptq": MatMul/Gemm weights rounded by GPTQ on calibration data (slimq.dynamic.gptq; needs calib_data);
     # "rtn": round to nearest, data-free
     weight_rounding: str = "rtn"
+    # accuracy control: the per-layer fallback demotes nodes until the model meets this budget (its
+    # min_cosine replaces min_cosine); the best model found is written, with a warning, if none does
+    budget: Budget | None = None
 
     def __post_init__(self) -> None:
         require_choice("mode", self.mode, MODES)
@@ -194,6 +193,7 @@ class DynamicConfig:
         for name in ("reduce_range", "external_data"):
             require_optional_bool(name, getattr(self, name))
         _normalize_selection(self)
+        _normalize_budget(self)
 
     @property
     def block_size(self) -> int | None:
@@ -236,3 +236,12 @@ def _normalize_selection(cfg: Any) -> None:
 
 
 __all__ = ["ALGORITHMS", "DynamicConfig", "MODES", "SkipSpec", "StaticConfig", "TARGETS", "TargetRules", "target_rules"]
+
+
+def _normalize_budget(config: Any) -> None:
+    """A recipe's `budget:` mapping becomes a Budget; anything else but None is refused."""
+    if isinstance(config.budget, Mapping):
+        object.__setattr__(config, "budget", Budget.from_dict(dict(config.budget)))
+    elif config.budget is not None and not isinstance(config.budget, Budget):
+        raise ConfigError(f"budget must be a mapping (min_cosine, min_agreement, max_drop, metric, ...), got "
+                          f"{type(config.budget).__name__} {config.budget!r:.60}.")

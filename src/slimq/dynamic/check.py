@@ -190,7 +190,8 @@ def _damage(check: Reference, build: Builder, decisions: list[Decision], toleran
 
 
 def search_fallback(check: Reference, rank_check: Reference, build: Builder, decisions: list[Decision],
-                    min_cosine: float, weight_only_fmt: Callable[[Decision], Decision]
+                    min_cosine: float, weight_only_fmt: Callable[[Decision], Decision],
+                    value: Callable[[onnx.ModelProto], float] | None = None, threshold: float | None = None
                     ) -> tuple[list[Decision], list[Demotion]]:
     """Demote the most damaging nodes one step (dynamic -> weight-only -> float) until cosine >= `min_cosine`.
 
@@ -198,37 +199,41 @@ def search_fallback(check: Reference, rank_check: Reference, build: Builder, dec
     samples), then finds the fewest top-ranked nodes whose demotion recovers the worst output cosine (measured
     with `check`): doubling, then bisection. A round that cannot recover demotes all of them and the next
     round ranks again (at most two rounds: the ladder has two steps). Returns new decisions and the demotions.
+    ``value``/``threshold``: what a candidate must reach instead (an accuracy budget: minus its deficit, >= 0);
+    the ranking stays label-free (cosine damage, tolerance from `min_cosine`).
     """
     current, demoted = list(decisions), []
     tolerance = 0.1 * (1.0 - min_cosine)
+    score = value if value is not None else (lambda m: worst_cosine(check(m)))
+    need = min_cosine if threshold is None else threshold
     for _ in range(2):
         ranked = _damage(rank_check, build, current, tolerance)
         if not ranked:
             break
 
-        trial = functools.partial(_trial, check, build, current, weight_only_fmt)
-        k = _smallest_k(trial, ranked, min_cosine)
+        trial = functools.partial(_trial, score, build, current, weight_only_fmt)
+        k = _smallest_k(trial, ranked, need)
         chosen = ranked[:k]
         ds, cos = trial(chosen)
-        if cos < min_cosine:  # one step down is not enough: move only the culprits on to the next round
+        if cos < need:  # one step down is not enough: move only the culprits on to the next round
             chosen = [r for r in ranked if r[1] >= tolerance] or ranked
             ds, cos = trial(chosen)
         demoted += [Demotion(current[i].node, current[i].candidate.op_type, current[i].choice, ds[i].choice, dmg)
                     for i, dmg in chosen]
         current = ds
-        log.info("slimq: fallback demoted %d node(s) one step; worst cosine now %.4f", len(chosen), cos)
-        if cos >= min_cosine:
+        log.info("slimq: fallback demoted %d node(s) one step; measure now %.4f (needs %.4f)", len(chosen), cos, need)
+        if cos >= need:
             break
     return current, demoted
 
 
-def _trial(check: Reference, build: Builder, current: list[Decision], weight_only_fmt,
+def _trial(score: Callable[[onnx.ModelProto], float], build: Builder, current: list[Decision], weight_only_fmt,
            chosen: list[tuple[int, float]]) -> tuple[list[Decision], float]:
-    """`current` with the chosen nodes demoted one step, and its worst output cosine."""
+    """`current` with the chosen nodes demoted one step, and its score (worst output cosine by default)."""
     ds = list(current)
     for i, _ in chosen:
         ds[i] = _demote(ds[i], weight_only_fmt)
-    return ds, worst_cosine(check(build(ds)))
+    return ds, score(build(ds))
 
 
 _Trial = Callable[[list[tuple[int, float]]], tuple[list[Decision], float]]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -40,6 +41,7 @@ from slimq.core.errors import (
     NothingToQuantizeError,
     RuntimeTooOldError,
 )
+from slimq.dynamic.budget import budget_warning, budgeted_fallback
 from slimq.dynamic.check import (
     Demotion,
     activation_rows,
@@ -69,8 +71,10 @@ from slimq.io.samples import load_samples, require_variation
 from slimq.io.source import load_source, model_location, with_conversion
 from slimq.io.spec import model_inputs
 from slimq.report.agreement import Reference, worst_cosine
+from slimq.report.measure import BudgetMeasure, resolve_metric
 from slimq.report.publish import QuantResult, check_output, publish
 from slimq.runtime.cpu import cpu_info
+from slimq.tasks.metrics import Metric
 
 log = logging.getLogger("slimq")
 
@@ -207,15 +211,18 @@ def _timings(dyn: list[Candidate], work: onnx.ModelProto, feeds: dict) -> dict:
 
 def quantize_dynamic(model: str | os.PathLike | onnx.ModelProto, config: DynamicConfig = DynamicConfig(),
                      output: str | os.PathLike | None = None, check_data: object = None,
-                     calib_data: object = None) -> QuantResult:
+                     calib_data: object = None, eval_data: object = None,
+                     metric: Metric | Callable[..., float] | None = None) -> QuantResult:
     """Quantize `model`'s weights ahead of time; check it against FP32; write it if it is not broken.
 
     check_data: inputs for the fidelity check (.npz/.npy file or folder, array, dict, list of feeds); by default
     they are synthesised from the model's input spec. calib_data (same forms): the inputs GPTQ minimises the
     layer output error on, required by and only used with ``config.weight_rounding="gptq"`` (the default,
     round-to-nearest, needs no data). With `output`, the model and `<output>.report.json` are written
-    atomically (never over the input). Raises NothingToQuantizeError, RuntimeTooOldError, ConfigError, or
-    FidelityError (on_collapse="refuse" and the check failed; nothing written).
+    atomically (never over the input). With ``config.budget`` the fallback demotes nodes until the model meets
+    it (:mod:`slimq.dynamic.budget`; `eval_data`/`metric` serve a max_drop budget as in static PTQ) and writes
+    the best model found, with a warning, if none does. Raises NothingToQuantizeError, RuntimeTooOldError,
+    ConfigError, or FidelityError (on_collapse="refuse" and the check failed; nothing written).
     """
     _check_rounding(config, calib_data)
     out = check_output(model_location(model), output)
@@ -238,13 +245,30 @@ def quantize_dynamic(model: str | os.PathLike | onnx.ModelProto, config: Dynamic
     agree = check(quantized)
     warnings: list[str] = []
     demotions: list[Demotion] = []
-    if worst_cosine(agree) < config.min_cosine:
+    search = None
+    if config.budget is not None:
+        metric_fn = resolve_metric(config.budget, metric, eval_data, src.path or src.model, fp32)
+        decisions, demotions, warnings, quantized, agree, search = _with_budget(fp32, feeds, check, build,
+                                                                                decisions, config, metric_fn)
+    elif worst_cosine(agree) < config.min_cosine:
         decisions, demotions, warnings, quantized, agree = _on_collapse(check, build, decisions, quantized, agree,
                                                                          config)
-    found = Findings(decisions, demotions, floats, agree, warnings, check.runs, rounding)
+    found = Findings(decisions, demotions, floats, agree, warnings, check.runs, rounding, search)
     report = with_conversion(dynamic_report(fp32, quantized, work, feeds, source, found, config, cache), src)
     return publish(quantized, report, out, source=src.size_source, external_data=config.external_data,
                    artifacts={"decisions": decisions, "demotions": demotions})
+
+
+def _with_budget(fp32: onnx.ModelProto, feeds: list[dict], check: Reference, build, decisions: list[Decision],
+                 config: DynamicConfig, metric: Metric | None):
+    """The budgeted fallback; returns (decisions, demotions, warnings, model, agreement, search details)."""
+    assert config.budget is not None  # checked by the caller
+    budgeted = budgeted_fallback(BudgetMeasure(config.budget, fp32, feeds, metric), check.subset(config.rank_samples),
+                                 build, decisions, config.budget, config.min_cosine,
+                                 lambda d: _weight_only(d.candidate, config))
+    quantized = build(budgeted.decisions)
+    return (budgeted.decisions, budgeted.demotions, budget_warning(budgeted, config.budget), quantized,
+            check(quantized), budgeted.details)
 
 
 def _check_rounding(config: DynamicConfig, calib_data: object) -> None:

@@ -41,6 +41,7 @@ class Findings:
     warnings: Sequence[str]
     models_checked: int
     rounding: GPTQResult | None = None  # GPTQ's integers and gains; None: round to nearest
+    search: dict | None = None  # the budgeted fallback's trace (slimq.dynamic.budget), when a budget was given
 
 
 def _weight_only(op_type: str) -> WeightOnly:
@@ -89,7 +90,8 @@ def dynamic_report(fp32: onnx.ModelProto, quantized: onnx.ModelProto, work: onnx
     notes, extra = _notes(weights, found, dict(ops), config)
     details = {"config": config.description, "check_inputs": source, "onnxruntime": ort.__version__,
                "weights": weights, "nodes": [d.to_dict() for d in found.decisions],
-               "fallback": [d.to_dict() for d in found.demotions], "models_checked": found.models_checked, **extra}
+               "fallback": [d.to_dict() for d in found.demotions], "models_checked": found.models_checked, **extra,
+               **({"search": found.search} if found.search is not None else {})}
     ev = Evidence("dynamic", "x86", config.description, fp32, quantized, feeds, source, False, dict(ops),
                   float_ops(work, found), agreement=found.agreement, warnings=found.warnings, notes=notes,
                   details=details, expect_int8_macs=False)

@@ -4,16 +4,19 @@ the *deficit*, the largest shortfall of any budget term relative to its own scal
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
 
 from slimq.core.budget import Budget
+from slimq.io.spec import model_inputs
 from slimq.report.agreement import CLASS_SCORES, Reference, Stats, worst_cosine
 from slimq.runtime.session import predictor
-from slimq.tasks.metrics import Metric
+from slimq.tasks.metrics import Metric, builtin_metric
 
 Feeds = dict[str, np.ndarray]
 
@@ -77,3 +80,16 @@ class BudgetMeasure:
                 terms["metric"] = (drop - b.max_drop) / max(b.max_drop, 1e-3)
         deficit = max(terms.values()) if terms else 0.0
         return Score(deficit, cos, agree, value, drop, terms)
+
+
+def resolve_metric(budget: Budget, metric: Metric | Callable[..., float] | None, eval_data: object,
+                   model: str | os.PathLike | onnx.ModelProto, fp32: onnx.ModelProto) -> Metric | None:
+    """The task metric of a budget: given as an object/callable, or built in by name on `eval_data`."""
+    if isinstance(metric, Metric):
+        return metric
+    if callable(metric):
+        return Metric(budget.metric or str(getattr(metric, "__name__", "metric")), metric)
+    if budget.metric is None:
+        return None
+    path = None if isinstance(model, onnx.ModelProto) else Path(model)
+    return builtin_metric(budget.metric, eval_data, path, [i.name for i in model_inputs(fp32)])

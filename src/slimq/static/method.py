@@ -11,13 +11,13 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from slimq.core.budget import Budget
 from slimq.core.config import StaticConfig
 from slimq.graph.passes import preprocess
 from slimq.io.images import PreprocessSpec
 from slimq.io.samples import SampleSet, load_samples
 from slimq.io.source import Source, load_source, model_location, with_conversion
 from slimq.io.spec import model_inputs
+from slimq.report.measure import resolve_metric
 from slimq.report.publish import QuantResult, check_output, publish
 from slimq.static.mobile import check_mobile_path, mobile_format, with_mobile, write_mobile
 from slimq.static.rewrites import Rewrites, prequantize
@@ -33,7 +33,7 @@ from slimq.static.steps import (
     static_rules,
 )
 from slimq.static.tuner import Candidate, Tuner
-from slimq.tasks.metrics import Metric, builtin_metric
+from slimq.tasks.metrics import Metric
 
 ModelSource = str | os.PathLike | onnx.ModelProto
 
@@ -75,19 +75,6 @@ def quantize_static(model: ModelSource | Any, calib_data: object, config: Static
     result = publish(int8, with_mobile(report, mobile, out), out, strict=config.strict, source=src.size_source,
                      artifacts={"plan": plan, "speed": speed, "ort_format": mobile})
     return write_mobile(result, mobile)
-
-
-def resolve_metric(budget: Budget, metric: Metric | Callable[..., float] | None, eval_data: object,
-                   model: ModelSource, fp32: onnx.ModelProto) -> Metric | None:
-    """The task metric of a budget: given as an object/callable, or built in by name on `eval_data`."""
-    if isinstance(metric, Metric):
-        return metric
-    if callable(metric):
-        return Metric(budget.metric or str(getattr(metric, "__name__", "metric")), metric)
-    if budget.metric is None:
-        return None
-    path = None if isinstance(model, onnx.ModelProto) else Path(model)
-    return builtin_metric(budget.metric, eval_data, path, [i.name for i in model_inputs(fp32)])
 
 
 def _with_budget(src: Source, rw: Rewrites, samples: SampleSet, split: Split, config: StaticConfig,
