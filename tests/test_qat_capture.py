@@ -156,6 +156,27 @@ def test_hist_calibration_and_bias_correction_follow_static_ptq() -> None:
         qat.calibrate(qmodel, [x], algo="hsit")
 
 
+def test_bias_correction_leaves_the_fp32_reference_alone(tmp_path) -> None:
+    """The corrected biases compensate weight rounding: the FP32 reference (distillation's teacher, the
+    export report's reference) must add the shifts back, also after a checkpoint round trip."""
+    from slimq.qat.fidelity import float_network
+
+    model = build("mobilenet").eval()
+    x = images(64, seed=8)
+    qmodel = qat.prepare(model, x[:2])
+    with torch.no_grad():
+        ref = model(x)
+        assert torch.allclose(float_network(qmodel)(x), ref, atol=1e-5)
+    qat.calibrate(qmodel, [x[:32], x[32:]], algo="hist", bias_correction=True)
+    assert qmodel.bias_corrections and max(float(s.abs().max()) for s in qmodel.bias_corrections.values()) > 1e-3
+    with torch.no_grad():
+        assert torch.allclose(float_network(qmodel)(x), ref, atol=1e-5)
+        path = qat.save_checkpoint(qmodel, tmp_path / "c.pt")
+        fresh = qat.load_checkpoint(qat.prepare(model, x[:2]), path)
+        assert torch.allclose(float_network(fresh)(x), ref, atol=1e-5)
+        assert torch.equal(fresh.eval()(x), qmodel.eval()(x))
+
+
 def test_distillation_without_labels_moves_the_student_towards_the_teacher() -> None:
     model = build("mobilenet")
     train, held = images(96, seed=6), images(64, seed=7)

@@ -5,7 +5,10 @@ moves the mean of each output channel by ``E[conv(x, w_q - w)]``; over the calib
 float activations) that shift is measured per channel and subtracted from the bias. It matters most
 for models converted without training (``slimq.quantize`` with a float model); training absorbs the
 shift anyway. The correction goes into an existing parameter: the folded BatchNorm's ``bias`` or the
-layer's own ``bias`` (a layer with neither is left as is), so checkpoints keep their keys.
+layer's own ``bias`` (a layer with neither is left as is), so checkpoints keep their keys. The shifts are
+also recorded (``QATModel.bias_corrections``): the FP32 reference built from the QAT model
+(:func:`slimq.qat.fidelity.float_network`, the default teacher of :func:`slimq.qat.distill`) adds them
+back, since a float network with corrected biases is no longer the FP32 model.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class BiasCorrection:
     """Forward hooks on every QAT Conv/Linear accumulating the per-channel output shift of weight rounding."""
 
     def __init__(self, net: nn.Module) -> None:
+        self.names = {id(p): name for name, p in net.named_parameters()}
         self.sums: dict[nn.Module, torch.Tensor] = {}
         self.counts: dict[nn.Module, int] = {}
         self.handles = [m.register_forward_hook(self._hook) for m in net.modules()
@@ -56,13 +60,18 @@ class BiasCorrection:
         self.counts[module] = self.counts.get(module, 0) + shift.shape[1]
 
     @torch.no_grad()
-    def apply(self) -> int:
-        """Subtract each layer's mean shift (averaged over ranks) from its bias; returns the layers corrected."""
+    def apply(self, record: dict[str, torch.Tensor] | None = None) -> int:
+        """Subtract each layer's mean shift (averaged over ranks) from its bias; returns the layers corrected.
+        ``record``: adds each shift under the bias's parameter name (cumulative over calls)."""
         for module, total in self.sums.items():
             mean = sync_mean_((total / self.counts[module]).float())
             param = _target(module)  # type: ignore[arg-type]
             if param is not None:
-                param.sub_(mean.to(param.dtype))
+                shift = mean.to(param.dtype)
+                param.sub_(shift)
+                if record is not None and id(param) in self.names:
+                    name = self.names[id(param)]
+                    record[name] = record[name] + shift if name in record else shift.clone()
         return len(self.sums)
 
     def remove(self) -> None:

@@ -51,8 +51,15 @@ class _FloatAct(nn.Module):
 
 
 def float_network(qm: QATModel) -> fx.GraphModule:
-    """An eval-mode copy of the QAT graph with fake quantization off (the FP32 reference)."""
+    """An eval-mode copy of the QAT graph with fake quantization off (the FP32 reference).
+
+    Bias correction's shifts (``qm.bias_corrections``) are added back: they compensate weight rounding,
+    which this network does not have."""
     net = copy.deepcopy(qm.net).eval()
+    with torch.no_grad():
+        for name, shift in getattr(qm, "bias_corrections", {}).items():
+            param = net.get_parameter(name)
+            param.add_(shift.to(param.device, param.dtype))
     for name, module in list(net.named_modules()):
         if isinstance(module, (QATConv, QATLinear)):
             module.weight_quant = nn.Identity()

@@ -58,6 +58,9 @@ class QATModel(nn.Module):
         self.report = report
         self.example_inputs = example_inputs
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
+        # Bias correction's shifts (parameter name in ``net`` -> amount subtracted), so that the FP32
+        # reference (:func:`slimq.qat.fidelity.float_network`: the distillation teacher) can undo them.
+        self.bias_corrections: dict[str, torch.Tensor] = {}
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self.training:
@@ -267,7 +270,7 @@ def calibrate(qmodel: nn.Module, batches: Iterable[Any], max_batches: int | None
             raise CalibrationDataError("calibrate() got no batches; pass at least one input batch.")
         missed = [name for name, q in qm.quantizers() if not q.finish_calibration()]
         if correction is not None:
-            correction.apply()
+            correction.apply(qm.bias_corrections)
     finally:
         for q in quantizers:
             q.calibrating, q._calib = False, None
@@ -286,7 +289,7 @@ def save_checkpoint(qmodel: nn.Module, path: str | Path) -> Path:
     if not path.parent.is_dir():
         raise OutputPathError(f"Folder {path.parent} does not exist; create it first.")
     payload = {"format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(qm.config),
-               "state_dict": qm.state_dict()}
+               "state_dict": qm.state_dict(), "bias_corrections": dict(qm.bias_corrections)}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -317,4 +320,5 @@ def load_checkpoint(qmodel: nn.Module, path: str | Path) -> QATModel:
         qm.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
         raise ModelLoadError(f"{path} does not match the prepared model: {exc}") from exc
+    qm.bias_corrections = {k: v.clone() for k, v in payload.get("bias_corrections", {}).items()}
     return qm
