@@ -65,9 +65,9 @@ if [ "$MORE" = 1 ]; then
       find "m/gc/$a" -type f \( -name '*.webp' -o -name '*.jpg' -o -name '*.png' \) | LC_ALL=C sort > "m/$a.txt"
       xargs -d '\n' "$PY" "$HELPER" collect "$M" "gcompris-$a" < "m/$a.txt"
     done
-    # Palapeli 22.12 puzzle photos (palapeli-data, GPL/CC-BY-SA), photo wallpapers of Plasma 5.27
-    # (plasma-workspace-wallpapers, LGPL/CC-BY-SA), Lomiri/Ubuntu 16.04 (lomiri-wallpapers-16.04, CC-BY-SA)
-    # and MATE 1.26 (mate-backgrounds nature/, GPL/CC-BY-SA)
+    # Palapeli 22.12 puzzle photos (palapeli-data, GPL-2+), photo wallpapers of Plasma 5.27
+    # (plasma-workspace-wallpapers, GPL-2+), Lomiri/Ubuntu 16.04 (lomiri-wallpapers-16.04, CC-BY-4.0 /
+    # CC-BY-SA-4.0 / CC0) and MATE 1.26 (mate-backgrounds nature/, GPL-2+); licences per debian/copyright
     collect palapeli m/x/palapeli-data/usr/share/palapeli/collection/*.jpg
     W=m/x/plasma-workspace-wallpapers/usr/share/wallpapers
     for w in BytheWater ColdRipple DarkestHour EveningGlow FallenLeaf OneStandsOut Path summer_1am; do
