@@ -18,11 +18,10 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
-
 import slimq
 from slimq.core.budget import Budget
 from slimq.runtime.cpu import cpu_info
+from slimq.runtime.select import interleaved_ms as timed_rounds
 from slimq.runtime.session import Predictor
 from slimq.tasks import RecEvaluator, evaluate, rapidocr_model_path
 
@@ -30,18 +29,10 @@ CALIB, HOLD = 32, 16
 
 
 def interleaved_ms(fp32: str, int8, feeds: dict, rounds: int = 5, per: int = 10) -> tuple[float, float]:
-    runs = [Predictor(fp32, threads=1).run, Predictor(int8, threads=1).run]
-    times: list[list[float]] = [[], []]
-    for r in runs:
-        for _ in range(3):
-            r(feeds)
-    for i in range(rounds):
-        for j in ((0, 1) if i % 2 == 0 else (1, 0)):
-            for _ in range(per):
-                t = time.perf_counter_ns()
-                runs[j](feeds)
-                times[j].append((time.perf_counter_ns() - t) / 1e6)
-    return float(np.median(times[0])), float(np.median(times[1]))
+    """Median 1-thread latency of FP32 and INT8, alternating blocks of `per` runs."""
+    runs = [Predictor(m, threads=1).run for m in (fp32, int8)]
+    f_ms, q_ms = timed_rounds(runs, feeds, rounds=rounds, min_time=0.0, min_runs=per)
+    return f_ms, q_ms
 
 
 def calibration(seed: int) -> list[dict]:

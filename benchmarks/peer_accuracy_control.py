@@ -80,6 +80,7 @@ import onnx
 from slimq.runtime.backends import openvino_mac_count
 from slimq.runtime.cpu import cpu_info
 from slimq.runtime.macs import MacCount, count_macs
+from slimq.runtime.select import interleaved_ms as timed_rounds
 from slimq.runtime.session import Predictor, optimized_graph
 from slimq.tasks import RecEvaluator, character_error_rate, ctc_greedy_decode, evaluate, rapidocr_model_path
 
@@ -101,19 +102,10 @@ def load_nncf():  # noqa: ANN201 - the module
 
 def interleaved_ms(fp32: str, int8, feeds: dict, rounds: int = 5, per: int = 10,
                    backend: str = "ort") -> tuple[float, float]:
-    """Median 1-thread latency of FP32 and INT8, alternating blocks (as accuracy_control_ppocr.py)."""
-    runs = [Predictor(fp32, threads=1, backend=backend).run, Predictor(int8, threads=1, backend=backend).run]
-    times: list[list[float]] = [[], []]
-    for r in runs:
-        for _ in range(3):
-            r(feeds)
-    for i in range(rounds):
-        for j in ((0, 1) if i % 2 == 0 else (1, 0)):
-            for _ in range(per):
-                t = time.perf_counter_ns()
-                runs[j](feeds)
-                times[j].append((time.perf_counter_ns() - t) / 1e6)
-    return float(np.median(times[0])), float(np.median(times[1]))
+    """Median 1-thread latency of FP32 and INT8, alternating blocks of `per` runs (as accuracy_control_ppocr.py)."""
+    runs = [Predictor(m, threads=1, backend=backend).run for m in (fp32, int8)]
+    f_ms, q_ms = timed_rounds(runs, feeds, rounds=rounds, min_time=0.0, min_runs=per)
+    return f_ms, q_ms
 
 
 class RecValidation:

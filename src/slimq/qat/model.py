@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
-import tempfile
+import io
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from slimq.core.errors import (
     did_you_mean,
     unknown_choice,
 )
+from slimq.io.atomic import write_bytes
 from slimq.qat.bias_correction import BiasCorrection
 from slimq.qat.capture import capture
 from slimq.qat.config import QATConfig
@@ -290,18 +290,9 @@ def save_checkpoint(qmodel: nn.Module, path: str | Path) -> Path:
         raise OutputPathError(f"Folder {path.parent} does not exist; create it first.")
     payload = {"format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(qm.config),
                "state_dict": qm.state_dict(), "bias_corrections": dict(qm.bias_corrections)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return write_bytes(path, buf.getvalue())
 
 
 def load_checkpoint(qmodel: nn.Module, path: str | Path) -> QATModel:

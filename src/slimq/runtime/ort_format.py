@@ -20,6 +20,7 @@ import onnx
 import onnxruntime as ort
 
 from slimq.core.errors import ModelLoadError
+from slimq.io.atomic import write_bytes
 from slimq.io.spec import Feeds
 from slimq.runtime.source import ort_model
 
@@ -40,13 +41,8 @@ class OrtFormat:
                 f"{self.max_abs_diff:.2g})")
 
     def write(self, path: str | os.PathLike) -> Path:
-        """Write atomically (a temporary file in the same folder, then a rename)."""
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(self.data)
-        os.replace(tmp, path)
-        return path
+        """Write atomically, with the user's umask (slimq.io.atomic)."""
+        return write_bytes(path, self.data)
 
 
 def ort_format_path(onnx_path: str | os.PathLike) -> Path:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from slimq.core.errors import ConfigError
+from slimq.zoo.cache import save_cached
 
 
 @dataclass(frozen=True)
@@ -170,15 +170,7 @@ def export_bert(path: str | os.PathLike, cfg: BertConfig = BertConfig(), opset: 
                            "use the torch version of the qat extra (pyproject.toml).")
     proto = program.model_proto
     onnx.checker.check_model(proto)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".onnx", dir=path.parent)
-    os.close(fd)
-    try:
-        onnx.save_model(proto, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return save_cached(proto, path)
 
 
 __all__ = ["TINY_BERT", "BertConfig", "BertEncoder", "build_bert", "example_inputs", "export_bert"]

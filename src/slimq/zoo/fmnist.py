@@ -7,7 +7,6 @@ Both models take normalised float32 input of shape (N, 1, 28, 28) (see
 
 from __future__ import annotations
 
-import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -19,6 +18,7 @@ from onnx_ir.passes.common import IdentityEliminationPass, LiftConstantsToInitia
 from torch import nn
 
 from slimq.core.errors import unknown_choice
+from slimq.zoo.cache import save_cached
 
 NUM_CLASSES = 10
 
@@ -140,25 +140,19 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> Path:
     was_training = model.training
     model.eval()
     dummy = torch.zeros(1, 1, 28, 28)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".onnx", dir=path.parent)
-    os.close(fd)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), tempfile.TemporaryDirectory(prefix="slimq-export-") as tmp:
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                model, (dummy,), tmp, opset_version=opset, dynamo=False,
+                model, (dummy,), f"{tmp}/model.onnx", opset_version=opset, dynamo=False,
                 input_names=["input"], output_names=["logits"],
                 dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
                 do_constant_folding=True,
             )
-        proto = onnx.load(tmp)
-        proto = constants_to_initializers(proto)
+            proto = constants_to_initializers(onnx.load(f"{tmp}/model.onnx"))
         onnx.checker.check_model(proto)
-        onnx.save(proto, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        save_cached(proto, path)
     finally:
-        Path(tmp).unlink(missing_ok=True)
         model.train(was_training)
     return path
 

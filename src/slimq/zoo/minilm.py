@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +32,7 @@ import onnx
 import onnxruntime as ort
 
 from slimq.core.errors import ModelLoadError
+from slimq.zoo.cache import save_cached
 from slimq.zoo.minilm_files import INSTALL, PACKAGE, VERSION, model_dir, vocab_path
 from slimq.zoo.text import WordPiece
 
@@ -177,16 +177,7 @@ def minilm_onnx(cache: Path | None = None, folder: Path | None = None, check_wei
     model, tok = load_minilm(folder), WordPiece(vocab_path(folder))
     proto = _export(model, _batch(tok, CHECK_SENTENCES))
     verify(proto, model, tok)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".onnx", dir=path.parent)
-    os.close(fd)
-    try:
-        onnx.save_model(proto, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return save_cached(proto, path)
 
 
 __all__ = ["INSTALL", "OPSET", "PACKAGE", "VERSION", "cache_dir", "load_minilm", "minilm_onnx", "model_dir", "verify",
