@@ -73,3 +73,14 @@ def test_sqnr_and_cosine():
     assert qmath.sqnr_db(a, a + 0.1) == pytest.approx(10 * np.log10(14 / 0.03))
     assert qmath.cosine(a, 2 * a) == pytest.approx(1.0)
     assert qmath.cosine(a, -a) == pytest.approx(-1.0)
+
+
+def test_grid_through_puts_the_constant_on_a_nearby_grid():
+    s = qmath.grid_through(-0.8635, 0.2183)  # c/s = -3.96: 4 steps of a 1 % finer grid
+    assert s is not None and abs(0.8635 / s - 4) < 1e-9 and 0.98 * 0.2183 <= s < 0.2183
+    s = qmath.grid_through(0.0615, 0.0309)  # 1.99 steps
+    assert s is not None and abs(0.0615 / s - 2) < 1e-9
+    s = qmath.grid_through(0.1402, 0.0427)  # 3.28 steps: 3 steps of a coarser grid, not 4 of a 14 % finer one
+    assert s is not None and abs(0.1402 / s - 3) < 1e-9 and s > 0.0427
+    assert qmath.grid_through(-0.0098, 0.0354) is None  # under a step: the grid would change 3.6x
+    assert qmath.grid_through(0.5, 0.0) is None

@@ -245,3 +245,71 @@ def test_guard_keeps_the_int8_hardswish_rewrite_when_it_is_faster(timed):
     report = with_speed(res.report, out)
     assert not [f for f in report.float_ops if f.op_type == "HardSwish"]
     assert any("kept int8 HardSwish" in n for n in report.notes)
+
+
+_HS_TAIL = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[N, 4, 8, 8] x) => (float[N, 4, 8, 8] y) {
+    a = Conv <kernel_shape = [1, 1]> (x, w1)
+    h = HardSwish (a)
+    m = Mul (h, k)
+    t = Add (m, c)
+    y = Conv <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (t, w2)
+}"""
+
+
+def _hs_tail_model(rng: np.random.Generator) -> onnx.ModelProto:
+    m = onnx.parser.parse_model(_HS_TAIL)
+    weights = {"w1": rng.normal(0, 1, (4, 4, 1, 1)), "w2": rng.normal(0, 0.3, (4, 4, 3, 3)),
+               "k": np.array([0.7]), "c": np.array([-0.83])}
+    m.graph.initializer.extend(onnx.numpy_helper.from_array(v.astype(np.float32), n) for n, v in weights.items())
+    return m
+
+
+def test_int8_hardswish_absorbs_a_scalar_affine_tail_into_the_grid():
+    """HardSwish -> Mul(a) -> Add(c) before a padded conv (PP-LCNetV3's learnable affine): the plan puts c on
+    the Add's grid, and the rewrite folds a and c into QLinearMul's output scale and zero point: no float op
+    is left, and the outputs are those of the plain QDQ model."""
+    from slimq.graph.passes.qdq_hardswish import int8_hardswish
+    from slimq.runtime.session import Predictor, optimized_graph
+
+    rng = np.random.default_rng(1)
+    m = _hs_tail_model(rng)
+    data = rng.standard_normal((32, 4, 8, 8)).astype(np.float32)
+    q = quantize_static(m, data, StaticConfig(show_progress=False, speed_guard=False, compare_runtimes=False)).model
+    before = testing.count_ops(optimized_graph(q, "extended"))
+    assert before.get("HardSigmoid") == 1 and before.get("Add", 0) >= 1  # the float island with its tail
+    irm = ir.from_proto(q)
+    assert int8_hardswish(irm) == 1
+    q2 = ir.to_proto(irm)
+    after = testing.count_ops(optimized_graph(q2, "extended"))
+    assert not {"HardSigmoid", "HardSwish", "Add", "Mul"} & set(after), after
+    assert after.get("QLinearConv") == 2 and after.get("QLinearMul") == 1
+    assert after.get("DequantizeLinear") == 1 and after.get("QuantizeLinear") == 1  # the model's input and output
+    feeds = {"x": data[:8]}
+    ref, plain, rewritten = Predictor(m).run(feeds)[0], Predictor(q).run(feeds)[0], Predictor(q2).run(feeds)[0]
+    step = np.abs(ref).max() / 127
+    assert np.abs(rewritten - plain).max() <= 2 * step
+    assert np.corrcoef(ref.ravel(), rewritten.ravel())[0, 1] > 0.999
+
+
+def test_int8_hardswish_leaves_a_constant_off_the_grid_float(caplog):
+    """Where the added constant is not on the output grid (the plan could not put it there), moving it into
+    the zero point would shift every value: the site is left alone and says why."""
+    from slimq.graph.passes.qdq_hardswish import Int8HardSwishPass
+
+    rng = np.random.default_rng(1)
+    m = _hs_tail_model(rng)
+    data = rng.standard_normal((32, 4, 8, 8)).astype(np.float32)
+    q = quantize_static(m, data, StaticConfig(show_progress=False, speed_guard=False, compare_runtimes=False)).model
+    adds = [n for n in q.graph.node if n.op_type == "Add"]
+    assert len(adds) == 1
+    consts = {i.name: i for i in q.graph.initializer}
+    const = next(consts[name] for name in adds[0].input if name in consts)
+    value = onnx.numpy_helper.to_array(const) * 1.37  # move c off the grid
+    const.CopyFrom(onnx.numpy_helper.from_array(value.astype(np.float32), const.name))
+    irm = ir.from_proto(q)
+    with caplog.at_level("DEBUG", logger="slimq"):
+        result = Int8HardSwishPass()(irm)
+    assert not result.modified and "HardSwish" in testing.count_ops(ir.to_proto(irm))
+    assert "not on the output grid" in caplog.text

@@ -118,6 +118,7 @@ class OpInfo:
     bias_correction: bool = False  # the weight-rounding shift can be folded into the bias
     float_output_ok: bool = False  # runtime has an int8 kernel with float output (MatMulIntegerToFloat, QGemm)
     constant_affine: bool = False  # with a constant operand it is an exact affine step (x * c, x + c)
+    constant_shift: bool = False  # with a scalar constant operand it shifts every value by it (x + c)
     commutes_with_clip: bool = True  # pass-through ops: clipping the input first gives the same output
     saturation: Callable[[ir.Node], Bounds | None] | None = None  # see input_saturation
     float_on: tuple[tuple[str, str], ...] = ()  # (target, reason): targets whose runtime has no faster int8 kernel
@@ -194,7 +195,8 @@ def _compute_ops() -> tuple[OpInfo, ...]:
         OpInfo("Gemm", Role.COMPUTE, weight=Weight(1, 1, 0, axis_attr="transB"), bias_input=2, bias_vector=True,
                bias_correction=True, float_output_ok=True, mac=Mac(mm, 1, a_trans_attr="transA"),
                weight_only=WeightOnly()),
-        OpInfo("Add", Role.COMPUTE, act_inputs=(0, 1), constant_affine=True, float_on=(_OV_ELEMENTWISE,)),
+        OpInfo("Add", Role.COMPUTE, act_inputs=(0, 1), constant_affine=True, constant_shift=True,
+               float_on=(_OV_ELEMENTWISE,)),
         OpInfo("Mul", Role.COMPUTE, act_inputs=(0, 1), constant_affine=True, float_on=(_OV_ELEMENTWISE,)),
         OpInfo("Concat", Role.COMPUTE, act_inputs=ALL_INPUTS),
         OpInfo("AveragePool", Role.COMPUTE),

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
 import onnx
 
@@ -80,6 +82,23 @@ def scale_zero_point(
         zp = np.clip(np.round(qtype.qmin - rmin / safe), qtype.qmin, qtype.qmax)
     scale = np.where(scale > _EPS, scale, 1.0).astype(np.float32)
     return scale, zp.astype(qtype.np_dtype)
+
+
+def grid_through(c: float, scale: float, max_finer: float = 0.02, max_change: float = 0.25) -> float | None:
+    """A scale near `scale` whose grid holds the constant `c` (``c = k * scale'`` for an integer k >= 1), so
+    that adding `c` to a tensor on that grid is a whole shift of its zero point; None when every such scale is
+    more than `max_change` away or more than `max_finer` finer (a finer grid clips the calibrated range)."""
+    ratio = abs(c) / scale if scale > 0 else 0.0
+    best: float | None = None
+    for k in {math.floor(ratio), math.ceil(ratio)}:
+        if k < 1:
+            continue
+        cand = abs(c) / k
+        if cand < (1.0 - max_finer) * scale or abs(cand / scale - 1.0) > max_change:
+            continue
+        if best is None or abs(math.log(cand / scale)) < abs(math.log(best / scale)):
+            best = cand
+    return best
 
 
 def _bcast(param: np.ndarray, ndim: int, axis: int | None) -> np.ndarray:

@@ -79,6 +79,9 @@ class QuantPlan:
     # root -> interval outside which no reader's output changes (e.g. HardSwish below -3):
     # calibration clips to it, so the integer grid is spent where it matters
     bounds: dict[str, Bounds] = field(default_factory=dict)
+    # root -> scalar constant c of an ``x + c`` that produced it: its grid is chosen to hold c (qmath.grid_through),
+    # so the add can later move into an integer zero point exactly (slimq.graph.passes.qdq_hardswish)
+    offsets: dict[str, float] = field(default_factory=dict)
 
     @property
     def roots(self) -> list[str]:
@@ -91,6 +94,10 @@ class QuantPlan:
         for root in self.roots:
             lo, hi = ranges[root]
             s, z = qmath.scale_zero_point(lo, hi, qt, sym)
+            snapped = qmath.grid_through(self.offsets[root], float(s)) if root in self.offsets and not sym else None
+            if snapped is not None:
+                s = np.asarray(snapped, np.float32)
+                z = np.asarray(np.clip(np.round(qt.qmin - min(lo, 0.0) / snapped), qt.qmin, qt.qmax), qt.np_dtype)
             params[root] = ActivationParams(s, z, qt, float(lo), float(hi))
         return replace(self, params=params)
 
@@ -157,7 +164,7 @@ class _Planner:
         floats = tuple(FloatNode(self._name(n), n.op_type, self._reason(n)) for n in self.nodes
                        if self._name(n) not in self.quantized and self._on_data_path(n))
         return QuantPlan(self.rules, dict(self.acts), tuple(self.weights), tuple(self.biases),
-                         dict(self.quantized), floats, bounds=self._saturation_bounds())
+                         dict(self.quantized), floats, bounds=self._saturation_bounds(), offsets=self._offsets())
 
     @staticmethod
     def _name(n: ir.Node) -> str:
@@ -319,6 +326,18 @@ class _Planner:
         if not self.rules.per_channel or info.weight is None:
             return None
         return info.weight.per_channel_axis(n, const_of(v).ndim)
+
+    def _offsets(self) -> dict[str, float]:
+        """Quantized tensors computed as ``x + c`` (c a scalar constant), by root: QuantPlan.offsets."""
+        out: dict[str, float] = {}
+        for n in self.nodes:
+            if not _info(n).constant_shift or len(n.inputs) != 2:
+                continue
+            consts = [const_of(v) for v in n.inputs if _is_const(v)]
+            root = self.acts.get(value_name(n.outputs[0]))
+            if len(consts) == 1 and consts[0].size == 1 and root is not None and float(consts[0].reshape(())) != 0.0:
+                out[root] = float(consts[0].reshape(()))
+        return out
 
     def _saturation_bounds(self) -> dict[str, Bounds]:
         """Per root, the union of its readers' saturation intervals, where every reader has one."""
