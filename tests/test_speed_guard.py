@@ -52,7 +52,7 @@ def _int8_convs(model: onnx.ModelProto) -> dict[str, bool]:
 
 def test_op_classes_split_convolutions():
     graph = ir.from_proto(_dw_model()).graph
-    assert [op_class(n) for n in graph] == ["Conv depthwise", "Conv 1x1", "Conv kxk"]
+    assert [op_class(n) for n in graph] == ["Conv depthwise 3x3", "Conv 1x1", "Conv kxk"]
 
 
 def _first(model: onnx.ModelProto, data: np.ndarray) -> tuple[Built, Calibration, onnx.ModelProto]:
@@ -104,13 +104,13 @@ def test_guard_keeps_float_the_class_that_int8_makes_slower(timed):
     out = guard_speed(fp32, first, calib, cfg, {"x": data[:1]}, timer=timer)
     rec = out.placement
     assert rec is not None and not rec.all_float
-    assert set(rec.floats.values()) == {"Conv depthwise"}
+    assert set(rec.floats.values()) == {"Conv depthwise 3x3"}
     quantized = _int8_convs(out.built.model)
     assert sum(quantized.values()) == 2  # the 1x1 and the 3x3 conv stay int8
     assert rec.fp32_ms == 5.5 and rec.final_ms == 4.0 and rec.int8_ms == 5.0
     kept = [t for t in rec.trials if t.kept]
-    assert [t.group for t in kept] == ["Conv depthwise"]
-    assert "kept 1 layer(s) float for speed (Conv depthwise" in rec.note()
+    assert [t.group for t in kept] == ["Conv depthwise 3x3"]
+    assert "kept 1 layer(s) float for speed (Conv depthwise 3x3" in rec.note()
 
 
 def test_guard_keeps_everything_float_when_no_int8_model_is_faster(timed):
@@ -136,7 +136,7 @@ def test_groups_come_from_the_plan_and_rebuild_floats_them():
     data = np.random.default_rng(1).standard_normal((24, 8, 16, 16)).astype(np.float32)
     first, calib, fp32 = _first(_dw_model(), data)
     groups = dict(speed_groups(first.plan, ir.from_proto(fp32).graph))
-    assert set(groups) == {"Conv depthwise", "Conv 1x1", "Conv kxk"}
+    assert set(groups) == {"Conv depthwise 3x3", "Conv 1x1", "Conv kxk"}
     built = rebuild(fp32, first.plan, calib, StaticConfig(show_progress=False), groups["Conv kxk"])
     assert sum(_int8_convs(built.model).values()) == 2
 

@@ -91,16 +91,17 @@ class SpeedPlacement:
 
 
 def op_class(node: ir.Node) -> str:
-    """The kernel family a compute node runs in: convolutions split into depthwise, 1x1 and spatial."""
+    """The kernel family a compute node runs in: convolutions split into depthwise (by kernel size), 1x1 and
+    spatial."""
     if node.op_type not in ("Conv", "ConvTranspose") or len(node.inputs) < 2 or node.inputs[1] is None:
         return node.op_type
     shape = node.inputs[1].shape
     group = node.attributes["group"].as_int() if "group" in node.attributes else 1
     if shape is None or any(not isinstance(d, int) for d in shape):
         return node.op_type
-    if group > 1 and shape[1] == 1:
-        return f"{node.op_type} depthwise"
     kernel = tuple(shape[2:])
+    if group > 1 and shape[1] == 1:  # by kernel size: runtimes often have a fast 3x3 kernel and a slow generic one
+        return f"{node.op_type} depthwise {'x'.join(map(str, kernel))}"
     return f"{node.op_type} {'1x1' if all(k == 1 for k in kernel) else 'kxk'}" + (" grouped" if group > 1 else "")
 
 
