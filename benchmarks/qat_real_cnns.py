@@ -201,6 +201,15 @@ def split_b(folder: Path, use_more: bool | None) -> tuple[list[str], list[str]]:
     return train, held
 
 
+def feature_layers(qmodel: qat.QATModel, last: int) -> tuple[str, ...]:
+    """The last `last` quantized convolutions of the prepared network (feature matching targets), before the
+    classifier."""
+    from slimq.qat.modules import QATConv
+
+    convs = [name for name, m in qmodel.net.named_modules() if isinstance(m, QATConv)]
+    return tuple(convs[-last:]) if last > 0 else ()
+
+
 def part_b(name: str, model: torch.nn.Module, spec: PreprocessSpec, folder: Path, args, tmp: Path) -> dict:
     train, held = split_b(folder, args.more)
     train_paths, held_paths = image_paths(folder, train), image_paths(folder, held)
@@ -214,13 +223,15 @@ def part_b(name: str, model: torch.nn.Module, spec: PreprocessSpec, folder: Path
     qmodel = qat_calibrated(model, calib, args.calib_algo)
     qat.convert(qmodel, tmp / f"{name}.b.calib.onnx", samples=views[:16])
     calibrated = compare(ref, ort_logits(tmp / f"{name}.b.calib.onnx", views))
-    config = qat.DistillConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    config = qat.DistillConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                               features=feature_layers(qmodel, args.features), feature_weight=args.feature_weight)
     run = qat.distill(qmodel, bases(train_paths, spec), config=config, augment=Augment(args.seed), log=_log_step)
     distilled = qat_convert(qmodel, tmp / f"{name}.b.distill.onnx", views)
     distilled.update(compare(ref, ort_logits(tmp / f"{name}.b.distill.onnx", views)))
     return {"model": name, "train_images": len(train_paths), "held_out_images": len(held_paths),
             "samples": len(views), "static": static, "qat_calibrated": calibrated, "qat_distilled": distilled,
-            "steps": run.steps, "seconds": round(run.seconds, 1), "kl_first": run.first_loss, "kl_last": run.last_loss}
+            "steps": run.steps, "seconds": round(run.seconds, 1), "kl_first": run.first_loss, "kl_last": run.last_loss,
+            "features": list(config.features), "feature_weight": config.feature_weight}
 
 
 def format_a(rows: list[dict]) -> str:
@@ -238,12 +249,17 @@ def format_a(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _features_line(r: dict) -> str:
+    return f"{', '.join(r['features'])} (weight {r['feature_weight']})" if r.get("features") else "none"
+
+
 def format_b(r: dict) -> str:
     d = r["qat_distilled"]
     return "\n".join([
         f"Part B: label-free distillation of {r['model']}: {r['steps']} steps in {r['seconds']:.0f} s "
         f"(KL {r['kl_first']:.4f} -> {r['kl_last']:.4f}); trained on {r['train_images']} images, "
-        f"evaluated on {r['samples']} random views of {r['held_out_images']} held-out photos",
+        f"evaluated on {r['samples']} random views of {r['held_out_images']} held-out photos; feature matching: "
+        f"{_features_line(r)}",
         f"{'':<24}{'static PTQ':>12}{'QAT calib':>12}{'QAT distill':>13}",
         f"{'top-1 agreement w/ FP32':<24}{100 * r['static']['agree']:>11.1f}%{100 * r['qat_calibrated']['agree']:>11.1f}%"
         f"{100 * d['agree']:>12.1f}%",
@@ -276,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--more", action=argparse.BooleanOptionalAction, default=None,
                    help=f"part B also trains/evaluates on IMAGES/{MORE}/*.jpg (default: when present)")
+    p.add_argument("--features", type=int, default=0,
+                   help="part B: also match the features of the last N quantized convolutions (0: logits only)")
+    p.add_argument("--feature-weight", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path)
