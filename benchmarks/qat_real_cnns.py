@@ -57,6 +57,7 @@ EXTRA = ["page.png", "text.png", "camera.png", "brick.png", "grass.png", "gravel
 MORE = "more"  # ~350 more photos (fetch_images.sh): part B uses them when present (--more / --no-more)
 DEFAULT_IMAGES = Path(__file__).resolve().parent / "data" / "images"
 BASE = 288  # training/evaluation views are random crops of a 288x288 centre crop, resized to 224
+ORT_THREADS = {"intra_op": 0}  # --threads also bounds onnxruntime's thread pool (0: its default)
 
 
 def _log_step(step: int, loss: float) -> None:
@@ -113,6 +114,7 @@ class Augment:
 def ort_logits(path: Path | str, x: torch.Tensor, optimize: bool = True) -> np.ndarray:
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.intra_op_num_threads = ORT_THREADS["intra_op"]
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -300,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    ORT_THREADS["intra_op"] = args.threads
     torch.manual_seed(args.seed)
     warnings.simplefilter("ignore")
     results: dict = {"part_a": [], "part_b": None}

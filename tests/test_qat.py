@@ -213,8 +213,15 @@ def test_freeze_bn_step_freezes_running_stats_and_uses_folded_path() -> None:
     expected = F.conv2d(x, conv.weight_quant(w), b_int * b_scale, padding=1)
     conv.train()
     assert torch.allclose(conv(x), expected, atol=1e-6)
-    conv.eval()
-    assert torch.allclose(conv(x), expected, atol=1e-6)
+    # Eval: the integer kernels' result on the output grid, within one rounding tie of the float path.
+    qmodel.eval()
+    out_q = conv.output_quant
+    assert out_q is dict(qmodel.quantizers())["act_quant.conv1"]
+    xq, step = conv.input_quant(x), out_q.current_scale()
+    got = conv(xq)
+    assert torch.equal(torch.round(got / step) * step, got)
+    ref = out_q(F.conv2d(xq, conv.weight_quant(w), b_int * b_scale, padding=1))
+    assert float((got - ref).detach().abs().max()) <= 1.0001 * float(step)
 
 
 @pytest.mark.parametrize("variant", ["ste", "lsq"])

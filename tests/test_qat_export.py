@@ -265,3 +265,29 @@ def test_skipped_layer_stays_float_in_onnxruntime(tmp_path, caplog) -> None:
     assert not any("never trained for" in w for w in report.warnings) and "never trained for" not in caplog.text
     agreement = qat.check_agreement(qmodel, result.path, images(200, seed=7))
     assert agreement.fraction_within_step >= 0.999 and agreement.max_diff_steps <= 2.0, agreement
+
+
+def test_eval_is_bit_exact_with_onnxruntime_integer_kernels(tmp_path) -> None:
+    """Eval mode computes QLinearConv's integer arithmetic (exact accumulator, float32 multiplier
+    ``s_in * s_w / s_out``, round half to even), so the export matches PyTorch exactly, not merely within
+    a step: deep int8 networks amplify one-step rounding ties (MobileNetV2: 47 % of logits within a step
+    with a float convolution). The float path (output grid unbound) differs at ties on these inputs."""
+    from torch import nn
+
+    from slimq.qat.modules import QATConv, bind_output
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 96, 3, padding=1), nn.BatchNorm2d(96), nn.ReLU6(),
+                        nn.Conv2d(96, 96, 3, padding=1, groups=96), nn.BatchNorm2d(96), nn.ReLU6(),
+                        nn.Conv2d(96, 32, 1)).eval()
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    qmodel = qat.prepare(net, x[:2])
+    qat.calibrate(qmodel, [x])
+    convs = [m for m in qmodel.net.modules() if isinstance(m, QATConv)]
+    assert all(m.output_quant is not None and m.input_quant is not None for m in convs)
+    result = qat.convert(qmodel, tmp_path / "m.onnx")
+    agreement = qat.check_agreement(qmodel, result.path, x)
+    assert agreement.output_quantized and agreement.max_diff_steps == 0.0, agreement
+    for m in convs:
+        bind_output(m, None)
+    assert qat.check_agreement(qmodel, result.path, x).max_diff_steps >= 1.0  # ties the float path misses

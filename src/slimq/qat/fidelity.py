@@ -27,7 +27,7 @@ from slimq.core.ops import OP_TABLE, is_dequantize, is_float_mac, is_quantize, m
 from slimq.qat.config import TARGETS
 from slimq.qat.graph import PrepareReport
 from slimq.qat.model import QATModel
-from slimq.qat.modules import QATConv, QATLinear, bind_input
+from slimq.qat.modules import QATConv, QATLinear, bind_input, bind_output
 from slimq.qat.quantizers import ActQuantizer
 from slimq.report.build import Check, Evidence, build_report
 from slimq.report.schema import FloatOp, Report
@@ -64,6 +64,7 @@ def float_network(qm: QATModel) -> fx.GraphModule:
         if isinstance(module, (QATConv, QATLinear)):
             module.weight_quant = nn.Identity()
             bind_input(module, None)  # float bias, not the int32-rounded one
+            bind_output(module, None)
         elif isinstance(module, ActQuantizer):
             parent, _, leaf = name.rpartition(".")
             setattr(net.get_submodule(parent) if parent else net, leaf, _FloatAct())

@@ -16,11 +16,20 @@ PyTorch model, the QDQ graph and the integer kernels all add bit-identical biase
 is the scale of the activation quantizer feeding the module (bound by :func:`bind_input`).
 Without this the float bias is rounded only in onnxruntime, which moves ~1 % of the
 MobileNet logits by more than one output step.
+
+Integer-exact evaluation: in eval mode, a module whose input and output grids are both known
+(:func:`bind_input`, :func:`bind_output`) computes what onnxruntime's QLinearConv/QGemm compute, bit
+for bit: the exact integer accumulator ``sum(x_q * w_q) + b_q`` (in float64), requantized as
+``clamp(round_half_even(float32(acc) * M))`` with the float32 multiplier ``M = (s_in * s_w) / s_out``,
+then scaled back to ``q * s_out`` (which the output quantizer leaves unchanged). A float convolution
+rounds differently near ties, and deep int8 networks amplify such one-step flips layer after layer
+(``scripts/qdq_divergence.py``); training keeps the float path (same values up to those ties).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +69,8 @@ class QATConv(nn.Module):
     """Conv1d/Conv2d with per-channel weight fake quantization and optional folded BatchNorm."""
 
     bn_frozen: torch.Tensor  # buffer
-    input_quant: ActQuantizer | None  # plain attribute, see bind_input
+    input_quant: ActQuantizer | None  # plain attributes, see bind_input / bind_output
+    output_quant: ActQuantizer | None
 
     def __init__(self, conv: ConvType, bn: BNType | None, weight_quant: WeightQuantizer) -> None:
         super().__init__()
@@ -70,6 +80,7 @@ class QATConv(nn.Module):
         self.register_buffer("bn_frozen", torch.tensor(False))
         weight_quant.init_scale(self.folded()[0])
         bind_input(self, None)
+        bind_output(self, None)
 
     def folded(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Weight and bias with the BatchNorm (running statistics) folded in."""
@@ -93,7 +104,8 @@ class QATConv(nn.Module):
         if self.bn is not None and self.training and not bool(self.bn_frozen):
             return self._forward_live_bn(x)
         w, b = self.folded()
-        return self.conv._conv_forward(x, _fq_weight(self, w, b), _sim_bias(self, b, w))
+        y = self.conv._conv_forward(x, _fq_weight(self, w, b), _sim_bias(self, b, w))
+        return y if self.training else _integer_exact(self, x, y, w, b, self.conv._conv_forward)
 
     def _forward_live_bn(self, x: torch.Tensor) -> torch.Tensor:
         assert self.bn is not None
@@ -127,7 +139,8 @@ class QATConv(nn.Module):
 class QATLinear(nn.Module):
     """Linear with per-output-channel weight fake quantization."""
 
-    input_quant: ActQuantizer | None  # plain attribute, see bind_input
+    input_quant: ActQuantizer | None  # plain attributes, see bind_input / bind_output
+    output_quant: ActQuantizer | None
 
     def __init__(self, linear: nn.Linear, weight_quant: WeightQuantizer) -> None:
         super().__init__()
@@ -135,10 +148,12 @@ class QATLinear(nn.Module):
         self.weight_quant = weight_quant
         weight_quant.init_scale(linear.weight)
         bind_input(self, None)
+        bind_output(self, None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.linear.weight
-        return F.linear(x, _fq_weight(self, w, self.linear.bias), _sim_bias(self, self.linear.bias, w))
+        w, b = self.linear.weight, self.linear.bias
+        y = F.linear(x, _fq_weight(self, w, b), _sim_bias(self, b, w))
+        return y if self.training else _integer_exact(self, x, y, w, b, F.linear)
 
     def export_module(self) -> "QDQLinear":
         """Inference copy with pre-quantized weights, exported as Q/DQ."""
@@ -159,6 +174,37 @@ def bind_input(module: QATLayer, quantizer: ActQuantizer | None) -> None:
     quantizer container, and ``state_dict``/``deepcopy`` must see it once.
     """
     object.__setattr__(module, "input_quant", quantizer)
+
+
+def bind_output(module: QATLayer, quantizer: ActQuantizer | None) -> None:
+    """Tell ``module`` which activation quantizer alone quantizes its output (through at most a
+    ReLU/clip that onnxruntime drops because the grid lies inside it), enabling integer-exact eval."""
+    object.__setattr__(module, "output_quant", quantizer)
+
+
+def _ready(q: ActQuantizer | None) -> bool:
+    return q is not None and not q.calibrating and bool(q.initialized)
+
+
+def _integer_exact(module: QATLayer, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
+                   op: Callable[..., torch.Tensor]) -> torch.Tensor:
+    """``y`` replaced (forward only) by the integer kernels' result on the output grid, see the module doc."""
+    out_q, in_q = module.output_quant, module.input_quant
+    if not (_ready(out_q) and _ready(in_q)) or not isinstance(module.weight_quant, WeightQuantizer):
+        return y
+    assert out_q is not None and in_q is not None
+    with torch.no_grad():
+        s_in, s_out = in_q.current_scale(), out_q.current_scale()
+        s_w = _weight_scale(module, w, b)
+        shape = _channel_shape(w.dim(), 0)
+        w_q = torch.round(_fq_weight(module, w, b) / s_w.reshape(shape))
+        b_q = None if b is None else quantize_bias(b, bias_scale(s_in, s_w)).double()
+        acc = op(torch.round(x / s_in).double(), w_q.double(), b_q).float()
+        axis = 1 if isinstance(module, QATConv) else y.dim() - 1  # Linear: features last
+        multiplier = (bias_scale(s_in, s_w) / s_out.float()).reshape(_channel_shape(y.dim(), axis))
+        q = torch.clamp(torch.round(acc * multiplier), out_q.qmin, out_q.qmax)
+        exact = q * s_out.float()
+    return y + (exact - y).detach()
 
 
 def _input_scale(module: QATLayer) -> torch.Tensor | None:

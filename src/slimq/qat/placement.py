@@ -17,11 +17,11 @@ from torch import fx, nn
 from torch.fx.node import Argument
 
 from slimq.core.ops import op_info
-from slimq.qat.aten_ops import activation_bounds, is_mac
+from slimq.qat.aten_ops import activation_bounds, is_aten, is_mac
 from slimq.qat.capture import skipped_scope
 from slimq.qat.config import QATConfig
 from slimq.qat.graph import ACT_CONTAINER, FloatOp, _kind, _op_name, is_skipped
-from slimq.qat.modules import QATConv, QATLinear, bind_input
+from slimq.qat.modules import QATConv, QATLinear, bind_input, bind_output
 from slimq.qat.quantizers import ActQuantizer
 
 _MAC_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
@@ -66,6 +66,7 @@ class _Placer:
         self.float_ops: list[FloatOp] = []
         self.skipped: list[str] = []
         self.input_grids: dict[str, set[str | None]] = {}  # QAT module -> quantizers of its inputs (None: float)
+        self.output_grids: dict[str, set[str | None]] = {}  # QAT module -> quantizer of its output (None: other)
 
     def _new_quantizer(self, base: str, unsigned: bool) -> str:
         name, i = base, 1
@@ -152,6 +153,16 @@ class _Placer:
         bounds = activation_bounds(act)
         return bounds[1] if bounds is not None else None
 
+    def _drops_act(self, act: fx.Node, qname: str) -> bool:
+        """True when onnxruntime drops ``act`` before the quantizer ``qname`` (fusing the MAC into a
+        QLinear kernel): its lower clip bound is 0 and the (capped) grid is unsigned, so it clips nothing."""
+        if act.op == "call_function" and is_aten(act):
+            bounds = activation_bounds(act)
+            low = bounds[0] if bounds is not None else None
+        else:
+            low = 0.0
+        return low == 0.0 and self.quantizers[qname].unsigned
+
     def _quantize_op(self, node: fx.Node, kind: str) -> None:
         inputs = list(node.args[:2]) if kind in ("add", "matmul") else [node.args[0]]
         for value in inputs:
@@ -175,6 +186,9 @@ class _Placer:
         if ceiling is not None:
             self.quantizers[qname].cap_range(ceiling)
         self._insert_after(target, qname)
+        if kind in ("conv", "linear") and node.op == "call_module":
+            fused = target is node or self._drops_act(target, qname)
+            self.output_grids.setdefault(str(node.target), set()).add(qname if fused else None)
 
     def bind_inputs(self) -> None:
         """Give each QAT Conv/Linear its input quantizer (int32 bias scale ``s_in * s_w``).
@@ -188,6 +202,11 @@ class _Placer:
             grid = next(iter(grids)) if len(grids) == 1 else None
             if isinstance(module, (QATConv, QATLinear)) and grid is not None:
                 bind_input(module, self.quantizers[grid])
+        for target, grids in self.output_grids.items():
+            module = self.gm.get_submodule(target)
+            grid = next(iter(grids)) if len(grids) == 1 else None
+            if isinstance(module, (QATConv, QATLinear)) and grid is not None:
+                bind_output(module, self.quantizers[grid])
 
     def run(self) -> None:
         for node in list(self.graph.nodes):

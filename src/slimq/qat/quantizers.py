@@ -73,6 +73,14 @@ def fake_quant_ste(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -
     return torch.fake_quantize_per_tensor_affine(x, scale.float().reshape(()), zero, qmin, qmax)
 
 
+def fake_quant_exact(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """``clamp(round_half_even(x / scale)) * scale`` with a true division, as ONNX QuantizeLinear (and
+    onnxruntime) computes it; ``torch.fake_quantize_*`` multiply by ``1 / scale`` instead, which rounds
+    a few values in a million the other way. Gradient 1 inside the range, 0 outside."""
+    s = scale.detach().float().reshape(())
+    return torch.clamp(_round_ste(x / s), qmin, qmax) * s
+
+
 def fake_quant_lsq(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int, g: float) -> torch.Tensor:
     """LSQ (Esser et al. 2020): learned ``scale`` (broadcastable to x), gradient scaled by g."""
     s = _grad_scale(scale.clamp_min(MIN_SCALE), g)
@@ -282,6 +290,8 @@ class ActQuantizer(nn.Module):
             self._observe(x)
         if not bool(self.initialized):
             return x
+        if not self.training:  # evaluation: exactly the exported QuantizeLinear + DequantizeLinear
+            return fake_quant_exact(x, self.current_scale(), self.qmin, self.qmax)
         cap = self.max_scale()
         if self.variant == "pact":
             alpha = self.alpha if cap is None else self.alpha.clamp_max(cap * self.qmax)
