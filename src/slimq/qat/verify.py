@@ -4,10 +4,11 @@
 quantizer (the default: the last Linear/Conv output is quantized), both PyTorch and
 onnxruntime return values on that quantizer's grid, so the step is its scale ``s`` and two
 outputs "agree within one step" when ``|torch - ort| <= s`` (plus 1e-4 relative slack for
-float rounding of ``q * s``). The fake-quant model adds the same int32 biases as the integer
-kernels (:mod:`slimq.qat.modules`), so what remains are float-vs-integer accumulation and
-requantization rounding near ties, which moves a value by one step; anything larger is a
-real mismatch. When the output is not quantized (its producer was skipped or is a float op)
+float rounding of ``q * s``). In eval mode the fake-quant model computes what the integer
+kernels compute (:mod:`slimq.qat.modules`: int32 biases, the exact accumulator, QLinearConv's
+float32 requantization multiplier, QuantizeLinear's division), so the two agree bit for bit where
+onnxruntime fuses a QLinear kernel; ops it runs in float between Q/DQ (pooling, float-output layers)
+may still round a tie the other way, a one-step move; anything larger is a real mismatch. When the output is not quantized (its producer was skipped or is a float op)
 there is no grid in the output's units; the step is then defined as that of a symmetric int8
 grid spanning the reference output, ``max|torch| / 127`` (rather than the scale of the last
 quantized activation before the float op, which is in that op's input units).

@@ -53,8 +53,8 @@ def _scalar_operand(node: ir.Node) -> float | None:
     if len(node.inputs) != 2:
         return None
     for v in node.inputs:
-        arr = const_array(v) if v is not None else None
-        if arr is not None and arr.size == 1 and v.producer() is None:
+        arr = const_array(v)
+        if v is not None and arr is not None and arr.size == 1 and v.producer() is None:
             return float(arr.reshape(()))
     return None
 
