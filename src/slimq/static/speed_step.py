@@ -12,6 +12,7 @@ import onnx
 import onnx_ir as ir
 
 from slimq.core.config import SkipSpec, StaticConfig
+from slimq.graph.passes.nearest_repeat import nearest_repeat
 from slimq.graph.passes.qdq_hardswish import int8_hardswish
 from slimq.graph.passes.residual_sum import residual_sum
 from slimq.graph.plan import QuantPlan
@@ -46,10 +47,11 @@ def _proto_rewrite(rewrite: Callable[[ir.Model], int]) -> Rewrite:
 
 # QDQ rewrites the guard tries per runtime, each kept only where the whole model measures faster (OpenVINO
 # fuses float HardSwish into its int8 convolutions itself; onnxruntime's fused SkipLayerNormalization can be
-# slower than the Add and LayerNormalization it replaces)
+# slower than the Add and LayerNormalization it replaces, its uint8 NHWC nearest Resize slower than an Expand)
 QDQ_REWRITES: dict[str, tuple[tuple[str, Rewrite], ...]] = {
     "ort": (("int8 HardSwish", _proto_rewrite(int8_hardswish)),
-            ("residual Add as Sum (no SkipLayerNormalization fusion)", _proto_rewrite(residual_sum)))}
+            ("residual Add as Sum (no SkipLayerNormalization fusion)", _proto_rewrite(residual_sum)),
+            ("nearest Resize as channels-last Expand", _proto_rewrite(nearest_repeat)))}
 
 
 @dataclass
