@@ -12,7 +12,7 @@ import onnx
 import onnx_ir as ir
 
 from slimq.core.config import SkipSpec, StaticConfig
-from slimq.graph.passes.nearest_repeat import nearest_repeat
+from slimq.graph.passes.channels_last import depth_to_space_nhwc, nearest_repeat
 from slimq.graph.passes.qdq_hardswish import int8_hardswish
 from slimq.graph.passes.residual_sum import residual_sum
 from slimq.graph.plan import QuantPlan
@@ -47,11 +47,13 @@ def _proto_rewrite(rewrite: Callable[[ir.Model], int]) -> Rewrite:
 
 # QDQ rewrites the guard tries per runtime, each kept only where the whole model measures faster (OpenVINO
 # fuses float HardSwish into its int8 convolutions itself; onnxruntime's fused SkipLayerNormalization can be
-# slower than the Add and LayerNormalization it replaces, its uint8 NHWC nearest Resize slower than an Expand)
+# slower than the Add and LayerNormalization it replaces, its uint8 NHWC nearest Resize and
+# DepthToSpace slower than the same copies written as channels-last reshapes)
 QDQ_REWRITES: dict[str, tuple[tuple[str, Rewrite], ...]] = {
     "ort": (("int8 HardSwish", _proto_rewrite(int8_hardswish)),
             ("residual Add as Sum (no SkipLayerNormalization fusion)", _proto_rewrite(residual_sum)),
-            ("nearest Resize as channels-last Expand", _proto_rewrite(nearest_repeat)))}
+            ("nearest Resize as channels-last Expand", _proto_rewrite(nearest_repeat)),
+            ("DepthToSpace as channels-last Transpose", _proto_rewrite(depth_to_space_nhwc)))}
 
 
 @dataclass

@@ -2,8 +2,9 @@
 
 Such a ConvTranspose (the 2x upsampling of FPN-style heads: PP-OCRv4 det has two, kernel = stride = 2)
 writes every input pixel into its own k x k output block: ``y[co, k*h+i, k*w+j] = sum_ci x[ci, h, w] *
-W[ci, co, i, j] + b[co]``. That is a 1x1 Conv to ``Cout*k*k`` channels (channel ``co*k*k + i*k + j``)
-followed by DepthToSpace (blocksize k, mode CRD). onnxruntime's CPU provider has no int8 ConvTranspose, but
+W[ci, co, i, j] + b[co]``. That is a 1x1 Conv to ``Cout*k*k`` channels (channel ``(i*k + j)*Cout + co``)
+followed by DepthToSpace (blocksize k, mode DCR: channels-last, it moves whole channel vectors, see
+:mod:`slimq.graph.passes.channels_last`). onnxruntime's CPU provider has no int8 ConvTranspose, but
 it runs the Conv as QLinearConv and the DepthToSpace on uint8, so the upsampling becomes int8 as well.
 
 Per-channel constants after the ConvTranspose (a bias ``Add``, a ``Mul``, an inference BatchNormalization:
@@ -121,17 +122,17 @@ def _replace(b: GraphBuilder, n: ir.Node, k: int) -> None:
     given = const_array(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] is not None else None
     bias0 = np.zeros(cout) if given is None else given
     w, bias = _fold_following(b, n, w0, bias0)
-    w2 = np.ascontiguousarray(w.transpose(1, 2, 3, 0).reshape(cout * k * k, cin, 1, 1)).astype(w0.dtype)
+    w2 = np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(k * k * cout, cin, 1, 1)).astype(w0.dtype)
     base = node_name(n)
     inputs = [n.inputs[0], b.initializer(f"{base}.weight_1x1", w2),
-              b.initializer(f"{base}.bias_1x1", np.repeat(bias, k * k).astype(w0.dtype))]
+              b.initializer(f"{base}.bias_1x1", np.tile(bias, k * k).astype(w0.dtype))]
     last = b.node("Conv", inputs, {"kernel_shape": [1, 1]}, base=base, name=base, after=n)
     out = n.outputs[0]
     relu = _sole_use(out)
     if relu is not None and relu.op_type == "Relu" and relu.domain in _ONNX:  # the activation before the permutation
         last = b.node("Relu", [last.outputs[0]], base=base, after=last)
         out = relu.outputs[0]
-    d2s = b.node("DepthToSpace", [last.outputs[0]], {"blocksize": k, "mode": "CRD"}, base=base, after=last)
+    d2s = b.node("DepthToSpace", [last.outputs[0]], {"blocksize": k, "mode": "DCR"}, base=base, after=last)
     b.replace_uses(out, d2s.outputs[0], take_name=True)
     if relu is not None and out is not n.outputs[0]:
         b.graph.remove(relu, safe=False)
