@@ -313,3 +313,31 @@ def test_int8_hardswish_leaves_a_constant_off_the_grid_float(caplog):
         result = Int8HardSwishPass()(irm)
     assert not result.modified and "HardSwish" in testing.count_ops(ir.to_proto(irm))
     assert "not on the output grid" in caplog.text
+
+
+def test_an_inexact_rewrite_that_costs_accuracy_is_not_kept():
+    """Faster is not enough for a rewrite that changes values: it must keep the SQNR against FP32 within
+    MAX_REWRITE_LOSS_DB on the held-out samples; an exact rewrite is not checked."""
+    from slimq.static.speed import MAX_REWRITE_LOSS_DB, QDQRewrite
+
+    fp32, int8 = testing.conv_net(), testing.conv_net()
+    lossy, exact = onnx.ModelProto(), onnx.ModelProto()
+    lossy.CopyFrom(int8)
+    lossy.doc_string = "lossy"
+    exact.CopyFrom(int8)
+    exact.doc_string = "exact"
+    sqnr = {"": 30.0, "lossy": 30.0 - 2 * MAX_REWRITE_LOSS_DB, "exact": 10.0}
+    ms = {"": 2.0, "lossy": 1.0, "exact": 1.5}
+
+    def timer(models):
+        return [3.0 if m is fp32 else ms[m.doc_string] for m in models]
+
+    rewrites = [QDQRewrite("lossy", lambda m: lossy if not m.doc_string else None, exact=False),
+                QDQRewrite("exact", lambda m: exact if not m.doc_string else None)]
+    model, rec = place_for_speed(fp32, int8, [], lambda f: int8, timer, "ort", rewrites,
+                                 fidelity=lambda m: sqnr[m.doc_string])
+    assert model is exact and rec.rewrites == ["exact"]
+    lossy_trial = next(t for t in rec.trials if t.group == "lossy")
+    assert not lossy_trial.kept and "costs accuracy: SQNR against FP32 30.00 -> 29.00 dB" in lossy_trial.note
+    model, rec = place_for_speed(fp32, int8, [], lambda f: int8, timer, "ort", rewrites[:1], fidelity=None)
+    assert model is int8 and not rec.rewrites  # no samples to check an inexact rewrite on: not applied

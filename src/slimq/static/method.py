@@ -67,7 +67,8 @@ def quantize_static(model: ModelSource | Any, calib_data: object, config: Static
     calib = run_calibration(rw.model, irm, plan, samples, split.calib, config, rw.algo_for)
     plan = plan.with_ranges(calib.ranges)
     int8, corrected = apply_plan(irm, plan, calib, config)
-    speed = guard_speed(rw.model, Built(int8, plan, corrected), calib, config, samples.sample(split.check[0]))
+    checks = [samples.sample(i) for i in split.check]
+    speed = guard_speed(rw.model, Built(int8, plan, corrected), calib, config, checks[0], checks=checks)
     int8, plan, corrected = speed.built.model, speed.built.plan, speed.built.corrected
     report = static_report(fp32, int8, plan, samples, split, calib, corrected, config, rewrites=rw.details)
     report = with_conversion(with_speed(report, speed), src)
@@ -86,7 +87,8 @@ def _with_budget(src: Source, rw: Rewrites, samples: SampleSet, split: Split, co
     result = search(tuner, budget)
     int8, plan, corrected = tuner.build(result.best.candidate)
     speed = guard_speed(tuner.fp32, Built(int8, plan, corrected), tuner.calib, config, tuner.feed,
-                        builder=lambda floats: _search_build(tuner, result.best.candidate, floats))
+                        builder=lambda floats: _search_build(tuner, result.best.candidate, floats),
+                        checks=[samples.sample(i) for i in split.check])
     int8, plan, corrected = speed.built.model, speed.built.plan, speed.built.corrected
     cfg = tuner.config_for(result.best.candidate)
     check = replace(cfg, min_cosine=budget.min_cosine if budget.min_cosine is not None else cfg.min_cosine)

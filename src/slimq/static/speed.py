@@ -42,6 +42,18 @@ TIME_BUDGET_S = 120.0  # op classes not tried by then stay int8 (and are listed 
 Timer = Callable[[Sequence[onnx.ModelProto]], list[float]]  # models -> median ms each, timed side by side
 Build = Callable[[frozenset[str]], onnx.ModelProto]  # compute nodes kept float -> the INT8 model
 Rewrite = Callable[[onnx.ModelProto], "onnx.ModelProto | None"]  # a QDQ model -> a faster candidate (None: no site)
+Fidelity = Callable[[onnx.ModelProto], float]  # a model -> its worst output SQNR (dB) against FP32 on held-out data
+MAX_REWRITE_LOSS_DB = 0.5  # an inexact rewrite is kept only if it costs at most this much SQNR
+
+
+@dataclass(frozen=True)
+class QDQRewrite:
+    """A QDQ-level rewrite the guard may try. ``exact``: the same values; an inexact one (int8 HardSwish's
+    gate on a 1/255 grid) must also keep the SQNR against FP32 within MAX_REWRITE_LOSS_DB."""
+
+    name: str
+    apply: Rewrite
+    exact: bool = True
 
 
 @dataclass(frozen=True)
@@ -83,8 +95,9 @@ class SpeedPlacement:
         if not self.floats:
             return f"speed guard: INT8 runs {final:.2f}x as fast as FP32 on {where} (1 thread, batch 1){extra}"
         groups = sorted({t.group for t in self.trials if t.kept and t.nodes})
+        rewrites = f"; kept {', '.join(self.rewrites)}" if self.rewrites else ""
         return (f"speed guard: kept {len(self.floats)} layer(s) float for speed ({', '.join(groups)}: int8 was "
-                f"slower on {where}); INT8 {first:.2f}x -> {final:.2f}x of FP32 at 1 thread")
+                f"slower on {where}){rewrites}; INT8 {first:.2f}x -> {final:.2f}x of FP32 at 1 thread")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -135,28 +148,49 @@ def _rewritten(model: onnx.ModelProto, rewrites: Sequence[Rewrite]) -> onnx.Mode
     return model
 
 
+def _accuracy_cost(rewrite: QDQRewrite, best: onnx.ModelProto, candidate: onnx.ModelProto,
+                   fidelity: Fidelity | None) -> str:
+    """Why an inexact rewrite costs too much accuracy ("" when it does not, or is exact)."""
+    if rewrite.exact:
+        return ""
+    if fidelity is None:
+        return "not exact, and no held-out samples to check it on"
+    before, after = fidelity(best), fidelity(candidate)
+    if after < before - MAX_REWRITE_LOSS_DB:
+        return f"costs accuracy: SQNR against FP32 {before:.2f} -> {after:.2f} dB"
+    return ""
+
+
 def _try_rewrites(int8: onnx.ModelProto, int8_ms: float, rec: SpeedPlacement, timer: Timer,
-                  rewrites: Sequence[tuple[str, Rewrite]]) -> tuple[onnx.ModelProto, float, list[Rewrite]]:
-    """Apply each rewrite that measures faster, in order; the model, its time and the rewrites kept."""
+                  rewrites: Sequence[QDQRewrite], fidelity: Fidelity | None
+                  ) -> tuple[onnx.ModelProto, float, list[Rewrite]]:
+    """Apply each rewrite that measures faster (and, if inexact, keeps the SQNR), in order; the model, its
+    time and the rewrites kept."""
     best, best_ms = int8, int8_ms
     kept_rewrites: list[Rewrite] = []
-    for name, rewrite in rewrites:
-        candidate = rewrite(best)
+    for rewrite in rewrites:
+        candidate = rewrite.apply(best)
         if candidate is None:
+            continue
+        cost = _accuracy_cost(rewrite, best, candidate, fidelity)
+        if cost:
+            rec.trials.append(SpeedTrial(rewrite.name, 0, best_ms, best_ms, False, f"rewrite not tried: {cost}"))
+            log.info("slimq: speed guard: %s not kept: %s", rewrite.name, cost)
             continue
         before, after = timer([best, candidate])
         kept = after <= KEEP_GAIN * before
-        rec.trials.append(SpeedTrial(name, 0, before, after, kept, "rewrite"))
+        rec.trials.append(SpeedTrial(rewrite.name, 0, before, after, kept, "rewrite"))
         if kept:
             best, best_ms = candidate, after
-            kept_rewrites.append(rewrite)
-            rec.rewrites.append(name)
+            kept_rewrites.append(rewrite.apply)
+            rec.rewrites.append(rewrite.name)
     return best, best_ms, kept_rewrites
 
 
 def place_for_speed(fp32: onnx.ModelProto, int8: onnx.ModelProto, groups: Sequence[tuple[str, frozenset[str]]],
-                    build: Build, timer: Timer, runtime: str, rewrites: Sequence[tuple[str, Rewrite]] = (),
-                    budget_s: float = TIME_BUDGET_S) -> tuple[onnx.ModelProto | None, SpeedPlacement]:
+                    build: Build, timer: Timer, runtime: str, rewrites: Sequence[QDQRewrite] = (),
+                    budget_s: float = TIME_BUDGET_S, fidelity: Fidelity | None = None
+                    ) -> tuple[onnx.ModelProto | None, SpeedPlacement]:
     """Try the QDQ `rewrites` (more int8), then keep float the op classes that make the model slower; each
     change is kept only when the whole model measures faster. None as the model means "keep FP32".
 
@@ -165,7 +199,7 @@ def place_for_speed(fp32: onnx.ModelProto, int8: onnx.ModelProto, groups: Sequen
     rec = SpeedPlacement(runtime)
     rec.fp32_ms, int8_ms = timer([fp32, int8])
     rec.int8_ms = rec.final_ms = int8_ms
-    best, best_ms, kept_rewrites = _try_rewrites(int8, int8_ms, rec, timer, rewrites)
+    best, best_ms, kept_rewrites = _try_rewrites(int8, int8_ms, rec, timer, rewrites, fidelity)
     floats = frozenset[str]()
     start = time.perf_counter()
     for name, nodes in groups:

@@ -25,6 +25,8 @@ from slimq.static.calibrate import Calibration
 from slimq.static.speed import (
     MIN_MACS,
     MIN_TIMED_MS,
+    Fidelity,
+    QDQRewrite,
     Rewrite,
     SpeedPlacement,
     Timer,
@@ -49,11 +51,11 @@ def _proto_rewrite(rewrite: Callable[[ir.Model], int]) -> Rewrite:
 # fuses float HardSwish into its int8 convolutions itself; onnxruntime's fused SkipLayerNormalization can be
 # slower than the Add and LayerNormalization it replaces, its uint8 NHWC nearest Resize and
 # DepthToSpace slower than the same copies written as channels-last reshapes)
-QDQ_REWRITES: dict[str, tuple[tuple[str, Rewrite], ...]] = {
-    "ort": (("int8 HardSwish", _proto_rewrite(int8_hardswish)),
-            ("residual Add as Sum (no SkipLayerNormalization fusion)", _proto_rewrite(residual_sum)),
-            ("nearest Resize as channels-last Expand", _proto_rewrite(nearest_repeat)),
-            ("DepthToSpace as channels-last Transpose", _proto_rewrite(depth_to_space_nhwc)))}
+QDQ_REWRITES: dict[str, tuple[QDQRewrite, ...]] = {
+    "ort": (QDQRewrite("int8 HardSwish", _proto_rewrite(int8_hardswish), exact=False),
+            QDQRewrite("residual Add as Sum (no SkipLayerNormalization fusion)", _proto_rewrite(residual_sum)),
+            QDQRewrite("nearest Resize as channels-last Expand", _proto_rewrite(nearest_repeat)),
+            QDQRewrite("DepthToSpace as channels-last Transpose", _proto_rewrite(depth_to_space_nhwc)))}
 
 
 @dataclass
@@ -98,12 +100,22 @@ def _guard_skip(cfg: StaticConfig) -> str:
     return ""
 
 
+def fidelity_on(fp32: onnx.ModelProto, feeds: Sequence[Feeds]) -> Fidelity:
+    """A model's worst output SQNR (dB) against `fp32` on `feeds` (FP32 outputs computed once)."""
+    from slimq.report.agreement import Reference
+
+    reference = Reference(fp32, feeds)
+    return lambda model: min(s.sqnr_db for s in reference.compare(model))
+
+
 def guard_speed(fp32: onnx.ModelProto, first: Built, calib: Calibration, cfg: StaticConfig, feed: Feeds,
-                timer: Timer | None = None, builder: Builder | None = None) -> SpeedOutcome:
+                timer: Timer | None = None, builder: Builder | None = None,
+                checks: Sequence[Feeds] = ()) -> SpeedOutcome:
     """Run the speed guard (cfg.speed_guard) and the runtime comparison (cfg.compare_runtimes) on `first`.
 
     builder: how a candidate with more layers float is built (default: :func:`rebuild` from `calib`; the
-    accuracy search passes its own, so the guard starts from the candidate the search chose)."""
+    accuracy search passes its own, so the guard starts from the candidate the search chose).
+    checks: held-out samples on which an inexact QDQ rewrite must keep the SQNR (default: `feed`)."""
     out = SpeedOutcome(first)
     if not (cfg.speed_guard or cfg.compare_runtimes):
         return out
@@ -120,14 +132,15 @@ def guard_speed(fp32: onnx.ModelProto, first: Built, calib: Calibration, cfg: St
     if cfg.speed_guard:
         build = builder or (lambda floats: rebuild(fp32, first.plan, calib, cfg, floats))
         timer = timer or backend_timer(TARGET_RUNTIME.get(cfg.target, "ort"), feed, min_time=timing_window(fp32_ms))
-        out.built, out.placement = _place(fp32, first, build, cfg, feed, timer)
+        fidelity = fidelity_on(fp32, list(checks) or [feed])
+        out.built, out.placement = _place(fp32, first, build, cfg, feed, timer, fidelity)
     if cfg.compare_runtimes:
         out.runtimes = compare_runtimes(fp32, out.built.model, feed)
     return out
 
 
 def _place(fp32: onnx.ModelProto, first: Built, builder: Builder, cfg: StaticConfig, feed: Feeds,
-           timer: Timer | None) -> tuple[Built, SpeedPlacement]:
+           timer: Timer | None, fidelity: Fidelity) -> tuple[Built, SpeedPlacement]:
     skipped = _guard_skip(cfg)
     runtime = TARGET_RUNTIME.get(cfg.target, "ort")
     if skipped:
@@ -141,7 +154,7 @@ def _place(fp32: onnx.ModelProto, first: Built, builder: Builder, cfg: StaticCon
     groups = speed_groups(first.plan, ir.from_proto(fp32).graph)
     rewrites = QDQ_REWRITES.get(runtime, ())
     model, rec = place_for_speed(fp32, first.model, groups, build, timer or backend_timer(runtime, feed), runtime,
-                                 rewrites)
+                                 rewrites, fidelity=fidelity)
     if model is None:  # nothing int8 beat FP32: every compute layer float
         everything = frozenset().union(*(nodes for _, nodes in groups))
         build(everything)
