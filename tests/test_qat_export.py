@@ -291,3 +291,71 @@ def test_eval_is_bit_exact_with_onnxruntime_integer_kernels(tmp_path) -> None:
     for m in convs:
         bind_output(m, None)
     assert qat.check_agreement(qmodel, result.path, x).max_diff_steps >= 1.0  # ties the float path misses
+
+
+def _qlinear_add_model(scales: tuple[float, float, float], zeros: tuple[int, int, int]) -> onnx.ModelProto:
+    from onnx import TensorProto, helper
+
+    names = ("a", "b", "c")
+    inits = [helper.make_tensor(f"s{n}", TensorProto.FLOAT, [], [s]) for n, s in zip(names, scales)]
+    inits += [helper.make_tensor(f"z{n}", TensorProto.UINT8, [], [z]) for n, z in zip(names, zeros)]
+    nodes = [helper.make_node("DequantizeLinear", [n, f"s{n}", f"z{n}"], [f"f{n}"]) for n in "ab"]
+    nodes += [helper.make_node("Add", ["fa", "fb"], ["sum"]), helper.make_node("QuantizeLinear", ["sum", "sc", "zc"], ["c"])]
+    io = [helper.make_tensor_value_info(n, TensorProto.UINT8, [None]) for n in names]
+    model = helper.make_model(helper.make_graph(nodes, "qladd", io[:2], io[2:], inits),
+                              opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def test_qlinear_add_matches_onnxruntime_bit_for_bit() -> None:
+    """onnxruntime fuses DQ+DQ -> Add -> Q into QLinearAdd (two float32 FMAs on the stored integers); the
+    float formula ``round((a*s_a + b*s_b) / s_c)`` rounds some ties the other way."""
+    import onnxruntime as ort
+
+    from slimq.qat.add_op import qlinear_add
+
+    rng = np.random.default_rng(0)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    float_misses = 0
+    for zeros in ((128, 128, 128), (0, 0, 128), (0, 128, 0)):
+        for _ in range(4):
+            scales = tuple(float(np.float32(rng.uniform(0.01, 0.2))) for _ in range(3))
+            a, b = (rng.integers(0, 256, 1 << 20, dtype=np.uint8) for _ in range(2))
+            sess = ort.InferenceSession(_qlinear_add_model(scales, zeros).SerializeToString(), options,
+                                        providers=["CPUExecutionProvider"])
+            got = sess.run(None, {"a": a, "b": b})[0].astype(np.int64) - zeros[2]
+            qa, qb = (torch.from_numpy(v.astype(np.int64) - z) for v, z in ((a, zeros[0]), (b, zeros[1])))
+            s = tuple(torch.tensor(v) for v in scales)
+            ours = qlinear_add(qa, qb, s, zeros, "uint8").numpy()  # type: ignore[arg-type]
+            assert np.array_equal(ours, got)
+            plain = torch.round((qa.float() * s[0] + qb.float() * s[1]) / s[2]).clamp(-zeros[2], 255 - zeros[2])
+            float_misses += int((plain.numpy() != got).sum())
+    assert float_misses > 0  # the float add + QuantizeLinear is not what onnxruntime computes
+
+
+def test_residual_add_eval_is_bit_exact(tmp_path) -> None:
+    """A residual add is a QATAdd in the prepared graph; eval equals onnxruntime's QLinearAdd output."""
+    from torch import nn
+
+    from slimq.qat.add_op import QATAdd
+
+    class Residual(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(3, 32, 3, padding=1)
+            self.b = nn.Conv2d(3, 32, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.a(x) + self.b(x)
+
+    torch.manual_seed(0)
+    x = torch.randn(16, 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    qmodel = qat.prepare(Residual().eval(), x[:2])
+    qat.calibrate(qmodel, [x])
+    result = qat.convert(qmodel, tmp_path / "r.onnx")
+    agreement = qat.check_agreement(qmodel, result.path, x)
+    assert agreement.output_quantized and agreement.max_diff_steps == 0.0, agreement  # float add: 1 step
+    adds = [m for m in qmodel.net.modules() if isinstance(m, QATAdd)]
+    assert len(adds) == 1 and adds[0].grids is not None

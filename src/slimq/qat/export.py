@@ -45,6 +45,7 @@ from slimq.core.ops import is_quantize
 from slimq.graph.builder import GraphBuilder
 from slimq.graph.names import value_name
 from slimq.graph.passes.base import RewritePass, rewrite_count
+from slimq.qat.add_op import QATAdd
 from slimq.qat.config import TARGETS
 from slimq.qat.fidelity import build_qat_report, float_network, sample_feeds
 from slimq.qat.model import QATModel, as_inputs, unwrap
@@ -64,7 +65,7 @@ def export_network(qmodel: QATModel, target: str) -> fx.GraphModule:
     net = copy.deepcopy(qmodel.net).eval()
     act_dtype = TARGETS[target].act_dtype
     for name, module in list(net.named_modules()):
-        if isinstance(module, (QATConv, QATLinear)):
+        if isinstance(module, (QATConv, QATLinear, QATAdd)):
             new: nn.Module = module.export_module()
         elif isinstance(module, ActQuantizer):
             new = export_act(module, act_dtype)

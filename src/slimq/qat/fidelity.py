@@ -24,6 +24,7 @@ from torch import fx, nn
 
 from slimq.core.config import StaticConfig
 from slimq.core.ops import OP_TABLE, is_dequantize, is_float_mac, is_quantize, mac_info
+from slimq.qat.add_op import QATAdd
 from slimq.qat.config import TARGETS
 from slimq.qat.graph import PrepareReport
 from slimq.qat.model import QATModel
@@ -65,9 +66,10 @@ def float_network(qm: QATModel) -> fx.GraphModule:
             module.weight_quant = nn.Identity()
             bind_input(module, None)  # float bias, not the int32-rounded one
             bind_output(module, None)
-        elif isinstance(module, ActQuantizer):
+        elif isinstance(module, (ActQuantizer, QATAdd)):
             parent, _, leaf = name.rpartition(".")
-            setattr(net.get_submodule(parent) if parent else net, leaf, _FloatAct())
+            plain = _FloatAct() if isinstance(module, ActQuantizer) else module.export_module()
+            setattr(net.get_submodule(parent) if parent else net, leaf, plain)
     return net.eval()
 
 

@@ -32,6 +32,7 @@ from torch import fx, nn
 
 from slimq.core.errors import ModelLoadError
 from slimq.core.targets import TargetRules, target_rules
+from slimq.qat.add_op import QATAdd
 from slimq.qat.aten_ops import aten_kind, is_aten
 from slimq.qat.config import QATConfig
 from slimq.qat.modules import BNType, QATConv, QATLinear
@@ -117,7 +118,7 @@ class _Tracer(fx.Tracer):
         self.failed_at: tuple[str, str] | None = None
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, (QATConv, QATLinear, ActQuantizer)):
+        if isinstance(m, (QATConv, QATLinear, ActQuantizer, QATAdd)):
             return True
         return is_skipped(qualname, self.skip) or super().is_leaf_module(m, qualname)
 

@@ -17,6 +17,7 @@ from torch import fx, nn
 from torch.fx.node import Argument
 
 from slimq.core.ops import op_info
+from slimq.qat.add_op import QATAdd
 from slimq.qat.aten_ops import activation_bounds, is_aten, is_mac
 from slimq.qat.capture import skipped_scope
 from slimq.qat.config import QATConfig
@@ -186,9 +187,28 @@ class _Placer:
         if ceiling is not None:
             self.quantizers[qname].cap_range(ceiling)
         self._insert_after(target, qname)
+        if kind == "add" and target is node:
+            self._exact_add(node, qname)
         if kind in ("conv", "linear") and node.op == "call_module":
             fused = target is node or self._drops_act(target, qname)
             self.output_grids.setdefault(str(node.target), set()).add(qname if fused else None)
+
+    def _exact_add(self, node: fx.Node, qname: str) -> None:
+        """Turn ``a + b`` of two quantized tensors into a :class:`QATAdd` bound to both input grids and
+        its output grid (integer-exact eval: onnxruntime's QLinearAdd). Adds with other arguments
+        (alpha, a constant, a float input) stay as they are."""
+        args = node.args
+        if len(args) != 2 or node.kwargs or not all(isinstance(a, fx.Node) and a in self.grid_of for a in args):
+            return
+        a, b = (self.grid_of[v] for v in args if isinstance(v, fx.Node))
+        module = QATAdd(self.cfg.rules.act_dtype)
+        module.bind(self.quantizers[a], self.quantizers[b], self.quantizers[qname])
+        name = f"{qname.rpartition('.')[2]}_op"
+        self.container.add_module(name, module)
+        with self.graph.inserting_after(node):
+            new = self.graph.call_module(f"{ACT_CONTAINER}.{name}", args)
+        node.replace_all_uses_with(new)
+        self.graph.erase_node(node)
 
     def bind_inputs(self) -> None:
         """Give each QAT Conv/Linear its input quantizer (int32 bias scale ``s_in * s_w``).
