@@ -164,8 +164,7 @@ def export_onnx(model, path: Path, size: int = 224) -> Path:
             torch.onnx.export(model.eval(), (torch.zeros(1, 3, size, size),), tmp, opset_version=17, dynamo=False,
                               input_names=["input"], output_names=["logits"],
                               dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, do_constant_folding=True)
-        proto = onnx.load(tmp)
-        constants_to_initializers(proto.graph)
+        proto = constants_to_initializers(onnx.load(tmp))
         onnx.save(proto, tmp)
         os.replace(tmp, path)
     finally:
