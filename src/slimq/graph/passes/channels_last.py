@@ -34,7 +34,7 @@ import onnx_ir as ir
 from slimq.core.ops import is_dequantize
 from slimq.graph.builder import GraphBuilder
 from slimq.graph.names import node_name
-from slimq.graph.passes.base import RewritePass
+from slimq.graph.passes.base import RewritePass, rewrite_count
 from slimq.graph.passes.common import const_array
 
 _ONNX = ("", "ai.onnx")
@@ -86,6 +86,13 @@ def _nhwc_shape(b: GraphBuilder, node: ir.Node, base: str) -> ir.Value:
     return b.node("Gather", [shape, order], base=base, before=node).outputs[0]
 
 
+def _back_to_nchw(b: GraphBuilder, node: ir.Node, nhwc: ir.Value) -> None:
+    """Transpose `nhwc` back to NCHW in place of `node`'s output, and remove `node`."""
+    back = b.node("Transpose", [nhwc], {"perm": [0, 3, 1, 2]}, base=node_name(node), before=node).outputs[0]
+    b.replace_uses(node.outputs[0], back, take_name=True)
+    b.graph.remove(node, safe=True)
+
+
 def _replace(b: GraphBuilder, node: ir.Node, fh: int, fw: int) -> None:
     """``node`` becomes NHWC Unsqueeze -> Expand -> Reshape between two Transposes."""
     base, x = node_name(node), node.inputs[0]
@@ -97,25 +104,42 @@ def _replace(b: GraphBuilder, node: ir.Node, fh: int, fw: int) -> None:
                  base=base, before=node).outputs[0]
     wide = b.node("Expand", [six, b.initializer(f"{base}.repeat", np.array([1, 1, fh, 1, fw, 1], np.int64))],
                   base=base, before=node).outputs[0]
-    up = b.node("Reshape", [wide, out_shape], base=base, before=node).outputs[0]
-    back = b.node("Transpose", [up], {"perm": [0, 3, 1, 2]}, base=base, before=node).outputs[0]
-    b.replace_uses(node.outputs[0], back, take_name=True)
-    b.graph.remove(node, safe=True)
+    _back_to_nchw(b, node, b.node("Reshape", [wide, out_shape], base=base, before=node).outputs[0])
 
 
-class NearestRepeatPass(RewritePass):
-    """Rewrite each nearest Resize that repeats pixels by whole factors as a channels-last Expand."""
+class _ChannelsLastPass(RewritePass):
+    """Rewrite every node of ``op_type`` for which ``site`` finds parameters (else logs its reason)."""
+
+    op_type = ""
+
+    def site(self, node: ir.Node) -> tuple[int, ...] | str:
+        raise NotImplementedError
+
+    def replace(self, b: GraphBuilder, node: ir.Node, *params: int) -> None:
+        raise NotImplementedError
 
     def rewrite(self, model: ir.Model) -> int:
         b, done = GraphBuilder(model.graph), 0
-        for n in [n for n in model.graph if n.op_type == "Resize" and n.domain in _ONNX]:
-            site = _site(n)
+        for n in [n for n in model.graph if n.op_type == self.op_type and n.domain in _ONNX]:
+            site = self.site(n)
             if isinstance(site, str):
                 self.not_fired(node_name(n), site)
                 continue
-            _replace(b, n, *site)
+            self.replace(b, n, *site)
             done += 1
         return done
+
+
+class NearestRepeatPass(_ChannelsLastPass):
+    """Rewrite each nearest Resize that repeats pixels by whole factors as a channels-last Expand."""
+
+    op_type = "Resize"
+
+    def site(self, node: ir.Node) -> tuple[int, ...] | str:
+        return _site(node)
+
+    def replace(self, b: GraphBuilder, node: ir.Node, *params: int) -> None:
+        _replace(b, node, *params)
 
 
 def _block(node: ir.Node) -> int | str:
@@ -138,34 +162,27 @@ def _replace_d2s(b: GraphBuilder, node: ir.Node, k: int) -> None:
     six = b.node("Reshape", [nhwc, b.initializer(f"{base}.blocks", np.array([0, 0, 0, k, k, -1], np.int64))],
                  base=base, before=node).outputs[0]
     moved = b.node("Transpose", [six], {"perm": [0, 1, 3, 2, 4, 5]}, base=base, before=node).outputs[0]
-    up = b.node("Reshape", [moved, out_shape], base=base, before=node).outputs[0]
-    back = b.node("Transpose", [up], {"perm": [0, 3, 1, 2]}, base=base, before=node).outputs[0]
-    b.replace_uses(node.outputs[0], back, take_name=True)
-    b.graph.remove(node, safe=True)
+    _back_to_nchw(b, node, b.node("Reshape", [moved, out_shape], base=base, before=node).outputs[0])
 
 
-class DepthToSpaceNHWCPass(RewritePass):
+class DepthToSpaceNHWCPass(_ChannelsLastPass):
     """Rewrite each DCR DepthToSpace as a channels-last block transpose."""
 
-    def rewrite(self, model: ir.Model) -> int:
-        b, done = GraphBuilder(model.graph), 0
-        for n in [n for n in model.graph if n.op_type == "DepthToSpace" and n.domain in _ONNX]:
-            k = _block(n)
-            if isinstance(k, str):
-                self.not_fired(node_name(n), k)
-                continue
-            _replace_d2s(b, n, k)
-            done += 1
-        return done
+    op_type = "DepthToSpace"
+
+    def site(self, node: ir.Node) -> tuple[int, ...] | str:
+        k = _block(node)
+        return k if isinstance(k, str) else (k,)
+
+    def replace(self, b: GraphBuilder, node: ir.Node, *params: int) -> None:
+        _replace_d2s(b, node, *params)
 
 
 def nearest_repeat(model: ir.Model) -> int:
     """Run :class:`NearestRepeatPass` in place; the number of Resizes rewritten."""
-    result = NearestRepeatPass()(model)
-    return getattr(result, "count", int(result.modified))
+    return rewrite_count(NearestRepeatPass(), model)
 
 
 def depth_to_space_nhwc(model: ir.Model) -> int:
     """Run :class:`DepthToSpaceNHWCPass` in place; the number of DepthToSpace nodes rewritten."""
-    result = DepthToSpaceNHWCPass()(model)
-    return getattr(result, "count", int(result.modified))
+    return rewrite_count(DepthToSpaceNHWCPass(), model)
