@@ -1,7 +1,7 @@
 """INT8 never slower than FP32: PP-OCR mobile v2 cls and PP-OCRv4 det on onnxruntime, 1 thread, batch 1.
 
 For each model: FP32 (the file from the rapidocr-onnxruntime wheel), slimq INT8 with the speed guard
-off (plain static PTQ) and on (the default, :mod:`slimq.static.speed`), timed side by side in interleaved
+off (plain static PTQ) and on (the default, :mod:`slimq.runtime.speed`), timed side by side in interleaved
 rounds in process CPU time (see slimq.runtime.select.interleaved_ms: on a shared 2-core machine wall times
 were 2.5x inflated and noisy), and checked against FP32: cls by top-1 agreement on rendered text lines (half
 of them upside down, the classifier's job), det by box F1 against FP32's own boxes and against the rendered

@@ -1,4 +1,4 @@
-"""Never slower than FP32: the speed guard (slimq.static.speed), its report lines, and the runtime comparison."""
+"""Never slower than FP32: the speed guard (slimq.runtime.speed), its report lines, and the runtime comparison."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from slimq.io.samples import load_samples
 from slimq.io.spec import model_inputs
 from slimq.static.calibrate import Calibration
 from slimq.static.method import quantize_static
-from slimq.static.speed import op_class, place_for_speed, speed_groups
+from slimq.runtime.speed import op_class, place_for_speed, speed_groups
 from slimq.static.speed_step import Built, guard_speed, rebuild, runtime_line
 from slimq.static.steps import run_calibration, split_samples
 
@@ -318,7 +318,7 @@ def test_int8_hardswish_leaves_a_constant_off_the_grid_float(caplog):
 def test_an_inexact_rewrite_that_costs_accuracy_is_not_kept():
     """Faster is not enough for a rewrite that changes values: it must keep the SQNR against FP32 within
     MAX_REWRITE_LOSS_DB on the held-out samples; an exact rewrite is not checked."""
-    from slimq.static.speed import MAX_REWRITE_LOSS_DB, QDQRewrite
+    from slimq.runtime.speed import MAX_REWRITE_LOSS_DB, QDQRewrite
 
     fp32, int8 = testing.conv_net(), testing.conv_net()
     lossy, exact = onnx.ModelProto(), onnx.ModelProto()

@@ -87,7 +87,7 @@ class StaticConfig:
     bias_correction: bool = True  # subtract the weight-rounding shift from Conv/Gemm biases (calibration means)
     show_progress: bool = True
     # never slower than FP32: time INT8 against FP32 on the target's runtime (x86: onnxruntime, openvino:
-    # OpenVINO; 1 thread, batch 1) and keep float the op classes int8 makes slower (slimq.static.speed)
+    # OpenVINO; 1 thread, batch 1) and keep float the op classes int8 makes slower (slimq.runtime.speed)
     speed_guard: bool = True
     # the report's "runs fastest on" line: FP32 and INT8 timed on every installed runtime (needs OpenVINO)
     compare_runtimes: bool = True

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
         prepare,
         save_checkpoint,
     )
+    from slimq.qat.speed import SpeedPlan, speed_plan
     from slimq.qat.verify import Agreement, check_agreement, ort_optimized_ops
 
 _EXPORTS = {
@@ -47,6 +48,7 @@ _EXPORTS = {
     "slimq.qat.graph": ("FloatOp", "PrepareReport"),
     "slimq.qat.model": ("QATModel", "QATWarning", "calibrate", "load_checkpoint", "param_groups",
                         "prepare", "save_checkpoint"),
+    "slimq.qat.speed": ("SpeedPlan", "speed_plan"),
     "slimq.qat.verify": ("Agreement", "check_agreement", "ort_optimized_ops"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -223,6 +223,18 @@ def _export_onnx(net: nn.Module, qm: QATModel, dest: Path, exporter: str, opset:
     return model
 
 
+def export_pair(qm: QATModel, target: str) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """The FP32 reference and the INT8 QDQ model in memory (dynamo exporter, default names, weights folded),
+    without the checks and report of :func:`convert`: for timing candidates (:mod:`slimq.qat.speed`)."""
+    net, reference = export_network(qm, target), float_network(qm)
+    names = _io_names(net, qm.example_inputs, None, None)
+    with tempfile.TemporaryDirectory(prefix="slimq-qat-") as tmp:
+        model = _export_onnx(net, qm, Path(tmp) / "int8.onnx", "dynamo", DYNAMO_OPSET, names)
+        fp32 = _export_onnx(reference, qm, Path(tmp) / "fp32.onnx", "dynamo", DYNAMO_OPSET, names)
+    fold_weight_quantization(model)
+    return ir.serde.serialize_model(fp32), ir.serde.serialize_model(model)
+
+
 def _check_options(qm: QATModel, exporter: str, opset: int | None) -> int:
     if exporter not in EXPORTERS:
         raise unknown_choice("ONNX exporter", exporter, EXPORTERS)

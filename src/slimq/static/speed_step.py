@@ -1,4 +1,4 @@
-"""The speed steps of static PTQ, around the algorithm in :mod:`slimq.static.speed`: rebuild a candidate
+"""The speed steps of static PTQ, around the algorithm in :mod:`slimq.runtime.speed`: rebuild a candidate
 with more layers float, run the guard on the target's runtime, time the result on every installed runtime
 ("runs fastest on"), and put what was measured into the report."""
 
@@ -22,7 +22,7 @@ from slimq.runtime.backends import openvino_available
 from slimq.runtime.macs import count_macs
 from slimq.runtime.select import RUNTIME_NAMES, installed_backends, interleaved_ms, missing_note
 from slimq.static.calibrate import Calibration
-from slimq.static.speed import (
+from slimq.runtime.speed import (
     MIN_MACS,
     MIN_TIMED_MS,
     Fidelity,

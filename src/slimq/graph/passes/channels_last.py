@@ -20,7 +20,7 @@ C-element blocks: (1, 120, 120, 96) uint8, blocksize 2, took 0.24 ms against 1.1
 DepthToSpace (before its layout transposes). CRD mode would gather single bytes in NHWC (3.5 ms) and is
 left alone; slimq's ConvTranspose rewrite (:mod:`slimq.graph.passes.deconv`) emits DCR.
 
-The values are identical, so the speed guard (:mod:`slimq.static.speed`) may try them; each is kept only
+The values are identical, so the speed guard (:mod:`slimq.runtime.speed`) may try them; each is kept only
 where the whole model measures faster.
 """
 

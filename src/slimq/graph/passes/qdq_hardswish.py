@@ -18,7 +18,7 @@ That is a fraction of a step, but the same for every element with the same input
 whole tensor's mean: on PP-OCRv4 rec one rewritten site moved its output's mean by +0.036 steps and cost
 4 dB of output SQNR, all 26 sites 7 dB (23.94 -> 16.82 dB, CER 1.72 -> 2.16 % on 200 lines), while on
 PP-OCRv4 det it gained 0.3 dB. The speed guard therefore keeps it only where it measures faster *and* keeps
-the SQNR against FP32 on the held-out samples (:class:`slimq.static.speed.QDQRewrite`, ``exact=False``).
+the SQNR against FP32 on the held-out samples (:class:`slimq.runtime.speed.QDQRewrite`, ``exact=False``).
 
 A scalar affine tail between HardSwish and its QuantizeLinear (PP-LCNetV3's learnable ``a * x + c``, or the
 ``+ c`` that :mod:`slimq.graph.passes.fold_input_affine` leaves in front of a padded convolution) goes into

@@ -5,7 +5,7 @@ kernel. With onnxruntime 1.32 on x86 at one thread that kernel was measured abou
 the separate Add and LayerNormalization it replaces (MiniLM-L6, 128 tokens: 13 fused nodes took 2.6 ms of
 a 9.4 ms INT8 run, against 0.6 ms unfused). ``Sum`` of two inputs computes the same values as ``Add``
 (both broadcast the same way) and onnxruntime does not fuse it. The result is identical in real numbers,
-so the speed guard (:mod:`slimq.static.speed`) may try it: it is kept only where the whole model measures
+so the speed guard (:mod:`slimq.runtime.speed`) may try it: it is kept only where the whole model measures
 faster on the runtime, so a runtime with a fast fused kernel keeps the Add.
 """
 
