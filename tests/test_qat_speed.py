@@ -126,3 +126,19 @@ def test_plan_on_the_real_runtime_returns_a_consistent_config():
     assert plan.config.skip == plan.keep_float
     assert set(plan.keep_float) == set(plan.placement.floats)
     assert np.isfinite(plan.placement.final_ms)
+
+
+def test_a_float_stem_leaves_its_readers_int8(tmp_path):
+    """A skipped conv reading the float image cannot become an integer kernel, so its output is quantized for
+    the next layer (before: the next conv read it in float and ran as a float Conv with int8 weights)."""
+    from slimq.runtime.session import optimized_graph
+
+    model, x = mobilenet(), images(8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", qat.QATWarning)  # the stem's BatchNorm stays float with it
+        qm = qat.prepare(model, x[:2], qat.QATConfig(skip=("stem.0",)))
+    qat.calibrate(qm, [x], algo="hist")
+    result = qat.convert(qm, tmp_path / "s.onnx", samples=x)
+    ops = [n.op_type for n in optimized_graph(onnx.load(str(result.path)), "extended").graph.node]
+    assert ops.count("Conv") == 1 and ops.count("QLinearConv") == 3  # only the stem is float
+    assert result.artifacts["export_agreement"].fraction_within_step >= 0.999

@@ -14,9 +14,9 @@ from slimq.core.config import StaticConfig
 from slimq.graph.passes import preprocess
 from slimq.io.samples import load_samples
 from slimq.io.spec import model_inputs
+from slimq.runtime.speed import op_class, place_for_speed, speed_groups
 from slimq.static.calibrate import Calibration
 from slimq.static.method import quantize_static
-from slimq.runtime.speed import op_class, place_for_speed, speed_groups
 from slimq.static.speed_step import Built, guard_speed, rebuild, runtime_line
 from slimq.static.steps import run_calibration, split_samples
 

@@ -67,6 +67,8 @@ def register(sub: argparse._SubParsersAction, methods: argparse._SubParsersActio
     user.add_argument("--std", help="per-channel std")
     user.add_argument("--capture", choices=("auto", "fx", "export"), help="graph capture (default auto)")
     user.add_argument("--min-int8-mac-share", type=float, help="fail below this int8 MAC share (default 0.5)")
+    user.add_argument("--no-speed-guard", action="store_true",
+                      help="quantize every layer, even the op classes whose int8 form measures slower than float")
     p.set_defaults(func=run_qat)
 
 
@@ -96,7 +98,7 @@ def format_result(result: dict[str, Any]) -> str:
 
 _RECIPE_ONLY = ("recipe", "epochs", "freeze_bn_step", "freeze_observer_step", "train_limit", "calib_batches", "json")
 _USER_ONLY = ("calib", "train", "distill", "steps", "input_shape", "size", "resize_short", "mean", "std", "capture",
-              "min_int8_mac_share")
+              "min_int8_mac_share", "no_speed_guard")
 
 
 def _numbers(text: str | None, flag: str, kind: type = float) -> tuple[Any, ...] | None:
@@ -148,7 +150,7 @@ def run_user_model(args: argparse.Namespace, out: Path) -> int:
                                        if v is not None})
     result = quantize_user_model(args.model, args.calib, out, QATConfig(**cfg), train=args.train,
                                  distill_config=distill_cfg, input_shape=_numbers(args.input_shape, "--input-shape", int),
-                                 preprocess=_preprocess(args),
+                                 preprocess=_preprocess(args), speed_guard=not args.no_speed_guard,
                                  log=lambda step, loss: print(f"distill step {step}: loss {loss:.5f}", flush=True))
     print(result.report.format())
     print(f"wrote {out} and {out.name}.report.json")

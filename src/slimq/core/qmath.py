@@ -6,9 +6,8 @@ reference formula and reused by static PTQ, dynamic PTQ and QAT export.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import onnx

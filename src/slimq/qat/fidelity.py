@@ -16,6 +16,7 @@ import copy
 import logging
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -32,7 +33,9 @@ from slimq.qat.modules import QATConv, QATLinear, bind_input, bind_output
 from slimq.qat.quantizers import ActQuantizer
 from slimq.report.build import Check, Evidence, build_report
 from slimq.report.schema import FloatOp, Report
+from slimq.runtime.select import RUNTIME_NAMES
 from slimq.runtime.session import optimized_graph
+from slimq.runtime.speed import SpeedPlacement
 
 log = logging.getLogger("slimq")
 
@@ -99,9 +102,12 @@ def _scopes(node: onnx.NodeProto) -> set[str]:
     return scopes - {""}
 
 
-def float_modules(prep: PrepareReport) -> dict[str, str]:
-    """Module path -> why prepare kept it in float."""
-    out = {path: SKIPPED for path in prep.skipped}
+def float_modules(prep: PrepareReport, speed: SpeedPlacement | None = None) -> dict[str, str]:
+    """Module path -> why prepare kept it in float (``speed``: the speed plan the model was prepared from)."""
+    floats = speed.floats if speed is not None else {}
+    where = RUNTIME_NAMES.get(speed.runtime, speed.runtime) if speed is not None else ""
+    out = {path: f"kept float for speed ({floats[path]}: int8 was slower on {where})" if path in floats else SKIPPED
+           for path in prep.skipped}
     out.update({u.name: f"{u.op} has no int8 form in QAT (left in float by prepare)" for u in prep.unsupported})
     return out
 
@@ -116,11 +122,12 @@ def _module_of(node: onnx.NodeProto, modules: dict[str, str]) -> str | None:
     return loose.pop() if len(loose) == 1 else None
 
 
-def graph_ops(model: onnx.ModelProto, prep: PrepareReport) -> tuple[dict[str, int], list[dict]]:
+def graph_ops(model: onnx.ModelProto, prep: PrepareReport,
+              speed: SpeedPlacement | None = None) -> tuple[dict[str, int], list[dict]]:
     """Quantized op counts (data input from DequantizeLinear) and float ops with reasons:
     MAC nodes without Q/DQ inputs, then prepare's other float ops."""
     from_dq = {o for n in model.graph.node if is_dequantize(n.op_type, n.domain) for o in n.output}
-    modules = float_modules(prep)
+    modules = float_modules(prep, speed)
     quantized: Counter = Counter()
     floats: list[dict] = []
     for n in model.graph.node:
@@ -165,7 +172,7 @@ def build_qat_report(qm: QATModel, int8: onnx.ModelProto, fp32: onnx.ModelProto,
                      feeds: list[dict[str, np.ndarray]], target: str, given_samples: bool,
                      extra: dict | None = None) -> Report:
     """The fidelity report of ``int8`` (method "qat"), built like every other method's."""
-    quantized, floats = graph_ops(int8, qm.report)
+    quantized, floats = graph_ops(int8, qm.report, qm.speed)
     prep = qm.report
     info = {"variant": qm.config.variant, "steps": int(qm.step),
             "reference": "trained network with fake quantization off (BatchNorm folded), exported to ONNX",
@@ -176,4 +183,8 @@ def build_qat_report(qm: QATModel, int8: onnx.ModelProto, fp32: onnx.ModelProto,
     ev = Evidence("qat", target, target_description(target), fp32, int8, feeds, inputs, not given_samples,
                   quantized, [FloatOp(f["node"], f["op_type"], f["reason"], f["module"]) for f in floats],
                   warnings=flag_requantized(floats, int8), details={**info, **(extra or {})})
-    return build_report(ev, Check(MIN_COSINE, advice=QAT_ADVICE))
+    report = build_report(ev, Check(MIN_COSINE, advice=QAT_ADVICE))
+    if qm.speed is None:
+        return report
+    note = qm.speed.note("QAT speed plan")
+    return replace(report, notes=(*report.notes, note), details={**report.details, "speed": qm.speed.to_dict()})

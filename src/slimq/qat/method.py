@@ -10,12 +10,14 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.export import ExportedProgram
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from slimq.core.errors import CalibrationDataError, ConfigError
 from slimq.qat.config import QATConfig
 from slimq.qat.export import convert
 from slimq.qat.model import QATModel, calibrate, prepare
+from slimq.qat.speed import speed_plan
 from slimq.report.publish import QuantResult, check_output
 
 CALIB_BATCH = 8
@@ -46,13 +48,24 @@ def _batches(x: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
         yield x[i:i + size]
 
 
+def prepare_for_speed(model: nn.Module | ExportedProgram, calib: torch.Tensor, config: QATConfig,
+                      speed_guard: bool) -> QATModel:
+    """prepare(), after the speed plan (:func:`slimq.qat.speed_plan`, timed on the first calibration batch)
+    when ``speed_guard``: layers whose int8 form makes the export slower stay float, as in static PTQ."""
+    if not speed_guard:
+        return prepare(model, calib[:2], config)
+    return speed_plan(model, calib[:2], config, batches=[calib[:CALIB_BATCH]]).prepare(model, calib[:2])
+
+
 def quantize_qat(model: nn.Module, config: QATConfig | None = None, data: Any = None,
-                 output: str | os.PathLike | None = None, **convert_options: Any) -> QuantResult:
+                 output: str | os.PathLike | None = None, speed_guard: bool = True,
+                 **convert_options: Any) -> QuantResult:
     """Convert a trained QAT model, or prepare -> calibrate -> convert a float one (no training).
 
     For a float model (an ``nn.Module`` or a ``torch.export`` program), `data` (samples along axis 0, or a
     list of batches) calibrates the activation ranges as static PTQ does (``hist``, bias correction); the
-    last samples (up to 16, at most a fifth) are held back for the report's agreement.
+    last samples (up to 16, at most a fifth) are held back for the report's agreement. ``speed_guard``
+    (float models): keep float the layer classes whose int8 form measures slower, as static PTQ does.
     """
     out = check_output(None, output)
     if out is None:
@@ -65,7 +78,7 @@ def quantize_qat(model: nn.Module, config: QATConfig | None = None, data: Any = 
         raise CalibrationDataError(f"QAT calibration needs at least 2 samples, got {len(x)}.")
     hold = min(HOLDOUT, len(x) // 5)
     calib, check = (x[:-hold], x[-hold:]) if hold else (x, None)
-    qmodel = prepare(model, calib[:2], config or QATConfig())
+    qmodel = prepare_for_speed(model, calib, config or QATConfig(), speed_guard)
     calibrate(qmodel, _as_batches(calib), algo="hist", bias_correction=True)  # PTQ quality: no training follows
     return convert(qmodel, out, samples=check, **convert_options)
 

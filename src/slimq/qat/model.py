@@ -33,6 +33,7 @@ from slimq.qat.graph import PrepareReport, is_skipped, swap_modules, trace
 from slimq.qat.modules import QATConv
 from slimq.qat.placement import insert_quantizers
 from slimq.qat.quantizers import CALIBRATION_ALGOS, ActQuantizer, WeightQuantizer
+from slimq.runtime.speed import SpeedPlacement
 
 CHECKPOINT_FORMAT = "slimq-qat-checkpoint-v1"
 
@@ -61,6 +62,8 @@ class QATModel(nn.Module):
         # Bias correction's shifts (parameter name in ``net`` -> amount subtracted), so that the FP32
         # reference (:func:`slimq.qat.fidelity.float_network`: the distillation teacher) can undo them.
         self.bias_corrections: dict[str, torch.Tensor] = {}
+        # The speed plan this model was prepared from (:meth:`slimq.qat.speed.SpeedPlan.prepare`), for the report.
+        self.speed: SpeedPlacement | None = None
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self.training:

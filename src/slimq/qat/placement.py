@@ -1,10 +1,11 @@
 """Insertion of activation quantizers into a traced graph (rules in :mod:`slimq.qat.graph`).
 
 Float MAC outputs stay float: the output of a Conv/Linear/MatMul kept in float (skipped by
-``QATConfig.skip`` or unsupported), also after a BatchNorm, ReLU/ReLU6/clamp or a grid-keeping
-op (max-pool, flatten, ...) that directly follows it, gets no activation quantizer, and its
-readers take it in float. With a QuantizeLinear behind it onnxruntime would fold the BatchNorm,
-quantize the float weight itself and run the "float" layer as QLinearConv anyway.
+``QATConfig.skip`` or unsupported) that reads a quantized tensor, also after a BatchNorm, ReLU/ReLU6/clamp
+or a grid-keeping op (max-pool, flatten, ...) that directly follows it, gets no activation quantizer, and
+its readers take it in float. With a QuantizeLinear behind it onnxruntime would fold the BatchNorm,
+quantize the float weight itself and run the "float" layer as QLinearConv anyway. A float MAC reading a
+float tensor (a float stem conv on the image) has no such risk: its output is quantized for its readers.
 """
 
 from __future__ import annotations
@@ -114,12 +115,18 @@ class _Placer:
         return node.op == "call_function" and (node.target in _CLIP_FUNCS or activation_bounds(node) is not None)
 
     def from_float_mac(self, value: fx.Node) -> bool:
-        """True when ``value`` is the output of a float MAC (through BN/ReLU/clamp/max-pool...)."""
+        """True when ``value`` is the output of a float MAC (through BN/ReLU/clamp/max-pool...) that reads a
+        quantized tensor. One that reads a float tensor (a graph input, a float op) cannot become an integer
+        kernel, so its output is quantized for its int8 readers like any other (a float stem conv must not
+        leave the next layer float too)."""
         node = value
         while node not in self.grid_of and node.args and isinstance(node.args[0], fx.Node) and (
                 self._see_through_kind(node) in _SEE_THROUGH or self._is_clip(node)):
             node = node.args[0]
-        return node not in self.grid_of and self._is_float_mac(node)
+        if node in self.grid_of or not self._is_float_mac(node):
+            return False
+        data = node.args[0] if node.args else None
+        return isinstance(data, fx.Node) and data in self.grid_of
 
     def _ensure_input(self, value: fx.Node, consumer: fx.Node) -> None:
         if value in self.grid_of or self.from_float_mac(value):

@@ -31,7 +31,6 @@ from slimq.qat.config import QATConfig
 from slimq.qat.export import export_pair
 from slimq.qat.model import QATModel, QATWarning, as_inputs, calibrate, prepare
 from slimq.qat.modules import QATConv, QATLinear
-from slimq.runtime.macs import count_macs
 from slimq.runtime.speed import (
     MIN_MACS,
     MIN_TIMED_MS,
@@ -57,7 +56,13 @@ class SpeedPlan:
     placement: SpeedPlacement
 
     def note(self) -> str:
-        return self.placement.note().replace("speed guard", "QAT speed plan", 1)
+        return self.placement.note("QAT speed plan")
+
+    def prepare(self, model: nn.Module | ExportedProgram, example_inputs: Any) -> QATModel:
+        """:func:`slimq.qat.prepare` with the plan's config; the model's report will carry the plan."""
+        qm = prepare(model, example_inputs, self.config)
+        qm.speed = self.placement
+        return qm
 
 
 def layer_class(module: nn.Module) -> str | None:
@@ -124,6 +129,10 @@ def speed_plan(model: nn.Module | ExportedProgram, example_inputs: Any, config: 
     data = list(batches) if batches is not None else [as_inputs(example_inputs, "example_inputs")]
     candidates = _Candidates(model, example_inputs, cfg, data)
     first = candidates.prepared(frozenset())
+    macs = sum(o.macs for o in first.report.mac_ops) // max(1, len(first.example_inputs[0]))
+    if macs < MIN_MACS:
+        why = f"a toy model ({macs:,} MACs per sample < {MIN_MACS:,}): not timed"
+        return SpeedPlan(cfg, (), SpeedPlacement(runtime, skipped=why))
     fp32, int8 = export_pair(first, cfg.target)
     feed = _feed(fp32, first.example_inputs)
     skipped, timer = _timer(runtime, fp32, feed, timer)
@@ -139,11 +148,7 @@ def speed_plan(model: nn.Module | ExportedProgram, example_inputs: Any, config: 
 
 
 def _timer(runtime: str, fp32: onnx.ModelProto, feed: Feeds, timer: Timer | None) -> tuple[str, Timer | None]:
-    """The timer to use, or why the model is not timed at all: a toy, or too fast to time reliably."""
-    macs = count_macs(fp32, feed)
-    total = macs.int8_macs + macs.float_macs
-    if total < MIN_MACS:
-        return f"a toy model ({total:,} MACs per run < {MIN_MACS:,}): not timed", None
+    """The timer to use, or why the model is not timed: FP32 too fast to time reliably."""
     if timer is not None:
         return "", timer
     fp32_ms = backend_timer(runtime, feed, min_time=0.05, rounds=1)([fp32])[0]

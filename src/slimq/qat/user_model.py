@@ -1,7 +1,8 @@
 """QAT of a user's PyTorch model from files: ``module:factory`` or a ``.pt2`` program, calibration/training
 data folders or ``.npy``/``.npz`` files (what ``slimq quantize qat --model ...`` runs).
 
-Pipeline: load the model -> :func:`slimq.qat.prepare` -> :func:`slimq.qat.calibrate` (static PTQ's ``hist``
+Pipeline: load the model -> the speed plan (:func:`slimq.qat.speed_plan`, as static PTQ's speed guard; on by
+default) -> :func:`slimq.qat.prepare` -> :func:`slimq.qat.calibrate` (static PTQ's ``hist``
 ranges and bias correction) -> optionally :func:`slimq.qat.distill` on unlabeled training data ->
 :func:`slimq.qat.convert`. The last samples of the calibration data (up to 16, at most a fifth) are
 held back for the report's FP32-vs-INT8 agreement.
@@ -27,11 +28,9 @@ from slimq.io.spec import InputSpec
 from slimq.qat.config import QATConfig
 from slimq.qat.distillation import DistillConfig, distill
 from slimq.qat.export import convert
-from slimq.qat.model import calibrate, prepare
+from slimq.qat.method import CALIB_BATCH, HOLDOUT, prepare_for_speed
+from slimq.qat.model import calibrate
 from slimq.report.publish import QuantResult
-
-HOLDOUT = 16
-CALIB_BATCH = 8
 
 
 def is_user_model(spec: str) -> bool:
@@ -128,8 +127,9 @@ def load_tensor(data: str | Path, spec: InputSpec, preprocess: Any, what: str) -
 def quantize_user_model(model_spec: str, calib: str | Path, output: str | Path, config: QATConfig, *,
                         train: str | Path | None = None, distill_config: DistillConfig | None = None,
                         input_shape: Sequence[int] | None = None, preprocess: Any = None,
-                        calib_algo: str = "hist", log: Any = None) -> QuantResult:
-    """Load, prepare, calibrate, optionally distill, and convert a user model; returns the QuantResult."""
+                        calib_algo: str = "hist", log: Any = None, speed_guard: bool = True) -> QuantResult:
+    """Load, prepare (after the speed plan when ``speed_guard``), calibrate, optionally distill, and convert a
+    user model; returns the QuantResult."""
     model = load_model(model_spec)
     size = preprocess.size if preprocess is not None and preprocess.size else None
     channels = 1 if preprocess is not None and preprocess.color == "GRAY" else 3
@@ -137,7 +137,7 @@ def quantize_user_model(model_spec: str, calib: str | Path, output: str | Path, 
     x = load_tensor(calib, spec, preprocess, "Calibration data")
     hold = min(HOLDOUT, len(x) // 5)
     calib_x, check = (x[:-hold], x[-hold:]) if hold else (x, None)
-    qmodel = prepare(model, calib_x[:2], config)
+    qmodel = prepare_for_speed(model, calib_x, config, speed_guard)
     calibrate(qmodel, [calib_x[i:i + CALIB_BATCH] for i in range(0, len(calib_x), CALIB_BATCH)], algo=calib_algo,
               bias_correction=True)
     if distill_config is not None:

@@ -82,21 +82,22 @@ class SpeedPlacement:
     all_float: bool = False
     skipped: str = ""  # why nothing was measured
 
-    def note(self) -> str:
+    def note(self, what: str = "speed guard") -> str:
+        """One line for the report; ``what`` names the step (QAT: "QAT speed plan")."""
         where = RUNTIME_NAMES.get(self.runtime, self.runtime)
         if self.skipped:
-            return f"speed guard: not run ({self.skipped})"
+            return f"{what}: not run ({self.skipped})"
         first = self.fp32_ms / self.int8_ms if self.fp32_ms and self.int8_ms else 0.0
         final = self.fp32_ms / self.final_ms if self.fp32_ms and self.final_ms else 0.0
         if self.all_float:
-            return (f"speed guard: no INT8 model tried ran faster than FP32 on {where} (first INT8 {first:.2f}x of "
+            return (f"{what}: no INT8 model tried ran faster than FP32 on {where} (first INT8 {first:.2f}x of "
                     "FP32 at 1 thread): every layer was kept float, so the output computes like the FP32 model")
         extra = f"; kept {', '.join(self.rewrites)} ({first:.2f}x -> {final:.2f}x)" if self.rewrites else ""
         if not self.floats:
-            return f"speed guard: INT8 runs {final:.2f}x as fast as FP32 on {where} (1 thread, batch 1){extra}"
+            return f"{what}: INT8 runs {final:.2f}x as fast as FP32 on {where} (1 thread, batch 1){extra}"
         groups = sorted({t.group for t in self.trials if t.kept and t.nodes})
         rewrites = f"; kept {', '.join(self.rewrites)}" if self.rewrites else ""
-        return (f"speed guard: kept {len(self.floats)} layer(s) float for speed ({', '.join(groups)}: int8 was "
+        return (f"{what}: kept {len(self.floats)} layer(s) float for speed ({', '.join(groups)}: int8 was "
                 f"slower on {where}){rewrites}; INT8 {first:.2f}x -> {final:.2f}x of FP32 at 1 thread")
 
     def to_dict(self) -> dict:

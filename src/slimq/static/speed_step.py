@@ -21,7 +21,6 @@ from slimq.report.schema import FloatOp, Report
 from slimq.runtime.backends import openvino_available
 from slimq.runtime.macs import count_macs
 from slimq.runtime.select import RUNTIME_NAMES, installed_backends, interleaved_ms, missing_note
-from slimq.static.calibrate import Calibration
 from slimq.runtime.speed import (
     MIN_MACS,
     MIN_TIMED_MS,
@@ -35,6 +34,7 @@ from slimq.runtime.speed import (
     speed_groups,
     timing_window,
 )
+from slimq.static.calibrate import Calibration
 from slimq.static.steps import apply_plan, plan_static
 
 TARGET_RUNTIME = {"x86": "ort", "openvino": "openvino"}  # the runtime each target is deployed with
