@@ -9,6 +9,9 @@ There are no labels, so accuracy is **top-1 agreement with the FP32 model** (plu
 Part A, no training, per model: static PTQ (``slimq.quantize`` with the default ``StaticConfig`` on the
 model's FP32 ONNX export) and QAT ``prepare -> calibrate -> convert`` both calibrate on the centre crops
 of the 28 photos; both are evaluated in onnxruntime on ``--views`` random crops/flips of every photo.
+Both keep float the layer classes whose int8 form measures slower on onnxruntime (static: its speed guard;
+QAT: ``slimq.qat.speed_plan`` before prepare, ``--no-speed-plan`` to leave it out); the rows "guard off" and
+"no plan" quantize every layer, for a comparison at 100 % int8.
 Also printed: the int8 share of MACs in onnxruntime, the QAT capture used, and how closely the INT8
 export follows the PyTorch fake-quant model (share of logits within one output step), next to the same
 measure between onnxruntime's integer kernels and its own float QDQ reference (deep int8 CNNs amplify
@@ -57,6 +60,7 @@ EXTRA = ["page.png", "text.png", "camera.png", "brick.png", "grass.png", "gravel
 MORE = "more"  # ~350 more photos (fetch_images.sh): part B uses them when present (--more / --no-more)
 DEFAULT_IMAGES = Path(__file__).resolve().parent / "data" / "images"
 BASE = 288  # training/evaluation views are random crops of a 288x288 centre crop, resized to 224
+BIAS_CORRECTION: dict = {"mode": "empirical"}  # --bias-correction
 ORT_THREADS = {"intra_op": 0}  # --threads also bounds onnxruntime's thread pool (0: its default)
 
 
@@ -144,14 +148,26 @@ def export_fp32(model: torch.nn.Module, example: torch.Tensor, path: Path) -> No
         raise SystemExit(f"FP32 export differs from PyTorch by {diff}")
 
 
-def static_ptq(fp32: Path, calib: torch.Tensor, out: Path) -> dict:
-    result = slimq.quantize(str(fp32), slimq.StaticConfig(show_progress=False), {"input": calib.numpy()}, out)
+def static_ptq(fp32: Path, calib: torch.Tensor, out: Path, speed_guard: bool = True) -> dict:
+    config = slimq.StaticConfig(show_progress=False, speed_guard=speed_guard)
+    result = slimq.quantize(str(fp32), config, {"input": calib.numpy()}, out)
     return {"int8_mac_share": result.report.int8_mac_share}
 
 
-def qat_calibrated(model: torch.nn.Module, calib: torch.Tensor, algo: str) -> qat.QATModel:
-    qmodel = qat.prepare(model, calib[:2])
-    qat.calibrate(qmodel, [calib[i:i + 8] for i in range(0, len(calib), 8)], algo=algo, bias_correction=True)
+def make_plan(model: torch.nn.Module, calib: torch.Tensor, use: bool) -> qat.SpeedPlan | None:
+    """QAT's speed plan (static PTQ's speed guard on QAT's export), timed on the first 8 calibration images."""
+    if not use:
+        return None
+    plan = qat.speed_plan(model, calib[:2], batches=[calib[:8]])
+    print(f"  {plan.note()}", file=sys.stderr, flush=True)
+    return plan
+
+
+def qat_calibrated(model: torch.nn.Module, calib: torch.Tensor, algo: str,
+                   plan: qat.SpeedPlan | None = None) -> qat.QATModel:
+    qmodel = plan.prepare(model, calib[:2]) if plan is not None else qat.prepare(model, calib[:2])
+    qat.calibrate(qmodel, [calib[i:i + 8] for i in range(0, len(calib), 8)], algo=algo,
+                  bias_correction=BIAS_CORRECTION["mode"])
     return qmodel
 
 
@@ -175,14 +191,23 @@ def part_a(name: str, model: torch.nn.Module, spec: PreprocessSpec, paths: list[
     fp32_path = tmp / f"{name}.fp32.onnx"
     export_fp32(model, calib[:2], fp32_path)
     ref = torch_logits(model, views)
-    static = static_ptq(fp32_path, calib, tmp / f"{name}.static.onnx")
-    static.update(compare(ref, ort_logits(tmp / f"{name}.static.onnx", views)))
-    start = time.perf_counter()
-    qmodel = qat_calibrated(model, calib, args.calib_algo)
-    q = qat_convert(qmodel, tmp / f"{name}.qat.onnx", views)
-    q["seconds"] = round(time.perf_counter() - start, 1)
-    q.update(compare(ref, ort_logits(tmp / f"{name}.qat.onnx", views)))
-    return {"model": name, "samples": len(views), "static": static, "qat": q}
+    rows = {}
+    for key, guard in (("static", True), ("static_all_int8", False)):
+        rows[key] = static_ptq(fp32_path, calib, tmp / f"{name}.{key}.onnx", speed_guard=guard)
+        rows[key].update(compare(ref, ort_logits(tmp / f"{name}.{key}.onnx", views)))
+    plan = make_plan(model, calib, args.speed_plan)
+    for key, use in (("qat", plan), ("qat_all_int8", None)):
+        if key == "qat_all_int8" and (plan is None or not plan.keep_float):
+            rows[key] = rows["qat"]  # the plan kept every layer int8: the same model
+            continue
+        start = time.perf_counter()
+        qmodel = qat_calibrated(model, calib, args.calib_algo, use)
+        rows[key] = qat_convert(qmodel, tmp / f"{name}.{key}.onnx", views)
+        rows[key]["seconds"] = round(time.perf_counter() - start, 1)
+        rows[key].update(compare(ref, ort_logits(tmp / f"{name}.{key}.onnx", views)))
+    rows["qat"]["speed_plan"] = plan.note() if plan is not None else "off"
+    rows["qat"]["keep_float"] = list(plan.keep_float) if plan is not None else []
+    return {"model": name, "samples": len(views), **rows}
 
 
 def more_photos(folder: Path, use: bool | None) -> list[str]:
@@ -222,7 +247,7 @@ def part_b(name: str, model: torch.nn.Module, spec: PreprocessSpec, folder: Path
     export_fp32(model, calib[:2], fp32_path)
     static_ptq(fp32_path, calib, tmp / f"{name}.b.static.onnx")
     static = compare(ref, ort_logits(tmp / f"{name}.b.static.onnx", views))
-    qmodel = qat_calibrated(model, calib, args.calib_algo)
+    qmodel = qat_calibrated(model, calib, args.calib_algo, make_plan(model, calib, args.speed_plan))
     qat.convert(qmodel, tmp / f"{name}.b.calib.onnx", samples=views[:16])
     calibrated = compare(ref, ort_logits(tmp / f"{name}.b.calib.onnx", views))
     config = qat.DistillConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
@@ -242,12 +267,17 @@ def format_a(rows: list[dict]) -> str:
              f"{'model':<20}{'method':<12}{'capture':<9}{'int8 MACs':>10}{'top-1 agr':>11}{'SQNR dB':>9}"
              f"{'export<=1step':>15}{'ORT int vs QDQ':>16}"]
     for r in rows:
-        s, q = r["static"], r["qat"]
-        lines.append(f"{r['model']:<20}{'static PTQ':<12}{'-':<9}{100 * s['int8_mac_share']:>9.1f}%"
-                     f"{100 * s['agree']:>10.1f}%{s['sqnr_db']:>9.2f}")
-        lines.append(f"{'':<20}{'QAT calib':<12}{q['capture']:<9}{100 * q['int8_mac_share']:>9.1f}%"
-                     f"{100 * q['agree']:>10.1f}%{q['sqnr_db']:>9.2f}{100 * q['export_within_step']:>14.2f}%"
-                     f"{100 * q['ort_int_vs_qdq_within_step']:>15.2f}%")
+        for i, (key, label) in enumerate((("static", "static PTQ"), ("static_all_int8", "  guard off"),
+                                          ("qat", "QAT calib"), ("qat_all_int8", "  no plan"))):
+            row = r[key]
+            if key == "qat_all_int8" and row is r["qat"]:
+                continue
+            head = f"{r['model'] if i == 0 else '':<20}{label:<12}{row.get('capture', '-'):<9}"
+            line = f"{head}{100 * row['int8_mac_share']:>9.1f}%{100 * row['agree']:>10.1f}%{row['sqnr_db']:>9.2f}"
+            if "export_within_step" in row:
+                line += f"{100 * row['export_within_step']:>14.2f}%{100 * row['ort_int_vs_qdq_within_step']:>15.2f}%"
+            lines.append(line)
+        lines.append(f"{'':<20}{r['qat']['speed_plan']}")
     return "\n".join(lines)
 
 
@@ -289,6 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--distill-model", default="mobilenet_v2", help="model of part B ('' to skip)")
     p.add_argument("--views", type=int, default=8, help="random views per photo for evaluation")
     p.add_argument("--calib-algo", default="hist", help="slimq.qat.calibrate algorithm")
+    p.add_argument("--bias-correction", choices=("empirical", "weights", "off"), default="empirical",
+                   help="QAT calibration's bias correction: whole output shift vs FP32 layer by layer (default), "
+                        "weight rounding only (static PTQ's), or none")
+    p.add_argument("--speed-plan", action=argparse.BooleanOptionalAction, default=True,
+                   help="QAT keeps float the layer classes whose int8 form measures slower (slimq.qat.speed_plan), "
+                        "as static PTQ's default speed guard does; part A also prints QAT without the plan")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-5)
@@ -303,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     ORT_THREADS["intra_op"] = args.threads
+    BIAS_CORRECTION["mode"] = {"empirical": "empirical", "weights": True, "off": False}[args.bias_correction]
     torch.manual_seed(args.seed)
     warnings.simplefilter("ignore")
     results: dict = {"part_a": [], "part_b": None}

@@ -3,6 +3,8 @@
 Typical use::
 
     qmodel = slimq.qat.prepare(model, example_inputs, QATConfig(target="x86"))
+    # or, keeping float the layer classes whose int8 form runs slower on the target (static PTQ's guard):
+    # qmodel = slimq.qat.speed_plan(model, example_inputs, QATConfig(target="x86")).prepare(model, example_inputs)
     slimq.qat.calibrate(qmodel, batches)          # optional range initialisation
     ...train qmodel as usual (DDP works: wrap it after prepare)...
     # or, without labels: slimq.qat.distill(qmodel, "calib_images/")  (matches the FP32 model's outputs)

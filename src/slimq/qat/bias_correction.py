@@ -31,7 +31,7 @@ def _weight_error(module: QATConv | QATLinear) -> torch.Tensor:
     return _fq_weight(module, w, b) - w
 
 
-def _target(module: QATConv | QATLinear) -> torch.Tensor | None:
+def target_bias(module: QATConv | QATLinear) -> torch.Tensor | None:
     """The parameter the folded bias moves with one to one."""
     if isinstance(module, QATLinear):
         return module.linear.bias
@@ -46,7 +46,7 @@ class BiasCorrection:
         self.sums: dict[nn.Module, torch.Tensor] = {}
         self.counts: dict[nn.Module, int] = {}
         self.handles = [m.register_forward_hook(self._hook) for m in net.modules()
-                        if isinstance(m, (QATConv, QATLinear)) and _target(m) is not None]
+                        if isinstance(m, (QATConv, QATLinear)) and target_bias(m) is not None]
 
     @torch.no_grad()
     def _hook(self, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
@@ -65,7 +65,7 @@ class BiasCorrection:
         ``record``: adds each shift under the bias's parameter name (cumulative over calls)."""
         for module, total in self.sums.items():
             mean = sync_mean_((total / self.counts[module]).float())
-            param = _target(module)  # type: ignore[arg-type]
+            param = target_bias(module)  # type: ignore[arg-type]
             if param is not None:
                 shift = mean.to(param.dtype)
                 param.sub_(shift)
@@ -79,4 +79,4 @@ class BiasCorrection:
             h.remove()
 
 
-__all__ = ["BiasCorrection"]
+__all__ = ["BiasCorrection", "target_bias"]

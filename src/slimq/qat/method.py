@@ -63,8 +63,9 @@ def quantize_qat(model: nn.Module, config: QATConfig | None = None, data: Any = 
     """Convert a trained QAT model, or prepare -> calibrate -> convert a float one (no training).
 
     For a float model (an ``nn.Module`` or a ``torch.export`` program), `data` (samples along axis 0, or a
-    list of batches) calibrates the activation ranges as static PTQ does (``hist``, bias correction); the
-    last samples (up to 16, at most a fifth) are held back for the report's agreement. ``speed_guard``
+    list of batches) calibrates the activation ranges as static PTQ does (``hist``) and corrects the biases
+    layer by layer against FP32 (``bias_correction="empirical"``); the last samples (up to 16, at most a
+    fifth) are held back for the report's agreement. ``speed_guard``
     (float models): keep float the layer classes whose int8 form measures slower, as static PTQ does.
     """
     out = check_output(None, output)
@@ -79,7 +80,7 @@ def quantize_qat(model: nn.Module, config: QATConfig | None = None, data: Any = 
     hold = min(HOLDOUT, len(x) // 5)
     calib, check = (x[:-hold], x[-hold:]) if hold else (x, None)
     qmodel = prepare_for_speed(model, calib, config or QATConfig(), speed_guard)
-    calibrate(qmodel, _as_batches(calib), algo="hist", bias_correction=True)  # PTQ quality: no training follows
+    calibrate(qmodel, _as_batches(calib), algo="hist", bias_correction="empirical")  # no training follows
     return convert(qmodel, out, samples=check, **convert_options)
 
 

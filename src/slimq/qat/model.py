@@ -29,6 +29,7 @@ from slimq.qat.bias_correction import BiasCorrection
 from slimq.qat.capture import capture
 from slimq.qat.config import QATConfig
 from slimq.qat.coverage import probe
+from slimq.qat.empirical_bias import MAX_SAMPLES, correct_outputs
 from slimq.qat.graph import PrepareReport, is_skipped, swap_modules, trace
 from slimq.qat.modules import QATConv
 from slimq.qat.placement import insert_quantizers
@@ -241,25 +242,30 @@ def _batch_inputs(batch: Any) -> tuple[torch.Tensor, ...]:
 
 
 def calibrate(qmodel: nn.Module, batches: Iterable[Any], max_batches: int | None = None,
-              algo: str = "avg", bias_correction: bool = False) -> int:
+              algo: str = "avg", bias_correction: bool | str = False) -> int:
     """Set every activation range from data before training (PaddleSlim's quant_post first).
 
     Runs the model in eval mode with activations in float. ``algo="avg"``: each quantizer's range
     becomes the mean over batches of the per-batch ``max|x|`` (max over ranks when distributed, so
     every rank must call this with the same number of batches); ``"hist"``, ``"mse"``, ``"KL"``,
     ``"emd"``, ``"abs_max"``: static PTQ's calibration algorithms on each quantizer's grid (better
-    when the model is converted without training). ``bias_correction``: also subtract each layer's
-    mean output shift caused by weight rounding from its bias (:mod:`slimq.qat.bias_correction`).
-    Returns the batch count.
+    when the model is converted without training). ``bias_correction``: True also subtracts each layer's
+    mean output shift caused by weight rounding from its bias (:mod:`slimq.qat.bias_correction`);
+    ``"empirical"`` then, layer by layer, its whole mean output shift against the FP32 model on the first
+    calibration samples (:mod:`slimq.qat.empirical_bias`; one partial forward per layer). Returns the batch
+    count.
     """
     if algo not in CALIBRATION_ALGOS:
         raise unknown_choice("QAT calibration algorithm", algo, CALIBRATION_ALGOS)
+    if not (isinstance(bias_correction, bool) or bias_correction == "empirical"):
+        raise ConfigError(f"bias_correction must be False, True or \"empirical\", got {bias_correction!r}.")
     qm = unwrap(qmodel)
     quantizers = [q for _, q in qm.quantizers()]
     training = qm.training
     qm.eval()
     count = 0
     correction = BiasCorrection(qm.net) if bias_correction else None
+    kept: list[tuple[torch.Tensor, ...]] = []  # the samples empirical correction measures on
     try:
         for q in quantizers:
             q.start_calibration(algo)
@@ -267,13 +273,18 @@ def calibrate(qmodel: nn.Module, batches: Iterable[Any], max_batches: int | None
             for batch in batches:
                 if max_batches is not None and count >= max_batches:
                     break
-                qm(*_batch_inputs(batch))
+                inputs = _batch_inputs(batch)
+                qm(*inputs)
                 count += 1
+                if bias_correction == "empirical" and sum(len(b[0]) for b in kept) < MAX_SAMPLES:
+                    kept.append(inputs)
         if count == 0:
             raise CalibrationDataError("calibrate() got no batches; pass at least one input batch.")
         missed = [name for name, q in qm.quantizers() if not q.finish_calibration()]
         if correction is not None:
             correction.apply(qm.bias_corrections)
+        if kept:
+            _correct_empirically(qm, kept)
     finally:
         for q in quantizers:
             q.calibrating, q._calib = False, None
@@ -283,6 +294,12 @@ def calibrate(qmodel: nn.Module, batches: Iterable[Any], max_batches: int | None
     if missed:
         warnings.warn(f"Calibration never reached: {', '.join(missed)}.", QATWarning, stacklevel=2)
     return count
+
+
+def _correct_empirically(qm: QATModel, kept: list[tuple[torch.Tensor, ...]]) -> None:
+    from slimq.qat.fidelity import float_network  # fidelity builds on this module
+
+    correct_outputs(qm.net, float_network(qm), kept, qm.bias_corrections)
 
 
 def save_checkpoint(qmodel: nn.Module, path: str | Path) -> Path:

@@ -3,7 +3,7 @@ data folders or ``.npy``/``.npz`` files (what ``slimq quantize qat --model ...``
 
 Pipeline: load the model -> the speed plan (:func:`slimq.qat.speed_plan`, as static PTQ's speed guard; on by
 default) -> :func:`slimq.qat.prepare` -> :func:`slimq.qat.calibrate` (static PTQ's ``hist``
-ranges and bias correction) -> optionally :func:`slimq.qat.distill` on unlabeled training data ->
+ranges, empirical bias correction) -> optionally :func:`slimq.qat.distill` on unlabeled training data ->
 :func:`slimq.qat.convert`. The last samples of the calibration data (up to 16, at most a fifth) are
 held back for the report's FP32-vs-INT8 agreement.
 """
@@ -139,7 +139,7 @@ def quantize_user_model(model_spec: str, calib: str | Path, output: str | Path, 
     calib_x, check = (x[:-hold], x[-hold:]) if hold else (x, None)
     qmodel = prepare_for_speed(model, calib_x, config, speed_guard)
     calibrate(qmodel, [calib_x[i:i + CALIB_BATCH] for i in range(0, len(calib_x), CALIB_BATCH)], algo=calib_algo,
-              bias_correction=True)
+              bias_correction="empirical")
     if distill_config is not None:
         data = load_tensor(train, spec, preprocess, "Training data") if train is not None else calib_x
         distill(qmodel, data, config=distill_config, log=log)
