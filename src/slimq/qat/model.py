@@ -283,6 +283,7 @@ def calibrate(qmodel: nn.Module, batches: Iterable[Any], max_batches: int | None
         missed = [name for name, q in qm.quantizers() if not q.finish_calibration()]
         if correction is not None:
             correction.apply(qm.bias_corrections)
+            correction.remove()
         if kept:
             _correct_empirically(qm, kept)
     finally:
