@@ -76,7 +76,9 @@ def test_plan_keeps_slow_class_float_and_prepare_follows_it(tmp_path):
     assert {"Conv 1x1", "Conv kxk", "Gemm"} <= tried  # the others were measured and refused
     assert "QAT speed plan: kept 1 layer(s) float" in plan.note()
 
-    qm = qat.prepare(model, x[:2], plan.config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", qat.QATWarning)  # the depthwise conv's BatchNorm stays float with it
+        qm = plan.prepare(model, x[:2])
     assert "block.depthwise.0" in qm.report.skipped
     assert not isinstance(qm.net.get_submodule("block.depthwise.0"), QATConv)
     qat.calibrate(qm, [x], algo="hist")
@@ -84,6 +86,14 @@ def test_plan_keeps_slow_class_float_and_prepare_follows_it(tmp_path):
     exported = onnx.load(str(tmp_path / "m.onnx"))
     assert _depthwise_int8(exported) == 0 and _float_convs(exported) == 1
     assert result.artifacts["export_agreement"].fraction_within_step >= 0.999
+    report = result.report
+    assert any(n.startswith("QAT speed plan: kept 1 layer(s) float") for n in report.notes)
+    assert report.details["speed"]["floats"] == {"block.depthwise.0": "Conv depthwise 3x3"}
+    reasons = {(f.module, f.op_type): f.reason for f in report.float_ops}
+    assert reasons[("block.depthwise.0", "Conv")] == ("kept float for speed (Conv depthwise 3x3: int8 was slower "
+                                                      "on onnxruntime)")
+    # the projection conv reads the floated depthwise conv's float output: said so, not "unsupported"
+    assert sum("reads the float output of a layer kept float" in f.reason for f in report.float_ops) == 1
 
 
 def test_plan_without_a_slow_class_keeps_everything_int8():

@@ -42,6 +42,8 @@ log = logging.getLogger("slimq")
 MIN_COSINE = StaticConfig.min_cosine
 MAC_OPS = tuple(i.op_type for i in OP_TABLE.values() if is_float_mac(i.op_type, i.domain))  # Conv, MatMul, ...
 NOT_QUANTIZED = "not quantized in the QAT model (unsupported module or skipped)"
+FLOAT_INPUT = ("int8 weights, but it reads the float output of a layer kept float (a quantizer there would let "
+               "onnxruntime fuse that layer into int8), so it runs in float")
 SKIPPED = "skipped by configuration (QATConfig.skip)"
 QAT_ADVICE = ("Train longer or with a lower learning rate, calibrate before training, or leave the guilty "
               "layers in float with QATConfig.skip.")
@@ -138,8 +140,9 @@ def graph_ops(model: onnx.ModelProto, prep: PrepareReport,
             quantized[n.op_type] += 1
         elif is_mac:
             module = _module_of(n, modules)
-            floats.append({"node": n.name or n.output[0], "op_type": n.op_type,
-                           "reason": modules[module] if module else NOT_QUANTIZED, "module": module})
+            reason = modules[module] if module else (FLOAT_INPUT if len(n.input) > 1 and n.input[1] in from_dq
+                                                     else NOT_QUANTIZED)
+            floats.append({"node": n.name or n.output[0], "op_type": n.op_type, "reason": reason, "module": module})
     listed = {f["module"] for f in floats}
     floats += [{"node": u.name, "op_type": u.op, "reason": modules[u.name], "module": None}
                for u in prep.unsupported if u.name not in listed]
