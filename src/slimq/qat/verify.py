@@ -20,6 +20,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -81,21 +82,31 @@ def ort_run(path_or_session: str | Path | onnx.ModelProto | ort.InferenceSession
     return sess.run(None, feed)[0]
 
 
-def check_agreement(qmodel: nn.Module, onnx_path: str | Path | onnx.ModelProto, inputs: object) -> Agreement:
-    """Compare PyTorch (eval mode) and onnxruntime outputs on the same inputs (a file or an in-memory model)."""
+def _first_output(out: Any) -> np.ndarray:
+    while isinstance(out, (tuple, list)):
+        out = out[0]
+    return out.detach().float().numpy()
+
+
+def check_agreement(qmodel: nn.Module, onnx_path: str | Path | onnx.ModelProto, inputs: object,
+                    chunk: int = 32) -> Agreement:
+    """Compare PyTorch (eval mode) and onnxruntime outputs on the same inputs (a file or an in-memory model),
+    ``chunk`` samples at a time (memory stays bounded on large sample sets)."""
     qm = unwrap(qmodel)
     tensors = as_inputs(inputs, "inputs")
+    sess = onnx_path if isinstance(onnx_path, ort.InferenceSession) else ort_session(onnx_path)
     training = qm.training
     qm.eval()
+    refs, gots = [], []
     try:
-        with torch.no_grad():
-            ref = qm(*tensors)
+        for i in range(0, len(tensors[0]), chunk):
+            part = tuple(t[i:i + chunk] for t in tensors)
+            with torch.no_grad():
+                refs.append(_first_output(qm(*part)))
+            gots.append(ort_run(sess, tuple(t.detach().numpy() for t in part)))
     finally:
         qm.train(training)
-    while isinstance(ref, (tuple, list)):
-        ref = ref[0]
-    ref = ref.detach().float().numpy()
-    got = ort_run(onnx_path, tuple(t.detach().numpy() for t in tensors))
+    ref, got = np.concatenate(refs), np.concatenate(gots)
     quantizer = output_quantizer(qm)
     if quantizer is not None:
         step = float(quantizer.current_scale())
