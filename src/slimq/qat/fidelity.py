@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -21,16 +20,14 @@ from dataclasses import replace
 import numpy as np
 import onnx
 import torch
-from torch import fx, nn
+from torch import fx
 
 from slimq.core.config import StaticConfig
 from slimq.core.ops import OP_TABLE, is_dequantize, is_float_mac, is_quantize, mac_info
-from slimq.qat.add_op import QATAdd
 from slimq.qat.config import TARGETS
 from slimq.qat.graph import PrepareReport
 from slimq.qat.model import QATModel
-from slimq.qat.modules import QATConv, QATLinear, bind_input, bind_output
-from slimq.qat.quantizers import ActQuantizer
+from slimq.qat.reference import reference_network
 from slimq.report.build import Check, Evidence, build_report
 from slimq.report.schema import FloatOp, Report
 from slimq.runtime.select import RUNTIME_NAMES
@@ -49,33 +46,10 @@ QAT_ADVICE = ("Train longer or with a lower learning rate, calibrate before trai
               "layers in float with QATConfig.skip.")
 
 
-class _FloatAct(nn.Module):
-    """Stand-in for an ActQuantizer in the FP32 reference: passes activations through."""
-
-    def forward(self, x: torch.Tensor, observe: bool = True) -> torch.Tensor:
-        return x
-
-
 def float_network(qm: QATModel) -> fx.GraphModule:
-    """An eval-mode copy of the QAT graph with fake quantization off (the FP32 reference).
-
-    Bias correction's shifts (``qm.bias_corrections``) are added back: they compensate weight rounding,
-    which this network does not have."""
-    net = copy.deepcopy(qm.net).eval()
-    with torch.no_grad():
-        for name, shift in getattr(qm, "bias_corrections", {}).items():
-            param = net.get_parameter(name)
-            param.add_(shift.to(param.device, param.dtype))
-    for name, module in list(net.named_modules()):
-        if isinstance(module, (QATConv, QATLinear)):
-            module.weight_quant = nn.Identity()
-            bind_input(module, None)  # float bias, not the int32-rounded one
-            bind_output(module, None)
-        elif isinstance(module, (ActQuantizer, QATAdd)):
-            parent, _, leaf = name.rpartition(".")
-            plain = _FloatAct() if isinstance(module, ActQuantizer) else module.export_module()
-            setattr(net.get_submodule(parent) if parent else net, leaf, plain)
-    return net.eval()
+    """An eval-mode copy of the QAT graph with fake quantization off (the FP32 reference,
+    :func:`slimq.qat.reference.reference_network`), bias corrections added back."""
+    return reference_network(qm.net, getattr(qm, "bias_corrections", {}))
 
 
 def sample_feeds(batch: Sequence[torch.Tensor], input_names: Sequence[str]) -> list[dict[str, np.ndarray]]:

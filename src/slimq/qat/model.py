@@ -34,6 +34,7 @@ from slimq.qat.graph import PrepareReport, is_skipped, swap_modules, trace
 from slimq.qat.modules import QATConv
 from slimq.qat.placement import insert_quantizers
 from slimq.qat.quantizers import CALIBRATION_ALGOS, ActQuantizer, WeightQuantizer
+from slimq.qat.reference import reference_network
 from slimq.runtime.speed import SpeedPlacement
 
 CHECKPOINT_FORMAT = "slimq-qat-checkpoint-v1"
@@ -298,9 +299,7 @@ def calibrate(qmodel: nn.Module, batches: Iterable[Any], max_batches: int | None
 
 
 def _correct_empirically(qm: QATModel, kept: list[tuple[torch.Tensor, ...]]) -> None:
-    from slimq.qat.fidelity import float_network  # fidelity builds on this module
-
-    correct_outputs(qm.net, float_network(qm), kept, qm.bias_corrections)
+    correct_outputs(qm.net, reference_network(qm.net, qm.bias_corrections), kept, qm.bias_corrections)
 
 
 def save_checkpoint(qmodel: nn.Module, path: str | Path) -> Path:
