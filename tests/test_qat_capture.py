@@ -253,6 +253,11 @@ def test_cli_quantizes_a_user_factory_and_a_pt2_program_without_labels(tmp_path,
     assert code in (0, 3) and out.is_file() and "distill step 3" in text, text
     report = json.loads((tmp_path / "u.int8.onnx.report.json").read_text())
     assert report["macs"]["int8_share"] > 0.999 and report["details"]["capture"] == "export"
+    # the speed plan ran by default (a toy model: not timed, every layer int8) and the report says so
+    assert any(n.startswith("QAT speed plan: not run (a toy model") for n in report["notes"]), report["notes"]
+    assert cli_main(["quantize", "qat", "--model", "user_models:tiny", "--calib", "calib.npz", "--no-speed-guard",
+                     "-o", "n.onnx"]) in (0, 3)
+    assert not any("speed plan" in n for n in json.loads((tmp_path / "n.onnx.report.json").read_text())["notes"])
     program = torch.export.export(build("functional").eval(), (images(2),),
                                   dynamic_shapes=({0: torch.export.Dim("batch")},))
     torch.export.save(program, tmp_path / "f.pt2")
@@ -267,6 +272,7 @@ def test_cli_quantizes_a_user_factory_and_a_pt2_program_without_labels(tmp_path,
     (["--model", "user_models:tiny", "--calib", "calib.npz", "--train", "calib.npz"], "add --distill"),
     (["--model", "user_models:tiny", "--calib", "calib.npz", "--epochs", "2"], "belong to the Fashion-MNIST recipe"),
     (["--calib", "calib.npz"], "apply to your own model"),
+    (["--no-speed-guard"], "apply to your own model"),
     (["--model", "missing.pt2", "--calib", "calib.npz"], "no such file"),
     (["--model", "corrupt.pt2", "--calib", "calib.npz"], "Cannot load the torch.export program"),
     (["--model", "user_models:nope", "--calib", "calib.npz"], 'has no callable "nope"'),
