@@ -152,3 +152,24 @@ def test_a_float_stem_leaves_its_readers_int8(tmp_path):
     ops = [n.op_type for n in optimized_graph(onnx.load(str(result.path)), "extended").graph.node]
     assert ops.count("Conv") == 1 and ops.count("QLinearConv") == 3  # only the stem is float
     assert result.artifacts["export_agreement"].fraction_within_step >= 0.999
+
+
+def test_quantize_refuses_a_model_whose_int8_never_beats_fp32(tmp_path, monkeypatch):
+    """slimq.quantize(QATConfig) on a float model: when the plan keeps every layer float, it says so instead of
+    failing on an empty prepare; speed_guard=False still quantizes."""
+    import slimq
+    import slimq.qat.method as method
+    from slimq.core.errors import NothingToQuantizeError
+
+    def slow_plan(model, example, config, batches=None):
+        def int8_always_slower(models):
+            return [50.0 if _convs(m, int8=True) else 1.0 for m in models]
+        return qat.speed_plan(model, example, config, batches, timer=int8_always_slower)
+
+    monkeypatch.setattr(method, "speed_plan", slow_plan)
+    with pytest.raises(NothingToQuantizeError, match="no INT8 model tried ran faster than FP32.*--no-speed-guard"):
+        slimq.quantize(mobilenet(), qat.QATConfig(), images(12).numpy(), tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+    result = method.quantize_qat(mobilenet(), qat.QATConfig(), images(12).numpy(), tmp_path / "m.onnx",
+                                 speed_guard=False)
+    assert result.report.int8_mac_share > 0.99

@@ -13,7 +13,7 @@ from torch import nn
 from torch.export import ExportedProgram
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
-from slimq.core.errors import CalibrationDataError, ConfigError
+from slimq.core.errors import CalibrationDataError, ConfigError, NothingToQuantizeError
 from slimq.qat.config import QATConfig
 from slimq.qat.export import convert
 from slimq.qat.model import QATModel, calibrate, prepare
@@ -54,7 +54,12 @@ def prepare_for_speed(model: nn.Module | ExportedProgram, calib: torch.Tensor, c
     when ``speed_guard``: layers whose int8 form makes the export slower stay float, as in static PTQ."""
     if not speed_guard:
         return prepare(model, calib[:2], config)
-    return speed_plan(model, calib[:2], config, batches=[calib[:CALIB_BATCH]]).prepare(model, calib[:2])
+    plan = speed_plan(model, calib[:2], config, batches=[calib[:CALIB_BATCH]])
+    if plan.placement.all_float:
+        raise NothingToQuantizeError(
+            f"{plan.note()}. A QAT export would have no int8 layer left; quantize anyway with speed_guard=False "
+            f"(CLI: --no-speed-guard), or deploy the FP32 model.")
+    return plan.prepare(model, calib[:2])
 
 
 def quantize_qat(model: nn.Module, config: QATConfig | None = None, data: Any = None,
