@@ -30,7 +30,8 @@ def calibrated(mode, x: torch.Tensor, bits: int = 4):
 def layer_shifts(qm, x: torch.Tensor) -> dict[str, float]:
     """Mean |per-channel mean output difference| of each quantized layer against the FP32 reference (outputs
     compared inside the layer's output grid, as the correction measures them)."""
-    from slimq.qat.empirical_bias import _bounds, _channel_sums
+    from slimq.qat.bias_correction import channel_sums
+    from slimq.qat.empirical_bias import _bounds
 
     out: dict[str, float] = {}
     for name, module in qm.net.named_modules():
@@ -45,7 +46,7 @@ def layer_shifts(qm, x: torch.Tensor) -> dict[str, float]:
                 net(x)
             handle.remove()
             y = seen[0].clamp(*bounds) if bounds is not None else seen[0]
-            sums, n = _channel_sums(y, isinstance(module, QATLinear))
+            sums, n = channel_sums(y, isinstance(module, QATLinear))
             means.append(sums / n)
         out[name] = float((means[0] - means[1]).abs().mean())
     return out

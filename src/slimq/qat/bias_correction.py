@@ -38,6 +38,23 @@ def target_bias(module: QATConv | QATLinear) -> torch.Tensor | None:
     return module.bn.bias if module.bn is not None else module.conv.bias
 
 
+def channel_sums(y: torch.Tensor, linear: bool) -> tuple[torch.Tensor, int]:
+    """Per-output-channel sums of a layer output (channel dim 1 for convolutions, last for linears) and the
+    count per channel."""
+    flat = y.flatten(0, -2).transpose(0, 1) if linear else y.transpose(0, 1).flatten(1)
+    return flat.double().sum(1), flat.shape[1]
+
+
+@torch.no_grad()
+def shift_bias(param: torch.Tensor, shift: torch.Tensor, name: str | None,
+               record: dict[str, torch.Tensor] | None) -> None:
+    """Subtract ``shift`` from the bias ``param``; add it to ``record[name]`` (cumulative) when both are given."""
+    shift = shift.to(param.dtype)
+    param.sub_(shift)
+    if record is not None and name is not None:
+        record[name] = record[name] + shift if name in record else shift.clone()
+
+
 class BiasCorrection:
     """Forward hooks on every QAT Conv/Linear accumulating the per-channel output shift of weight rounding."""
 
@@ -53,11 +70,12 @@ class BiasCorrection:
         x = inputs[0]
         err = _weight_error(module)  # type: ignore[arg-type]
         if isinstance(module, QATConv):
-            shift = module.conv._conv_forward(x, err, None).transpose(0, 1).flatten(1)
+            shift = module.conv._conv_forward(x, err, None)
         else:
-            shift = F.linear(x, err).flatten(0, -2).transpose(0, 1)
-        self.sums[module] = self.sums.get(module, 0) + shift.double().sum(1)
-        self.counts[module] = self.counts.get(module, 0) + shift.shape[1]
+            shift = F.linear(x, err)
+        sums, count = channel_sums(shift, not isinstance(module, QATConv))
+        self.sums[module] = self.sums.get(module, 0) + sums
+        self.counts[module] = self.counts.get(module, 0) + count
 
     @torch.no_grad()
     def apply(self, record: dict[str, torch.Tensor] | None = None) -> int:
@@ -67,11 +85,7 @@ class BiasCorrection:
             mean = sync_mean_((total / self.counts[module]).float())
             param = target_bias(module)  # type: ignore[arg-type]
             if param is not None:
-                shift = mean.to(param.dtype)
-                param.sub_(shift)
-                if record is not None and id(param) in self.names:
-                    name = self.names[id(param)]
-                    record[name] = record[name] + shift if name in record else shift.clone()
+                shift_bias(param, mean, self.names.get(id(param)), record)
         return len(self.sums)
 
     def remove(self) -> None:
@@ -79,4 +93,4 @@ class BiasCorrection:
             h.remove()
 
 
-__all__ = ["BiasCorrection", "target_bias"]
+__all__ = ["BiasCorrection", "channel_sums", "shift_bias", "target_bias"]

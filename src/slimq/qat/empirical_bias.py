@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import fx, nn
 
-from slimq.qat.bias_correction import target_bias
+from slimq.qat.bias_correction import channel_sums, shift_bias, target_bias
 from slimq.qat.modules import QATConv, QATLinear
 from slimq.qat.quantizers import sync_mean_
 
@@ -31,12 +31,6 @@ MAX_SAMPLES = 64  # calibration samples the correction measures on (means per ch
 
 class _Stop(Exception):
     """Raised by the measuring hook: nothing after the measured layer needs to run."""
-
-
-def _channel_sums(y: torch.Tensor, linear: bool) -> tuple[torch.Tensor, int]:
-    """Per-channel sums (channel dim 1 for convolutions, last for linears) and the count per channel."""
-    flat = y.flatten(0, -2).transpose(0, 1) if linear else y.transpose(0, 1).flatten(1)
-    return flat.double().sum(1), flat.shape[1]
 
 
 def _bounds(module: QATConv | QATLinear) -> tuple[float, float] | None:
@@ -59,7 +53,7 @@ def _layer_means(net: nn.Module, names: Sequence[str], batches: Sequence[tuple[t
         def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> torch.Tensor:
             lo_hi = bounds.get(name)
             y = out.detach().clamp(*lo_hi) if lo_hi is not None else out.detach()
-            total, n = _channel_sums(y, linear)
+            total, n = channel_sums(y, linear)
             sums[name].append(total)
             counts[name] += n
             if stop:
@@ -109,11 +103,7 @@ def correct_outputs(net: fx.GraphModule, reference: nn.Module, batches: Sequence
         param = target_bias(net.get_submodule(name))  # type: ignore[arg-type]
         if name not in want or name not in got or param is None:
             continue  # not reached on these inputs
-        with torch.no_grad():
-            shift = (got[name] - want[name]).to(param.dtype)
-            param.sub_(shift)
-        key = names[id(param)]
-        record[key] = record[key] + shift if key in record else shift.clone()
+        shift_bias(param, got[name] - want[name], names[id(param)], record)
         corrected += 1
     return corrected
 

@@ -37,6 +37,7 @@ from slimq.runtime.speed import (
     SpeedPlacement,
     Timer,
     backend_timer,
+    conv_class,
     place_for_speed,
     timing_window,
 )
@@ -72,11 +73,8 @@ def layer_class(module: nn.Module) -> str | None:
     if not isinstance(module, QATConv):
         return None
     conv = module.conv
-    kernel = "x".join(str(k) for k in conv.kernel_size)
-    if conv.groups > 1 and conv.in_channels == conv.groups:
-        return f"Conv depthwise {kernel}"
-    kind = "1x1" if all(k == 1 for k in conv.kernel_size) else "kxk"
-    return f"Conv {kind}" + (" grouped" if conv.groups > 1 else "")
+    return conv_class("Conv", tuple(conv.kernel_size), conv.groups,
+                      depthwise=conv.groups > 1 and conv.in_channels == conv.groups)
 
 
 def layer_groups(qm: QATModel, names: set[str]) -> list[tuple[str, frozenset[str]]]:

@@ -111,12 +111,17 @@ def op_class(node: ir.Node) -> str:
         return node.op_type
     shape = node.inputs[1].shape
     group = node.attributes["group"].as_int() if "group" in node.attributes else 1
-    if shape is None or any(not isinstance(d, int) for d in shape):
+    dims = [d for d in shape or () if isinstance(d, int)]
+    if shape is None or len(dims) != len(shape):
         return node.op_type
-    kernel = tuple(shape[2:])
-    if group > 1 and shape[1] == 1:  # by kernel size: runtimes often have a fast 3x3 kernel and a slow generic one
-        return f"{node.op_type} depthwise {'x'.join(map(str, kernel))}"
-    return f"{node.op_type} {'1x1' if all(k == 1 for k in kernel) else 'kxk'}" + (" grouped" if group > 1 else "")
+    return conv_class(node.op_type, tuple(dims[2:]), group, depthwise=group > 1 and dims[1] == 1)
+
+
+def conv_class(op_type: str, kernel: tuple[int, ...], group: int, depthwise: bool) -> str:
+    """A convolution's op class: depthwise by kernel size, else 1x1 or spatial (kxk), grouped or not."""
+    if depthwise:  # by kernel size: runtimes often have a fast 3x3 kernel and a slow generic one
+        return f"{op_type} depthwise {'x'.join(map(str, kernel))}"
+    return f"{op_type} {'1x1' if all(k == 1 for k in kernel) else 'kxk'}" + (" grouped" if group > 1 else "")
 
 
 def _rank(role: Role, op: str) -> int:
