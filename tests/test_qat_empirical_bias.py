@@ -83,6 +83,7 @@ def test_export_of_a_corrected_model_stays_within_one_step(tmp_path):
     _, qm = calibrated("empirical", x, bits=8)
     result = qat.convert(qm, tmp_path / "m.onnx", samples=images(32, seed=5))
     assert result.artifacts["export_agreement"].fraction_within_step >= 0.999
+    assert result.report.details["calibration"] == {"algo": "hist", "bias_correction": "empirical", "batches": "4"}
 
 
 @pytest.mark.parametrize("mode", ["weights", 1, None])

@@ -154,6 +154,7 @@ def build_qat_report(qm: QATModel, int8: onnx.ModelProto, fp32: onnx.ModelProto,
     info = {"variant": qm.config.variant, "steps": int(qm.step),
             "reference": "trained network with fake quantization off (BatchNorm folded), exported to ONNX",
             "agreement_inputs": "samples argument of convert()" if given_samples else "example_inputs of prepare()",
+            "calibration": dict(qm.calibration),
             "prepare": {"quantized": len(prep.quantized), "skipped": list(prep.skipped),
                         "unsupported": [f"{u.name} ({u.op})" for u in prep.unsupported]}}
     inputs = "samples given to convert()" if given_samples else "example inputs given to prepare() (in-sample)"

@@ -66,6 +66,8 @@ class QATModel(nn.Module):
         self.bias_corrections: dict[str, torch.Tensor] = {}
         # The speed plan this model was prepared from (:meth:`slimq.qat.speed.SpeedPlan.prepare`), for the report.
         self.speed: SpeedPlacement | None = None
+        # How calibrate() set the ranges and biases (algorithm, bias correction), for the report.
+        self.calibration: dict[str, str] = {}
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self.training:
@@ -287,6 +289,8 @@ def calibrate(qmodel: nn.Module, batches: Iterable[Any], max_batches: int | None
             correction.remove()
         if kept:
             _correct_empirically(qm, kept)
+        mode = bias_correction if isinstance(bias_correction, str) else ("weights" if bias_correction else "off")
+        qm.calibration = {"algo": algo, "bias_correction": mode, "batches": str(count)}
     finally:
         for q in quantizers:
             q.calibrating, q._calib = False, None
